@@ -1,0 +1,97 @@
+"""`medsft train | data` (also `python -m medsft`): parse, validate, dispatch.
+
+Why here: the CLI is the only module that knows every stage. It validates the recipe before any heavy
+import, and turns every MedsftError into one line on stderr with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from medsft.errors import EXIT_USAGE, MedsftError
+
+EXAMPLES = """\
+examples:
+  medsft train recipes/tiny-cpu.yaml
+  medsft train recipes/qwen3-0.6b.yaml --set training.learning_rate=1e-4 --set lora.rank=32
+  accelerate launch --config_file accelerate_configs/ddp.yaml -m medsft train recipes/qwen3-0.6b.yaml
+  medsft data recipes/tiny-cpu.yaml --limit 2
+"""
+
+
+def add_recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", help="recipe YAML (see recipes/), or the notebook's flat config.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a recipe key, e.g. --set training.learning_rate=1e-4 (repeatable)")
+
+
+def parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(prog="medsft", description="QLoRA SFT for medical reasoning (TRL + PEFT + bitsandbytes).",
+                                epilog=EXAMPLES, formatter_class=fmt)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a LoRA adapter from a recipe", formatter_class=fmt,
+                       epilog="example:\n  medsft train recipes/tiny-cpu.yaml --set training.num_train_epochs=2")
+    add_recipe_args(t)
+    t.add_argument("--resume", default="auto", metavar="auto|never|PATH",
+                   help="auto (default): continue from the newest complete checkpoint in output.dir")
+
+    d = sub.add_parser("data", help="show what is trained: rows kept, lengths, trained spans", formatter_class=fmt,
+                       epilog="examples:\n  medsft data recipes/tiny-cpu.yaml --limit 2\n"
+                              "  medsft data recipes/tiny-cpu.yaml --json > examples.jsonl")
+    add_recipe_args(d)
+    d.add_argument("--limit", type=int, default=None, help="examples to show (default 3; --json: all)")
+    d.add_argument("--split", default="train", choices=["train", "validation", "test"])
+    d.add_argument("--json", action="store_true", help="one JSON object per example (input_ids, labels) on stdout")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return dispatch(args)
+    except MedsftError as err:
+        print(f"error: {err.line()}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+
+
+def dispatch(args) -> int:
+    from medsft.config import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)  # before any heavy import
+    if args.command == "train":
+        from medsft.placement import check_launch_early
+
+        try:
+            check_launch_early(recipe)
+        except MedsftError as err:
+            raise err.at(recipe.source_file)
+        quiet_libraries()
+        from medsft.train import run
+
+        run(recipe, resume=args.resume)
+        return 0
+    if args.command == "data":
+        quiet_libraries()
+        from medsft.inspect_data import show
+
+        show(recipe, limit=args.limit, split=args.split, as_json=args.json)
+        return 0
+    raise AssertionError(args.command)
+
+
+def quiet_libraries() -> None:
+    """Silence start-up chatter that tells the user nothing (called after the recipe validated)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # datasets.map forks after tokenizing
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # else DeepSpeed warns that it fell back to CPU
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()

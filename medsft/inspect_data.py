@@ -1,0 +1,64 @@
+"""`medsft data`: what will be trained, shown before any GPU time is spent.
+
+Why: the notebook silently trained the question too. This command shows rows kept and dropped, token
+length statistics against max_length, and each example with the trained span highlighted; `--json`
+prints `input_ids` and `labels` exactly as the trainer receives them (the same prepared dataset).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def spans(input_ids: list[int], labels: list[int]):
+    """Consecutive runs of (trained?, token ids)."""
+    runs: list[tuple[bool, list[int]]] = []
+    for tok, lab in zip(input_ids, labels):
+        trained = lab != -100
+        if runs and runs[-1][0] == trained:
+            runs[-1][1].append(tok)
+        else:
+            runs.append((trained, [tok]))
+    return runs
+
+
+def show(recipe, *, limit: int | None, split: str, as_json: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from medsft import data, model as model_mod, tokenized
+
+    console = Console(stderr=as_json)
+    tokenizer = model_mod.load_tokenizer(recipe.model)
+    splits, report, _ = data.load_splits(recipe.data)
+    prepared, stats, dropped = tokenized.prepare_all(splits, tokenizer, recipe.training)
+    ds = prepared[split]
+
+    console.print(report.summary())
+    table = Table(title=f"token lengths (max_length={recipe.training.get('max_length')})")
+    for col in ("split", "rows", "min", "median", "p95", "max", "> max_length", "dropped"):
+        table.add_column(col, justify="right")
+    for name, st in stats.items():
+        if st.get("count"):
+            table.add_row(name, str(st["count"]), str(st["min"]), f"{st['median']:g}", str(st["p95"]),
+                          str(st["max"]), str(st["over_max_length"]), str(dropped.get(name, 0)))
+    console.print(table)
+
+    if as_json:
+        n = len(ds) if limit is None else min(limit, len(ds))
+        out = sys.stdout
+        for row in ds.select(range(n)):
+            out.write(json.dumps({"row_id": row["row_id"], "input_ids": row["input_ids"],
+                                  "labels": row["labels"]}) + "\n")
+        out.flush()
+        return
+    n = min(3 if limit is None else limit, len(ds))
+    for row in ds.select(range(n)):
+        text = Text()
+        for trained, ids in spans(row["input_ids"], row["labels"]):
+            text.append(tokenizer.decode(ids), style="bold green" if trained else "dim")
+        trained_count = sum(lab != -100 for lab in row["labels"])
+        console.rule(f"{split} row {row['row_id']}: {len(row['input_ids'])} tokens, {trained_count} trained (green)")
+        console.print(text)

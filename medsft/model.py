@@ -1,0 +1,121 @@
+"""Tokenizer and (quantized) base model, loaded the way the launch requires.
+
+Why: quantization, attention kernel and placement are where QLoRA runs fail first. The attention
+implementation is decided here before loading (flash-attention-2 only when `flash_attn` imports and the
+GPU is Ampere or newer, otherwise SDPA with a one-line notice), so transformers never tries to fetch a
+kernel from the hub. `trust_remote_code` is off unless the recipe turns it on, and then it is announced.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from medsft.errors import MedsftError
+from medsft.tiny_model import builtin_model_dir, is_builtin
+
+
+def notice(message: str) -> None:
+    """One line on stderr, from the main process only."""
+    import os
+    import sys
+
+    if os.environ.get("RANK", "0") == "0":
+        print(f"notice: {message}", file=sys.stderr, flush=True)
+
+
+def resolve_model_path(name: str) -> str:
+    """A built-in model becomes its (built-on-first-use) local directory; anything else is passed as is."""
+    if is_builtin(name):
+        try:
+            return str(builtin_model_dir(name))
+        except ValueError as err:
+            raise MedsftError(str(err), "use builtin:tiny-qwen2 or a hub id", "model.name") from None
+    return str(Path(name).expanduser()) if Path(name).expanduser().is_dir() else name
+
+
+def offline_error(name: str, err: Exception) -> MedsftError:
+    text = " ".join(str(err).split())[:200]
+    return MedsftError(f"base model {name!r} is not available offline ({type(err).__name__}: {text})",
+                       "download it once where the hub is reachable (huggingface-cli download NAME), "
+                       "or set model.name to a local directory", "model.name")
+
+
+def load_tokenizer(model_cfg):
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(model_cfg.name)
+    if model_cfg.trust_remote_code:
+        notice(f"trust_remote_code is on: code from {model_cfg.name!r} will run on this machine")
+    try:
+        tok = AutoTokenizer.from_pretrained(path, revision=model_cfg.revision,
+                                            trust_remote_code=model_cfg.trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise offline_error(model_cfg.name, err) from None
+    if not getattr(tok, "chat_template", None):
+        raise MedsftError(f"the tokenizer of {model_cfg.name!r} has no chat template",
+                          "use an instruct/chat model (e.g. Qwen/Qwen3-0.6B)", "model.name")
+    if tok.pad_token is None:
+        # Safe because TRL masks labels by position, not by pad id: the closing EOS stays trained.
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def choose_attention(requested: str, cuda: bool) -> str:
+    """flash_attention_2 when usable, else sdpa; never crash for a missing flash-attn."""
+    if requested in ("sdpa", "eager"):
+        return requested
+    usable = cuda and importlib.util.find_spec("flash_attn") is not None
+    if usable:
+        import torch
+
+        usable = torch.cuda.get_device_capability()[0] >= 8
+    if usable:
+        return "flash_attention_2"
+    why = "no CUDA device" if not cuda else "flash-attn is not installed or the GPU is older than Ampere"
+    if requested == "flash_attention_2":
+        notice(f"flash_attention_2 requested but unusable ({why}); falling back to sdpa")
+    else:
+        notice(f"attention: sdpa ({why} for flash_attention_2)")
+    return "sdpa"
+
+
+def quantization_config(q, plan, model_dtype: str):
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if q.bits is None:
+        return None
+    if q.bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=q.quant_type,
+        bnb_4bit_use_double_quant=q.double_quant,
+        bnb_4bit_compute_dtype=getattr(torch, q.compute_dtype or model_dtype),
+        bnb_4bit_quant_storage=getattr(torch, plan.quant_storage),
+    )
+
+
+def load_model(recipe, plan):
+    """The base model, quantized as the recipe says and placed as the plan says. Returns (model, attn)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    m = recipe.model
+    attn = choose_attention(m.attn_implementation, plan.cuda)
+    kwargs = dict(
+        dtype=getattr(torch, m.dtype),
+        attn_implementation=attn,
+        quantization_config=quantization_config(recipe.quantization, plan, m.dtype),
+        trust_remote_code=m.trust_remote_code,
+        revision=m.revision,
+        use_cache=False,  # training; generation turns it back on
+    )
+    if plan.device_map is not None:
+        kwargs["device_map"] = plan.device_map
+    try:
+        model = AutoModelForCausalLM.from_pretrained(resolve_model_path(m.name), **kwargs)
+    except OSError as err:
+        raise offline_error(m.name, err) from None
+    return model, attn

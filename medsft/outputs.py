@@ -1,0 +1,86 @@
+"""Run manifest and atomic directory writes.
+
+Why: a directory that exists under its final name must always be complete (a crash mid-save must not
+leave a half adapter that `infer` then loads), so outputs are written to a temporary sibling and
+renamed into place. The manifest records what actually ran (versions, launch, placement, data
+fingerprint, split sizes) so a result can be reproduced and audited; it never contains environment
+variables, so tokens cannot leak into it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+
+PACKAGES = ("medsft", "torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets",
+            "deepspeed", "tokenizers", "safetensors")
+
+
+def package_versions() -> dict:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def git_commit(cwd: str | None = None) -> str | None:
+    try:
+        res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return res.stdout.strip() or None if res.returncode == 0 else None
+
+
+@contextmanager
+def atomic_dir(final: str | os.PathLike):
+    """Yield a temporary sibling directory; on success it replaces `final` in one rename.
+
+    On an exception the temporary directory is removed and `final` (if it existed) is untouched.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.partial-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        yield tmp
+        replace_dir(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace_dir(src: Path, final: Path) -> None:
+    """Put `src` at `final`, replacing an existing directory with at most a moment where neither exists."""
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(final, old)
+        os.replace(src, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, final)
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    """Write JSON atomically (temporary file + rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def manifest(**fields) -> dict:
+    return {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+        **fields,
+    }

@@ -1,0 +1,166 @@
+"""`medsft train`: recipe → data → model → SFTTrainer → adapter, in the order a reader expects.
+
+Why one function: like TRL's own sft.py, the whole run reads top to bottom on one screen; each stage is
+a plain call into the module that owns it (data, tokenized, model, placement, outputs).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from medsft.errors import MedsftError
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+def say(plan, message: str) -> None:
+    if plan.is_main:
+        print(message, flush=True)
+
+
+def complete_checkpoints(output_dir: str) -> list[Path]:
+    """Checkpoints whose save finished (trainer_state.json is written last), oldest first."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        match = CHECKPOINT_RE.match(child.name)
+        if match and child.is_dir():
+            if (child / "trainer_state.json").is_file():
+                found.append((int(match.group(1)), child))
+            elif os.environ.get("RANK", "0") == "0":
+                print(f"notice: skipping incomplete checkpoint {child}", flush=True)
+    return [path for _, path in sorted(found)]
+
+
+def resume_point(resume: str, output_dir: str) -> str | None:
+    if resume == "never":
+        return None
+    if resume == "auto":
+        done = complete_checkpoints(output_dir)
+        return str(done[-1]) if done else None
+    if not (Path(resume) / "trainer_state.json").is_file():
+        raise MedsftError(f"--resume {resume!r} is not a complete checkpoint directory",
+                          "pass a checkpoint-N directory, or --resume auto")
+    return resume
+
+
+def sft_config(recipe, plan):
+    """SFTConfig from the recipe's training section plus what the launch dictates."""
+    from trl import SFTConfig
+
+    t = dict(recipe.training)
+    checkpointing = t.pop("gradient_checkpointing", True)
+    user_gc_kwargs = t.pop("gradient_checkpointing_kwargs", None) or {}
+    padding_free = t.get("padding_free", False)
+    if padding_free and not t.get("packing"):
+        # Over-long rows were already dropped (tokenized.drop_overlong); TRL refuses max_length here.
+        t["max_length"] = None
+    if t.get("eval_strategy", "no") != "no" and recipe.data.val_fraction == 0:
+        t["eval_strategy"] = "no"
+    try:
+        return SFTConfig(
+            output_dir=recipe.output.dir,
+            use_cpu=plan.use_cpu,
+            ddp_find_unused_parameters=plan.ddp_find_unused_parameters,
+            activation_checkpointing=checkpointing,
+            gradient_checkpointing=checkpointing,
+            activation_checkpointing_kwargs={**plan.checkpointing_kwargs, **user_gc_kwargs},
+            **t,
+        )
+    except (ValueError, TypeError) as err:
+        raise MedsftError(f"training section rejected by trl.SFTConfig: {' '.join(str(err).split())[:300]}",
+                          "fix the training section", recipe.source_file) from None
+
+
+def lora_config(recipe):
+    from peft import LoraConfig
+
+    lo = recipe.lora
+    return LoraConfig(r=lo.rank, lora_alpha=lo.alpha, lora_dropout=lo.dropout, bias=lo.bias,
+                      target_modules=lo.target_modules, task_type="CAUSAL_LM")
+
+
+def run(recipe, resume: str = "auto"):
+    """Train and save the adapter. Returns the trainer (tests inspect it)."""
+    from medsft import data, model as model_mod, placement, tokenized
+    from medsft.outputs import atomic_dir, manifest, write_json
+
+    plan = placement.detect(recipe)
+    args = sft_config(recipe, plan)
+    tokenizer = model_mod.load_tokenizer(recipe.model)
+
+    splits, report, raw = data.load_splits(recipe.data)
+    say(plan, report.summary())
+    prepared, stats, dropped = tokenized.prepare_all(splits, tokenizer, recipe.training)
+    for name, n in dropped.items():
+        if n:
+            say(plan, f"data: {n} {name} rows longer than training.max_length={recipe.training.get('max_length')} dropped")
+    say(plan, "data: " + ", ".join(f"{k} {len(v)}" for k, v in prepared.items()) + " rows")
+
+    base, attn = model_mod.load_model(recipe, plan)
+    trainer = build_trainer(recipe, args, base, tokenizer, prepared)
+    checkpoint = resume_point(resume, recipe.output.dir)
+    if checkpoint:
+        say(plan, f"resuming from {checkpoint}")
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+
+    info = manifest(
+        recipe=recipe.source_file,
+        model=recipe.model.name,
+        attn_implementation=attn,
+        launch={"world_size": plan.world_size, "distributed_type": str(trainer.accelerator.distributed_type),
+                "num_processes": trainer.accelerator.num_processes},
+        placement=plan.to_dict(),
+        data={"source": recipe.data.source, "fingerprint": raw._fingerprint, "rows": report.total,
+              "kept": report.kept, "dropped": dict(report.reasons), "overlong_dropped": dropped,
+              "split_sizes": {k: len(v) for k, v in prepared.items()}, "token_lengths": stats},
+        train={"global_step": trainer.state.global_step, "train_loss": result.training_loss,
+               "resumed_from": checkpoint},
+    )
+    save_adapter(trainer, tokenizer, recipe, info, splits["test"]["row_id"])
+    say(plan, f"adapter saved to {recipe.adapter_dir}")
+    return trainer
+
+
+def build_trainer(recipe, args, base, tokenizer, prepared):
+    from trl import SFTTrainer
+
+    eval_ds = prepared["validation"] if args.eval_strategy != "no" and len(prepared["validation"]) else None
+    try:
+        return SFTTrainer(model=base, args=args, train_dataset=prepared["train"], eval_dataset=eval_ds,
+                          processing_class=tokenizer, peft_config=lora_config(recipe))
+    except ValueError as err:
+        text = " ".join(str(err).split())
+        if "Target modules" in text or "target_modules" in text:
+            raise MedsftError(f"lora.target_modules {recipe.lora.target_modules!r} match no module of "
+                              f"{recipe.model.name!r}", "use names like q_proj, v_proj or 'all-linear'",
+                              recipe.source_file) from None
+        raise
+
+
+def save_adapter(trainer, tokenizer, recipe, info: dict, test_ids) -> None:
+    """Adapter + tokenizer + resolved recipe + manifest + test row ids, renamed into place at once."""
+    import yaml
+
+    from medsft.outputs import atomic_dir, replace_dir, write_json
+
+    final = recipe.adapter_dir
+    staging = final.with_name(f".{final.name}.partial")  # the same path on every rank (ZeRO-3 gathers)
+    if trainer.accelerator.is_main_process:
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(staging))  # every rank: gathers ZeRO-3 shards; only the main process writes
+    if trainer.accelerator.is_main_process:
+        tokenizer.save_pretrained(staging)
+        (staging / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False), encoding="utf-8")
+        write_json(staging / "test_ids.json", list(test_ids))
+        write_json(staging / "manifest.json", info)
+        (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; the recipe says it all
+        replace_dir(staging, final)
+    trainer.accelerator.wait_for_everyone()
