@@ -25,6 +25,7 @@ NOTEBOOK_TARGETS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", 
 DTYPES = ("bfloat16", "float16", "float32")
 ATTN_IMPLS = ("auto", "flash_attention_2", "sdpa", "eager")
 DATA_SUFFIXES = (".json", ".jsonl", ".parquet")
+FILE_SUFFIXES = {*DATA_SUFFIXES, ".csv", ".tsv", ".txt", ".arrow", ".yaml", ".yml", ".gz", ".zip"}
 
 
 @dataclass
@@ -349,6 +350,8 @@ def build_training(value) -> dict:
             raise MedsftError(f"training.{key} is set by medsft", f"use {TRAINING_OWNED[key]} instead")
         if key not in fields:
             raise MedsftError(f"unknown key 'training.{key}' (not a trl.SFTConfig field)", did_you_mean(key, fields))
+        if key in TRAINING_CHOICES and v is False and "no" in TRAINING_CHOICES[key]:
+            v = "no"  # YAML 1.1 reads a bare `no` as false
         try:
             v = check_value(v, fields[key])
         except ValueError as err:
@@ -408,7 +411,7 @@ def validate(recipe: Recipe) -> None:
     for col in ("question_column", "reasoning_column", "response_column"):
         if not getattr(d, col):
             raise MedsftError(f"data.{col} must name a column", "use the dataset's column name")
-    if looks_local(d.source) or d.source.endswith(DATA_SUFFIXES):
+    if looks_local(d.source) or Path(d.source).suffix.lower() in FILE_SUFFIXES or Path(d.source).is_file():
         p = Path(d.source).expanduser()
         if not d.source.endswith(DATA_SUFFIXES):
             raise MedsftError(f"data.source {d.source!r} has an unsupported file type",

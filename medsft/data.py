@@ -80,6 +80,8 @@ def check_utf8(path: str) -> None:
 def describe_load_error(source: str, err: Exception) -> tuple[str, str]:
     text = " ".join(str(err).split())[:300]
     name = type(err).__name__
+    if "corresponds to no data" in text or "EmptyDatasetError" in name:
+        return f"{source} has no rows", "point data.source at a file with rows"
     if Path(source).suffix.lower() in (".json", ".jsonl", ".parquet"):
         return (f"cannot read {source} ({name}: {text})",
                 "check that it is valid JSON/JSONL/Parquet with one object per row and consistent types")

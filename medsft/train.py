@@ -87,7 +87,7 @@ def lora_config(recipe):
 def run(recipe, resume: str = "auto"):
     """Train and save the adapter. Returns the trainer (tests inspect it)."""
     from medsft import data, model as model_mod, placement, tokenized
-    from medsft.outputs import atomic_dir, manifest, write_json
+    from medsft.outputs import manifest
 
     plan = placement.detect(recipe)
     args = sft_config(recipe, plan)
@@ -112,7 +112,7 @@ def run(recipe, resume: str = "auto"):
         recipe=recipe.source_file,
         model=recipe.model.name,
         attn_implementation=attn,
-        launch={"world_size": plan.world_size, "distributed_type": str(trainer.accelerator.distributed_type),
+        launch={"world_size": plan.world_size, "distributed_type": trainer.accelerator.distributed_type.value,
                 "num_processes": trainer.accelerator.num_processes},
         placement=plan.to_dict(),
         data={"source": recipe.data.source, "fingerprint": raw._fingerprint, "rows": report.total,
@@ -146,7 +146,7 @@ def save_adapter(trainer, tokenizer, recipe, info: dict, test_ids) -> None:
     """Adapter + tokenizer + resolved recipe + manifest + test row ids, renamed into place at once."""
     import yaml
 
-    from medsft.outputs import atomic_dir, replace_dir, write_json
+    from medsft.outputs import replace_dir, write_json
 
     final = recipe.adapter_dir
     staging = final.with_name(f".{final.name}.partial")  # the same path on every rank (ZeRO-3 gathers)

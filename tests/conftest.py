@@ -1,0 +1,50 @@
+"""Shared fixtures: an isolated medsft home (the tiny model is built once per session), offline hub,
+the shared demo data, and a helper that runs the real CLI in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+DEMO_JSON = SHARED / "data" / "medical-o1-demo.json"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def medsft_env(tmp_path_factory):
+    """Every test and every subprocess it starts sees the same offline, isolated environment."""
+    home = tmp_path_factory.mktemp("medsft-home")
+    os.environ.update(
+        MEDSFT_HOME=str(home),
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        HF_HOME=str(home / "hf"),
+    )
+    return home
+
+
+@pytest.fixture(scope="session")
+def demo_json() -> Path:
+    assert DEMO_JSON.is_file(), f"{DEMO_JSON} is missing: tests read ../shared beside the checkout"
+    return DEMO_JSON
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(medsft_env) -> Path:
+    from medsft.tiny_model import TINY_MODEL, builtin_model_dir
+
+    return builtin_model_dir(TINY_MODEL)
+
+
+def run_cli(*args, cwd=None, env=None, timeout=600) -> subprocess.CompletedProcess:
+    """`python -m medsft ARGS` as a user runs it."""
+    full_env = {**os.environ, **(env or {})}
+    full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-m", "medsft", *map(str, args)], cwd=cwd or REPO, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
