@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return dispatch(args)
     except MedsftError as err:
-        print(f"error: {err.line()}", file=sys.stderr, flush=True)
+        if os.environ.get("RANK", "0") == "0":  # every rank finds the same error; one says it
+            print(f"error: {err.line()}", file=sys.stderr, flush=True)
         return EXIT_USAGE
 
 

@@ -87,7 +87,8 @@ def lora_config(recipe):
 def run(recipe, resume: str = "auto"):
     """Train and save the adapter. Returns the trainer (tests inspect it)."""
     from medsft import data, model as model_mod, placement, tokenized
-    from medsft.outputs import manifest
+    from medsft.outputs import manifest, write_json
+    from medsft.shards import gather_rows_seen
 
     plan = placement.detect(recipe)
     args = sft_config(recipe, plan)
@@ -108,6 +109,12 @@ def run(recipe, resume: str = "auto"):
         say(plan, f"resuming from {checkpoint}")
     result = trainer.train(resume_from_checkpoint=checkpoint)
 
+    rows_seen = gather_rows_seen(trainer)
+    if rows_seen is not None:
+        counts = ", ".join(f"rank {r}: {len(v)} rows" for r, v in sorted(rows_seen.items()))
+        say(plan, f"data: rows drawn per rank: {counts}")
+        Path(recipe.output.dir).mkdir(parents=True, exist_ok=True)
+        write_json(Path(recipe.output.dir) / "rows_seen.json", {str(r): v for r, v in sorted(rows_seen.items())})
     info = manifest(
         recipe=recipe.source_file,
         model=recipe.model.name,
@@ -127,12 +134,15 @@ def run(recipe, resume: str = "auto"):
 
 
 def build_trainer(recipe, args, base, tokenizer, prepared):
-    from trl import SFTTrainer
+    from medsft.shards import recording_trainer_class
 
     eval_ds = prepared["validation"] if args.eval_strategy != "no" and len(prepared["validation"]) else None
     try:
-        return SFTTrainer(model=base, args=args, train_dataset=prepared["train"], eval_dataset=eval_ds,
-                          processing_class=tokenizer, peft_config=lora_config(recipe))
+        trainer = recording_trainer_class()(model=base, args=args, train_dataset=prepared["train"],
+                                            eval_dataset=eval_ds, processing_class=tokenizer,
+                                            peft_config=lora_config(recipe))
+        trainer.rows_seen = []
+        return trainer
     except ValueError as err:
         text = " ".join(str(err).split())
         if "Target modules" in text or "target_modules" in text:
