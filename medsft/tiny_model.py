@@ -52,7 +52,11 @@ def builtin_model_dir(name: str) -> Path:
             tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
             try:
                 build_tiny(tmp)
-                os.replace(tmp, target)
+                try:
+                    os.replace(tmp, target)
+                except OSError:  # built meanwhile by a process the lock did not cover (another host)
+                    if not (target / "config.json").exists():
+                        raise
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
     return target

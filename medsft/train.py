@@ -29,11 +29,22 @@ def complete_checkpoints(output_dir: str) -> list[Path]:
     for child in root.iterdir():
         match = CHECKPOINT_RE.match(child.name)
         if match and child.is_dir():
-            if (child / "trainer_state.json").is_file():
+            if is_complete(child):
                 found.append((int(match.group(1)), child))
             elif os.environ.get("RANK", "0") == "0":
                 print(f"notice: skipping incomplete checkpoint {child}", flush=True)
     return [path for _, path in sorted(found)]
+
+
+def is_complete(checkpoint: Path) -> bool:
+    """Trainer writes trainer_state.json last; a checkpoint is complete once it parses."""
+    import json
+
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def resume_point(resume: str, output_dir: str) -> str | None:
@@ -42,7 +53,7 @@ def resume_point(resume: str, output_dir: str) -> str | None:
     if resume == "auto":
         done = complete_checkpoints(output_dir)
         return str(done[-1]) if done else None
-    if not (Path(resume) / "trainer_state.json").is_file():
+    if not is_complete(Path(resume)):
         raise MedsftError(f"--resume {resume!r} is not a complete checkpoint directory",
                           "pass a checkpoint-N directory, or --resume auto")
     return resume
@@ -88,6 +99,7 @@ def run(recipe, resume: str = "auto"):
     """Train and save the adapter. Returns the trainer (tests inspect it)."""
     from medsft import data, model as model_mod, placement, tokenized
     from medsft.outputs import manifest, write_json
+    from medsft.preemption import EXIT_PREEMPTED, PreemptionCallback
     from medsft.shards import gather_rows_seen
 
     plan = placement.detect(recipe)
@@ -107,7 +119,16 @@ def run(recipe, resume: str = "auto"):
     checkpoint = resume_point(resume, recipe.output.dir)
     if checkpoint:
         say(plan, f"resuming from {checkpoint}")
-    result = trainer.train(resume_from_checkpoint=checkpoint)
+    preemption = PreemptionCallback().install()
+    trainer.add_callback(preemption)
+    try:
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+    finally:
+        preemption.uninstall()
+    if preemption.stopped_for_signal:
+        say(plan, f"preempted at step {trainer.state.global_step}: checkpoint saved in {recipe.output.dir}; "
+                  f"exiting {EXIT_PREEMPTED} so the job is requeued (the same command resumes)")
+        raise SystemExit(EXIT_PREEMPTED)
 
     rows_seen = gather_rows_seen(trainer)
     if rows_seen is not None:

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# One node's share of a Slurm training job: run by `srun` once per node (see *.sbatch).
+# Everything node-specific is read here, on the node itself: SLURM_NODEID is expanded by this
+# shell on each node, never by the batch shell (where it would be 0 everywhere: the classic bug).
+set -euo pipefail
+: "${MEDSFT_RECIPE:?}" "${MEDSFT_ACCEL_CONFIG:?}" "${MASTER_ADDR:?}" "${MASTER_PORT:?}" "${GPUS_PER_NODE:?}"
+NNODES=${SLURM_JOB_NUM_NODES:-1}
+NODE_RANK=${SLURM_NODEID:-0}
+echo "[medsft] node $(hostname) rank ${NODE_RANK}/${NNODES}: ${GPUS_PER_NODE} processes, head ${MASTER_ADDR}:${MASTER_PORT}"
+# exec: accelerate becomes the task process, so the signals srun forwards reach it (and the workers).
+# MEDSFT_EXTRA_ARGS holds the --set overrides, one per line (spaces inside values survive).
+mapfile -t extra < <(printf '%s' "${MEDSFT_EXTRA_ARGS:-}")
+exec python -m accelerate.commands.launch \
+  --config_file "${MEDSFT_ACCEL_CONFIG}" \
+  --num_machines "${NNODES}" \
+  --machine_rank "${NODE_RANK}" \
+  --num_processes "$((NNODES * GPUS_PER_NODE))" \
+  --main_process_ip "${MASTER_ADDR}" \
+  --main_process_port "${MASTER_PORT}" \
+  --rdzv_backend static \
+  -m medsft train "${MEDSFT_RECIPE}" "${extra[@]}"
