@@ -39,6 +39,18 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", default="auto", metavar="auto|never|PATH",
                    help="auto (default): continue from the newest complete checkpoint in output.dir")
 
+    t.add_argument("--force", action="store_true", help="train even if the memory preflight says it won't fit")
+
+    pf = sub.add_parser("preflight", help="estimate memory per device before training (no weights loaded)",
+                        formatter_class=fmt,
+                        epilog="examples:\n  medsft preflight recipes/llama3.1-8b.yaml --gpu-memory 24GiB\n"
+                               "  medsft preflight recipes/llama3.1-8b.yaml --accelerate-config "
+                               "accelerate_configs/zero3.yaml --num-gpus 8 --gpu-memory 80GiB")
+    add_recipe_args(pf)
+    pf.add_argument("--accelerate-config", metavar="FILE", help="the accelerate config you will launch with")
+    pf.add_argument("--num-gpus", type=int, metavar="N", help="processes (default: the config's num_processes)")
+    pf.add_argument("--gpu-memory", metavar="SIZE", help="device memory to assume, e.g. 80GiB (needed without a GPU)")
+
     d = sub.add_parser("data", help="show what is trained: rows kept, lengths, trained spans", formatter_class=fmt,
                        epilog="examples:\n  medsft data recipes/tiny-cpu.yaml --limit 2\n"
                               "  medsft data recipes/tiny-cpu.yaml --json > examples.jsonl")
@@ -73,7 +85,16 @@ def dispatch(args) -> int:
         quiet_libraries()
         from medsft.train import run
 
-        run(recipe, resume=args.resume)
+        run(recipe, resume=args.resume, force=args.force)
+        return 0
+    if args.command == "preflight":
+        from medsft.preflight import run_preflight
+
+        _, verdict, _ = run_preflight(recipe, accelerate_config=args.accelerate_config, num_gpus=args.num_gpus,
+                                      gpu_memory=args.gpu_memory)
+        if verdict == "won't fit":
+            raise MedsftError("the estimate does not fit in device memory", "apply one of the changes listed above",
+                              recipe.source_file)
         return 0
     if args.command == "data":
         quiet_libraries()

@@ -25,37 +25,6 @@ class RowIdRecorder:
         return self.collator(stripped)
 
 
-def recording_trainer_class():
-    """SFTTrainer whose training dataloader records row ids into `trainer.rows_seen`."""
-    from trl import SFTTrainer
-
-    class RecordingSFTTrainer(SFTTrainer):
-        rows_seen: list
-
-        def _set_signature_columns_if_needed(self):
-            super()._set_signature_columns_if_needed()
-            if "row_id" not in self._signature_columns:
-                self._signature_columns = [*self._signature_columns, "row_id"]
-
-        def get_train_dataloader(self):
-            collator = self.data_collator
-            self.data_collator = RowIdRecorder(collator, self.rows_seen)
-            try:
-                return super().get_train_dataloader()
-            finally:
-                self.data_collator = collator
-
-        def get_eval_dataloader(self, eval_dataset=None):
-            collator = self.data_collator
-            self.data_collator = RowIdRecorder(collator, [])
-            try:
-                return super().get_eval_dataloader(eval_dataset)
-            finally:
-                self.data_collator = collator
-
-    return RecordingSFTTrainer
-
-
 def gather_rows_seen(trainer) -> dict[int, list[int]] | None:
     """{rank: row ids} on the main process (None elsewhere); every rank must call it."""
     from accelerate.utils import gather_object

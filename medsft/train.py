@@ -95,7 +95,29 @@ def lora_config(recipe):
                       target_modules=lo.target_modules, task_type="CAUSAL_LM")
 
 
-def run(recipe, resume: str = "auto"):
+def preflight_gate(recipe, plan, force: bool) -> None:
+    """Before loading anything on a GPU: the main process estimates, every rank gets its verdict."""
+    from accelerate.utils import broadcast_object_list
+
+    from medsft.preflight import run_preflight
+
+    if not plan.cuda:
+        say(plan, "preflight: skipped (no GPU; `medsft preflight RECIPE --gpu-memory SIZE` estimates one)")
+        return
+    verdict = [None]
+    if plan.is_main:
+        try:
+            verdict[0] = run_preflight(recipe, num_gpus=plan.world_size)[1]
+        except MedsftError as err:
+            verdict[0] = f"unknown ({err.what})"
+    if plan.world_size > 1:
+        broadcast_object_list(verdict, from_process=0)
+    if verdict[0] == "won't fit" and not force:
+        raise MedsftError("the memory preflight says this run won't fit on the device",
+                          "apply one of the listed changes, or pass --force to try anyway", recipe.source_file)
+
+
+def run(recipe, resume: str = "auto", force: bool = False):
     """Train and save the adapter. Returns the trainer (tests inspect it)."""
     from medsft import data, model as model_mod, placement, tokenized
     from medsft.outputs import manifest, write_json
@@ -103,7 +125,8 @@ def run(recipe, resume: str = "auto"):
     from medsft.shards import gather_rows_seen
 
     plan = placement.detect(recipe)
-    args = sft_config(recipe, plan)
+    args = sft_config(recipe, plan)  # also sets up the distributed state
+    preflight_gate(recipe, plan, force)
     tokenizer = model_mod.load_tokenizer(recipe.model)
 
     splits, report, raw = data.load_splits(recipe.data)
@@ -155,14 +178,20 @@ def run(recipe, resume: str = "auto"):
 
 
 def build_trainer(recipe, args, base, tokenizer, prepared):
-    from medsft.shards import recording_trainer_class
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback as TqdmCallback
+
+    from medsft.progress import MetricsFileCallback, ProgressCallback
+    from medsft.trainer import trainer_class
 
     eval_ds = prepared["validation"] if args.eval_strategy != "no" and len(prepared["validation"]) else None
     try:
-        trainer = recording_trainer_class()(model=base, args=args, train_dataset=prepared["train"],
-                                            eval_dataset=eval_ds, processing_class=tokenizer,
-                                            peft_config=lora_config(recipe))
+        trainer = trainer_class()(model=base, args=args, train_dataset=prepared["train"], eval_dataset=eval_ds,
+                                  processing_class=tokenizer, peft_config=lora_config(recipe))
         trainer.rows_seen = []
+        trainer.remove_callback(TqdmCallback)
+        trainer.remove_callback(PrinterCallback)
+        trainer.add_callback(ProgressCallback())
+        trainer.add_callback(MetricsFileCallback(recipe.output.dir))
         return trainer
     except ValueError as err:
         text = " ".join(str(err).split())

@@ -27,7 +27,7 @@ def free_port() -> int:
 def accelerate(config: str, *extra, out, overrides=(), processes=2, env=None, wait=True):
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs" / config),
            "--num_processes", str(processes), *extra, "-m", "medsft", "train", str(REPO / "recipes" / "tiny-cpu.yaml"),
-           "--set", f"output.dir={out}", "--set", f"training.max_steps={STEPS}", "--set", "training.eval_steps=2",
+           "--set", f"output.dir={out}", "--set", f"training.max_steps={STEPS}", "--set", "training.eval_steps=2", "--set", "training.logging_steps=2",
            *[x for o in overrides for x in ("--set", o)]]
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     if not wait:
@@ -71,6 +71,7 @@ def test_config_trains(config, processes, placement, distributed, tmp_path, tiny
     m = check_one_adapter(out, processes, placement)
     assert m["launch"]["distributed_type"] == distributed
     assert res.stdout.count("adapter saved to") == 1, "only the main process reports"
+    assert res.stdout.count(f"step {STEPS}/{STEPS} |") == 2, "one progress display (a train and an eval line)"
     if config == "zero3.yaml":
         assert m["placement"]["device_map"] is None and m["placement"]["checkpointing_kwargs"]["use_reentrant"]
         assert m["placement"]["quant_storage"] == "float32"  # = the model dtype of tiny-cpu

@@ -5,6 +5,7 @@ that `medsft data --json` shows."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -106,6 +107,28 @@ def test_readme_command_trains(tmp_path):
     for name in ADAPTER_FILES:
         assert (adapter / name).is_file(), name
     assert "adapter saved to runs/tiny-cpu/adapter" in res.stdout
+    # stdout is a pipe here, as in a Slurm log: plain progress lines, no control codes
+    assert "\x1b[" not in res.stdout and "\r" not in res.stdout
+    lines = [line for line in res.stdout.splitlines() if line.startswith("step ")]
+    assert any(line.startswith("step 80/80 |") and "eval nll" in line and "eval acc" in line for line in lines)
+    assert all(" | loss " in line and " | acc " in line and " | lr " in line for line in lines)
+    run_dir = tmp_path / "runs" / "tiny-cpu"
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r and "train_runtime" not in r] == list(range(10, 81, 10))
+    assert [r["step"] for r in records if "eval_loss" in r] == [40, 80]
+    assert all(abs(r["eval_perplexity"] - math.exp(r["eval_loss"])) < 1e-6 for r in records if "eval_loss" in r)
+    png = run_dir / "loss.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_forced_terminal_renders_rich(tmp_path):
+    res = run_cli("train", REPO / "recipes" / "tiny-cpu.yaml", "--set", f"output.dir={tmp_path}",
+                  "--set", "training.max_steps=3", "--set", "training.logging_steps=1",
+                  env={"FORCE_COLOR": "1", "COLUMNS": "160"}, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "\x1b[" in res.stdout, "no rich rendering on a (forced) terminal"
+    assert "━" in res.stdout  # the progress bar
+    assert "\nstep 1/3 | " not in res.stdout, "plain lines printed on a terminal"
 
 
 def test_notebook_config_trains(tmp_path, demo_json):

@@ -1,0 +1,50 @@
+"""medsft's SFTTrainer: TRL's trainer, plus two things TRL does not do.
+
+1. It records which rows each rank draws (medsft.shards), to show that ranks train disjoint shards.
+2. It evaluates with the NLL loss whatever the training loss: DFT's loss is weighted by the model's own
+   probabilities and can rise while the model improves, so eval_loss is the mean NLL per completion
+   token, and eval_perplexity = exp(eval_loss) is logged beside it.
+"""
+
+from __future__ import annotations
+
+from medsft.progress import add_perplexity
+from medsft.shards import RowIdRecorder
+
+
+def trainer_class():
+    from trl import SFTTrainer
+
+    class MedsftTrainer(SFTTrainer):
+        rows_seen: list
+
+        def _set_signature_columns_if_needed(self):
+            super()._set_signature_columns_if_needed()
+            if "row_id" not in self._signature_columns:
+                self._signature_columns = [*self._signature_columns, "row_id"]
+
+        def _with_recorder(self, seen, build):
+            collator = self.data_collator
+            self.data_collator = RowIdRecorder(collator, seen)
+            try:
+                return build()
+            finally:
+                self.data_collator = collator
+
+        def get_train_dataloader(self):
+            return self._with_recorder(self.rows_seen, super().get_train_dataloader)
+
+        def get_eval_dataloader(self, eval_dataset=None):
+            return self._with_recorder([], lambda: super(MedsftTrainer, self).get_eval_dataloader(eval_dataset))
+
+        def evaluate(self, *args, **kwargs):
+            loss_type, self.args.loss_type = self.args.loss_type, "nll"
+            try:
+                return super().evaluate(*args, **kwargs)
+            finally:
+                self.args.loss_type = loss_type
+
+        def log(self, logs, start_time=None):
+            super().log(add_perplexity(logs), start_time)
+
+    return MedsftTrainer

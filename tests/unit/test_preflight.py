@@ -1,0 +1,102 @@
+"""Memory preflight: weight rows against hand computation for three real architectures, ZeRO-3
+partitioning, the checkpointing factor, and the won't-fit → suggestions → fits loop through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from medsft.preflight import Arch, Setup, estimate
+from tests.conftest import REPO, run_cli
+
+CONFIGS = REPO / "bench" / "configs"
+DQ = 0.5 + 1 / 64 + 4 / (64 * 256)  # NF4 + double-quantized absmax, bytes per weight
+
+
+def arch(name: str) -> Arch:
+    return Arch.from_config(json.loads((CONFIGS / f"{name}.json").read_text()))
+
+
+# hand computation: L·(q + k + v + o + gate + up + down) and the unquantized parts
+HAND = {
+    "qwen3-0.6b": dict(p_lin=28 * (1024 * 2048 + 2 * 1024 * 1024 + 2048 * 1024 + 3 * 1024 * 3072),
+                       unq=151936 * 1024 + 57 * 1024),  # tied embeddings, 2·28+1 norms
+    "llama3.1-8b": dict(p_lin=32 * (4096 * 4096 + 2 * 4096 * 1024 + 4096 * 4096 + 3 * 4096 * 14336),
+                        unq=2 * 128256 * 4096 + 65 * 4096),
+    "llama3.1-70b": dict(p_lin=80 * (8192 * 8192 + 2 * 8192 * 1024 + 8192 * 8192 + 3 * 8192 * 28672),
+                         unq=2 * 128256 * 8192 + 161 * 8192),
+}
+
+
+@pytest.mark.parametrize("name", HAND)
+def test_weight_rows_match_hand_computation(name):
+    a = arch(name)
+    hand = HAND[name]
+    assert a.linear_params() == hand["p_lin"]
+    est = estimate(a, Setup(bits=4))
+    assert est.get("base weights (quantized)") == pytest.approx(hand["p_lin"] * DQ)
+    assert est.get("embeddings, lm_head, norms") == pytest.approx(hand["unq"] * 2)
+    assert estimate(a, Setup(bits=None)).get("base weights") == pytest.approx(hand["p_lin"] * 2)
+    assert estimate(a, Setup(bits=4, double_quant=False)).get("base weights (quantized)") == \
+        pytest.approx(hand["p_lin"] * (0.5 + 4 / 64))
+
+
+def test_known_sizes():
+    # Llama-3.1-8B: 8.03B parameters in all; LoRA r=16 on all linear layers: 41,943,040
+    a = arch("llama3.1-8b")
+    assert (a.linear_params() + 2 * 128256 * 4096 + 65 * 4096) / 1e9 == pytest.approx(8.03, abs=0.01)
+    assert estimate(a, Setup(rank=16)).get("LoRA parameters") == 41_943_040 * 2
+
+
+@pytest.mark.parametrize("name", HAND)
+def test_zero3_divides_by_world_size(name):
+    a = arch(name)
+    one = estimate(a, Setup(world_size=8, zero_stage=None))
+    z3 = estimate(a, Setup(world_size=8, zero_stage=3))
+    for row in ("base weights (quantized)", "embeddings, lm_head, norms", "LoRA parameters", "LoRA gradients"):
+        assert z3.get(row) == pytest.approx(one.get(row) / 8), row
+    assert z3.get("optimizer (AdamW)") == pytest.approx(one.get("LoRA parameters") / 2 * 12 / 8)
+    assert z3.get("activations") == one.get("activations")  # ZeRO does not shard activations
+
+
+@pytest.mark.parametrize("name", HAND)
+def test_checkpointing_factor(name):
+    a = arch(name)
+    on = estimate(a, Setup(checkpointing=True, micro_batch=2, max_length=1024)).get("activations")
+    off = estimate(a, Setup(checkpointing=False, micro_batch=2, max_length=1024)).get("activations")
+    h, n_heads, kv, d, i, layers = a.hidden, a.heads, a.kv_heads, a.head_dim, a.intermediate, a.layers
+    e = 4 * h + 2 * n_heads * d + 2 * kv * d + 4 * i + 7 * 16 + 2 * n_heads  # the docstring's E, all-linear r=16
+    assert off / on == pytest.approx(layers * e / (layers * h + e))
+
+
+def put_in_hub_cache(home, repo_id: str, config: dict) -> None:
+    """The layout huggingface_hub reads offline: refs/main → snapshots/<commit>/config.json."""
+    base = home / "hf" / "hub" / f"models--{repo_id.replace('/', '--')}"
+    commit = "0" * 40
+    (base / "refs").mkdir(parents=True, exist_ok=True)
+    (base / "refs" / "main").write_text(commit)
+    (base / "snapshots" / commit).mkdir(parents=True, exist_ok=True)
+    (base / "snapshots" / commit / "config.json").write_text(json.dumps(config))
+
+
+def test_8b_on_16gib_gets_suggestions_that_fit(medsft_env):
+    put_in_hub_cache(medsft_env, "meta-llama/Llama-3.1-8B-Instruct",
+                     json.loads((CONFIGS / "llama3.1-8b.json").read_text()))
+    recipe = REPO / "recipes" / "llama3.1-8b.yaml"
+    res = run_cli("preflight", recipe, "--gpu-memory", "16GiB", env={"COLUMNS": "200"}, timeout=120)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "won't fit" in res.stdout
+    tips = [line for line in res.stdout.splitlines() if line.strip().startswith("→")]
+    assert len(tips) == 3, res.stdout
+    for tip in tips:
+        sets = [part.split()[0] for part in tip.split("--set ")[1:]]
+        assert sets, tip
+        ok = run_cli("preflight", recipe, "--gpu-memory", "16GiB", *[x for s in sets for x in ("--set", s)],
+                     env={"COLUMNS": "200"}, timeout=120)
+        assert ok.returncode == 0 and "verdict: fits" in ok.stdout, (tip, ok.stdout)
+
+
+def test_preflight_without_gpu_needs_gpu_memory():
+    res = run_cli("preflight", REPO / "recipes" / "tiny-cpu.yaml", timeout=120)
+    assert res.returncode == 2 and "pass --gpu-memory SIZE" in res.stderr
