@@ -51,6 +51,31 @@ def parser() -> argparse.ArgumentParser:
     pf.add_argument("--num-gpus", type=int, metavar="N", help="processes (default: the config's num_processes)")
     pf.add_argument("--gpu-memory", metavar="SIZE", help="device memory to assume, e.g. 80GiB (needed without a GPU)")
 
+    i = sub.add_parser("infer", help="ask a trained adapter (one question, a JSONL file, or interactively)",
+                       formatter_class=fmt,
+                       epilog="examples:\n  medsft infer runs/tiny-cpu/adapter --question \"A 40-year-old ...\"\n"
+                              "  medsft infer runs/tiny-cpu/adapter --file questions.jsonl --output answers.jsonl\n"
+                              "  medsft infer runs/tiny-cpu/adapter            # interactive")
+    i.add_argument("adapter_dir")
+    src = i.add_mutually_exclusive_group()
+    src.add_argument("--question", help="one question")
+    src.add_argument("--file", help="JSONL with a 'question' per line (batch mode)")
+    i.add_argument("--output", help="batch mode: write JSONL here (default stdout)")
+    i.add_argument("--no-adapter", action="store_true", help="answer with the base model alone")
+    add_generation_args(i)
+
+    e = sub.add_parser("eval", help="evaluate an adapter on its run's held-out test split", formatter_class=fmt,
+                       epilog="example:\n  medsft eval runs/tiny-cpu/adapter --max-generations 40")
+    e.add_argument("adapter_dir")
+    e.add_argument("--max-generations", type=int, default=20, help="test rows to generate for (default 20)")
+    e.add_argument("--no-base", action="store_true", help="skip the base-model comparison")
+    add_generation_args(e)
+
+    m = sub.add_parser("merge", help="merge the adapter into bf16 base weights (plain transformers checkpoint)",
+                       formatter_class=fmt, epilog="example:\n  medsft merge runs/tiny-cpu/adapter runs/tiny-cpu/merged")
+    m.add_argument("adapter_dir")
+    m.add_argument("out_dir")
+
     d = sub.add_parser("data", help="show what is trained: rows kept, lengths, trained spans", formatter_class=fmt,
                        epilog="examples:\n  medsft data recipes/tiny-cpu.yaml --limit 2\n"
                               "  medsft data recipes/tiny-cpu.yaml --json > examples.jsonl")
@@ -59,6 +84,22 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--split", default="train", choices=["train", "validation", "test"])
     d.add_argument("--json", action="store_true", help="one JSON object per example (input_ids, labels) on stdout")
     return p
+
+
+def add_generation_args(p) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--top-p", type=float, default=0.95)
+
+
+def generation_settings(args):
+    from medsft.generate import Settings
+
+    if args.max_new_tokens <= 0:
+        raise MedsftError(f"--max-new-tokens must be positive (got {args.max_new_tokens})", "use e.g. 512")
+    return Settings(max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature,
+                    top_p=args.top_p)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,6 +113,27 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def dispatch(args) -> int:
+    if args.command in ("infer", "eval", "merge"):
+        from medsft.adapter import check_adapter_dir
+
+        check_adapter_dir(args.adapter_dir)  # before any heavy import
+        quiet_libraries()
+        if args.command == "infer":
+            from medsft.infer import run_infer
+
+            run_infer(args.adapter_dir, question=args.question, file=args.file, output=args.output,
+                      use_adapter=not args.no_adapter, settings=generation_settings(args))
+        elif args.command == "eval":
+            from medsft.evaluate import run_eval
+
+            run_eval(args.adapter_dir, max_generations=args.max_generations, settings=generation_settings(args),
+                     with_base=not args.no_base)
+        else:
+            from medsft.merge import run_merge
+
+            print(f"merged model saved to {run_merge(args.adapter_dir, args.out_dir)}")
+        return 0
+
     from medsft.config import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)  # before any heavy import

@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -59,7 +60,10 @@ class Cluster:
     def __init__(self, root: Path):
         self.root = root
         self.conf = root / "slurm.conf"
-        self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
+        # jobs inherit this environment (sbatch --export=ALL): the test's python first on PATH, as an
+        # activated venv would have it
+        path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+        self.env = {**os.environ, "SLURM_CONF": str(self.conf), "PATH": path}
         self.procs: list[subprocess.Popen] = []
         self.munged = None
 

@@ -1,0 +1,75 @@
+"""Load a trained adapter directory the way it was trained: base model, quantization, dtype, tokenizer.
+
+Why: inference and evaluation must see the model training saw. The adapter directory carries the
+resolved recipe (recipe.yaml) and the manifest, so nothing has to be remembered or passed again.
+Bad directories (missing, no adapter files, corrupted weights) are one-line errors.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from medsft.errors import MedsftError
+
+REQUIRED = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def check_adapter_dir(path: str | Path) -> Path:
+    p = Path(path)
+    if not p.is_dir():
+        raise MedsftError(f"adapter directory {str(p)!r} not found", "pass the adapter/ directory a training wrote")
+    missing = [f for f in REQUIRED if not (p / f).is_file()]
+    if missing:
+        raise MedsftError(f"{str(p)!r} has no {', '.join(missing)}", "pass the adapter/ directory a training wrote "
+                          "(runs/<recipe>/adapter)")
+    try:
+        json.loads((p / "adapter_config.json").read_text())
+        from safetensors import safe_open
+
+        with safe_open(str(p / "adapter_model.safetensors"), framework="pt") as fh:
+            list(fh.keys())
+    except Exception as err:  # safetensors raises its own error types for a bad header
+        raise MedsftError(f"{str(p)!r} holds a corrupted adapter ({type(err).__name__}: "
+                          f"{' '.join(str(err).split())[:120]})", "re-run training, or restore the file") from None
+    return p
+
+
+def recipe_of(adapter_dir: Path):
+    """The recipe the adapter was trained with (recipe.yaml), as a Recipe."""
+    from medsft.config import build
+
+    path = adapter_dir / "recipe.yaml"
+    if not path.is_file():
+        raise MedsftError(f"{str(adapter_dir)!r} has no recipe.yaml", "pass a directory written by medsft train")
+    raw = yaml.safe_load(path.read_text()) or {}
+    recipe = build({k: v for k, v in raw.items() if v is not None})
+    recipe.source_file = str(path)
+    return recipe
+
+
+def load_for_inference(adapter_dir, *, use_adapter: bool = True):
+    """(model, tokenizer, recipe): the quantized base as trained, with the adapter unless told not to."""
+    import torch
+
+    from medsft import model as model_mod, placement
+
+    adapter_dir = check_adapter_dir(adapter_dir)
+    recipe = recipe_of(adapter_dir)
+    plan = placement.decide(placement.launch_env({}), torch.cuda.is_available(), torch.cuda.device_count(),
+                            bits=recipe.quantization.bits, dtype=recipe.model.dtype)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)  # the tokenizer as trained (chat template included)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    base, _ = model_mod.load_model(recipe, plan)
+    base.config.use_cache = True
+    if not use_adapter:
+        return base.eval(), tokenizer, recipe
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(base, str(adapter_dir))
+    return model.eval(), tokenizer, recipe

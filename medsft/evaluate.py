@@ -1,0 +1,145 @@
+"""`medsft eval ADAPTER_DIR`: the held-out test split, with and without the adapter.
+
+Why: loss curves say little about a reasoning model; users need to know whether it answers in the
+trained format, stops, and gets multiple-choice items right, compared with the base model. Measured:
+- NLL and perplexity over completion tokens only (teacher-forced, batched, TRL's own labels);
+- on up to N test rows, generation: share with a well-formed closed `<think>` block, non-empty answer,
+  stopped at end-of-turn, mean reasoning/answer length (tokens of the generated text);
+- multiple-choice accuracy on rows with `options` and `answer_idx` (MedQA style), the question posed
+  with lettered options and the letter extracted by medsft.answers;
+- the same for the base model (adapter disabled) and the difference. Written to eval.json.
+The scoring functions take a plain `generate(questions) -> texts` function, so they are tested with
+scripted outputs.
+"""
+
+from __future__ import annotations
+
+import math
+from statistics import mean
+from typing import Callable
+
+from medsft.answers import extract_choice, mc_prompt, split_reasoning
+
+Generate = Callable[[list[str]], list[dict]]  # records as generate.generate_batch returns them
+
+
+def format_metrics(records: list[dict], tokenizer=None) -> dict:
+    if not records:
+        return {}
+    parsed = [split_reasoning(r["text"]) for r in records]
+    length = (lambda s: len(tokenizer(s, add_special_tokens=False)["input_ids"])) if tokenizer else len
+    return {
+        "n": len(records),
+        "well_formed_think": mean(p.well_formed for p in parsed),
+        "non_empty_answer": mean(bool(p.answer.strip()) for p in parsed),
+        "stopped_at_end_of_turn": mean(bool(r["stopped"]) for r in records),
+        "format_compliance": mean(p.well_formed and bool(p.answer.strip()) and r["stopped"]
+                                  for p, r in zip(parsed, records)),
+        "mean_reasoning_length": mean(length(p.reasoning) for p in parsed),
+        "mean_answer_length": mean(length(p.answer) for p in parsed),
+    }
+
+
+def mc_items(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if isinstance(r.get("options"), dict) and r.get("answer_idx") in (r.get("options") or {})]
+
+
+def mc_accuracy(items: list[dict], generate: Generate, question_key: str = "question") -> dict:
+    """Accuracy of the letters extracted from the generated answers (None counts as wrong)."""
+    if not items:
+        return {}
+    prompts = [mc_prompt(item.get(question_key) or item["Question"], item["options"]) for item in items]
+    records = generate(prompts)
+    chosen = [extract_choice(split_reasoning(r["text"]).answer, item["options"]) for r, item in zip(records, items)]
+    correct = [c == item["answer_idx"] for c, item in zip(chosen, items)]
+    return {"n": len(items), "accuracy": mean(correct), "unparsed": mean(c is None for c in chosen)}
+
+
+def completion_nll(model, prepared, batch_size: int = 4) -> dict:
+    """Mean NLL per completion token (labels != -100), teacher-forced."""
+    import torch
+    import torch.nn.functional as F
+
+    total, count = 0.0, 0
+    device = next(model.parameters()).device
+    rows = [(r["input_ids"], r["labels"]) for r in prepared]
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            width = max(len(ids) for ids, _ in chunk)
+            ids = torch.tensor([i + [0] * (width - len(i)) for i, _ in chunk], device=device)
+            mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in chunk], device=device)
+            labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in chunk], device=device)
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            target = labels[:, 1:]
+            total += F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100,
+                                     reduction="sum").item()
+            count += int((target != -100).sum())
+    nll = total / max(count, 1)
+    return {"nll": nll, "perplexity": math.exp(nll) if nll < 50 else float("inf"), "tokens": count}
+
+
+def held_out_rows(adapter_dir, recipe) -> list[dict]:
+    """The raw rows of the run's test split (row ids saved at training)."""
+    import json
+
+    from medsft import data
+
+    ids = json.loads((adapter_dir / "test_ids.json").read_text())
+    raw = data.load_raw(recipe.data)
+    return [dict(raw[i]) for i in ids]
+
+
+def run_eval(adapter_dir, *, max_generations: int = 20, settings=None, with_base: bool = True) -> dict:
+    from pathlib import Path
+
+    from datasets import Dataset
+    from rich.console import Console
+    from rich.table import Table
+
+    from medsft import data, tokenized
+    from medsft.adapter import load_for_inference
+    from medsft.generate import Settings, generate_batch
+    from medsft.outputs import write_json
+
+    adapter_dir = Path(adapter_dir)
+    settings = settings or Settings()
+    model, tokenizer, recipe = load_for_inference(adapter_dir)
+    rows = held_out_rows(adapter_dir, recipe)
+    d = recipe.data
+    formatted, _ = data.to_prompt_completion(Dataset.from_list(rows), d)
+    prepared = tokenized.prepare_split(formatted, tokenizer, name="test")
+    questions = [r[d.question_column] for r in rows][:max_generations]
+    items = mc_items(rows)[:max_generations]
+
+    def gen(prompts):
+        return generate_batch(model, tokenizer, prompts, settings, d.system_prompt)
+
+    def measure() -> dict:
+        return {"completion": completion_nll(model, prepared), "generation": format_metrics(gen(questions), tokenizer),
+                "multiple_choice": mc_accuracy(items, gen)}
+
+    results = {"adapter": measure()}
+    if with_base:
+        with model.disable_adapter():
+            results["base"] = measure()
+        results["delta"] = {section: {k: v - results["base"][section][k] for k, v in vals.items()
+                                      if isinstance(v, (int, float)) and k != "n" and k in results["base"][section]}
+                            for section, vals in results["adapter"].items()}
+    results["test_rows"] = len(rows)
+    write_json(adapter_dir / "eval.json", results)
+
+    table = Table(title=f"evaluation on {len(rows)} test rows ({len(questions)} generated, {len(items)} MC items)")
+    table.add_column("metric")
+    for name in ("adapter", "base", "delta"):
+        if name in results:
+            table.add_column(name, justify="right")
+    for section, vals in results["adapter"].items():
+        for key, value in vals.items():
+            if key in ("n", "tokens"):
+                continue
+            cells = [f"{results[n][section].get(key, float('nan')):.3f}" for n in ("adapter", "base", "delta")
+                     if n in results]
+            table.add_row(f"{section}: {key}", *cells)
+    Console().print(table)
+    return results

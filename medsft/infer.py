@@ -1,0 +1,77 @@
+"""`medsft infer ADAPTER_DIR`: ask the trained model, one question, a JSONL file, or interactively.
+
+Why: the quickest check that an adapter learned to reason and to stop. The base model is loaded as it
+was trained (the adapter's recipe.yaml), `--no-adapter` answers with the base alone for comparison,
+and batch mode writes JSONL records (question, reasoning, answer, tokens, seconds).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from medsft.errors import MedsftError
+
+
+def read_questions(path: str) -> list[str]:
+    p = Path(path)
+    if not p.is_file():
+        raise MedsftError(f"questions file {path!r} not found", "pass a .jsonl file with a 'question' per line")
+    questions = []
+    for number, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            raise MedsftError(f"{path} line {number} is not JSON", "one JSON object per line") from None
+        q = obj.get("question") or obj.get("Question") if isinstance(obj, dict) else None
+        if not isinstance(q, str) or not q.strip():
+            raise MedsftError(f"{path} line {number} has no 'question' string", 'write {"question": "..."}')
+        questions.append(q)
+    return questions
+
+
+def run_infer(adapter_dir, *, question=None, file=None, output=None, use_adapter=True, settings=None) -> list[dict]:
+    from rich.console import Console
+    from rich.panel import Panel
+
+    from medsft.adapter import load_for_inference
+    from medsft.generate import Settings, generate_batch, stream_one
+
+    settings = settings or Settings()
+    questions = read_questions(file) if file else None
+    model, tokenizer, recipe = load_for_inference(adapter_dir, use_adapter=use_adapter)
+    console = Console()
+    system = recipe.data.system_prompt
+    if questions is not None:
+        records = generate_batch(model, tokenizer, questions, settings, system)
+        out = open(output, "w", encoding="utf-8") if output else sys.stdout
+        try:
+            for r in records:
+                out.write(json.dumps({k: r[k] for k in ("question", "reasoning", "answer", "tokens", "seconds",
+                                                        "well_formed", "stopped")}) + "\n")
+        finally:
+            if output:
+                out.close()
+        return records
+    records = []
+    asks = [question] if question else None
+    while True:
+        if asks is not None:
+            if not asks:
+                break
+            q = asks.pop(0)
+        else:
+            try:
+                q = console.input("[bold cyan]question>[/bold cyan] ")
+            except EOFError:
+                break
+            if not q.strip():
+                break
+        r = stream_one(model, tokenizer, q, settings, console, system)
+        console.print(Panel(r["answer"] or "(no answer)", title="answer", subtitle=f"{r['tokens']} tokens, "
+                            f"{r['seconds']:.1f}s{'' if r['stopped'] else ', hit max_new_tokens'}"))
+        records.append(r)
+    return records

@@ -1,0 +1,40 @@
+"""`medsft merge ADAPTER_DIR OUT_DIR`: the base in bf16 with the LoRA merged in, as plain safetensors.
+
+Why: serving stacks (vLLM, TGI, llama.cpp converters) want one ordinary checkpoint, loadable with
+transformers alone. The base is loaded unquantized in bf16 (merging into 4-bit weights would round the
+update away), the adapter applied and merged, and the result written atomically with the tokenizer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medsft.errors import MedsftError
+
+
+def run_merge(adapter_dir, out_dir) -> Path:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from medsft.adapter import check_adapter_dir, recipe_of
+    from medsft.model import offline_error, resolve_model_path
+    from medsft.outputs import atomic_dir
+
+    adapter_dir = check_adapter_dir(adapter_dir)
+    recipe = recipe_of(adapter_dir)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise MedsftError(f"{str(out)!r} is a file", "choose a directory for the merged model")
+    try:
+        base = AutoModelForCausalLM.from_pretrained(resolve_model_path(recipe.model.name), dtype=torch.bfloat16,
+                                                    revision=recipe.model.revision,
+                                                    trust_remote_code=recipe.model.trust_remote_code)
+    except OSError as err:
+        raise offline_error(recipe.model.name, err) from None
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+    with atomic_dir(out) as tmp:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    return out
