@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from medsft.errors import EXIT_USAGE, MedsftError
 
@@ -144,6 +145,12 @@ def dispatch(args) -> int:
             check_launch_early(recipe)
         except MedsftError as err:
             raise err.at(recipe.source_file)
+        if args.resume not in ("auto", "never"):
+            from medsft.train import is_complete
+
+            if not is_complete(Path(args.resume)):
+                raise MedsftError(f"--resume {args.resume!r} is not a complete checkpoint directory",
+                                  "pass a checkpoint-N directory with trainer_state.json, or --resume auto")
         quiet_libraries()
         from medsft.train import run
 

@@ -426,9 +426,25 @@ def validate(recipe: Recipe) -> None:
         raise MedsftError("training.packing needs training.max_length", "set training.max_length, e.g. 2048")
     if t.get("bf16") and t.get("fp16"):
         raise MedsftError("training.bf16 and training.fp16 are both on", "choose one")
-    out = Path(recipe.output.dir)
+    for key in ("dir", "adapter_dir"):
+        value = getattr(recipe.output, key)
+        if value is not None:
+            check_writable_dir(Path(value), f"output.{key}")
+
+
+def check_writable_dir(out: Path, name: str) -> None:
+    """A directory we can create or write: not a file, not inside a file, not read-only."""
     if out.exists() and not out.is_dir():
-        raise MedsftError(f"output.dir {str(out)!r} is a file", "choose a directory path for output.dir")
+        raise MedsftError(f"{name} {str(out)!r} is a file", f"choose a directory path for {name}")
+    ancestor = out
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise MedsftError(f"{name} {str(out)!r} is inside {str(ancestor)!r}, which is a file",
+                          f"choose a directory path for {name}")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise MedsftError(f"{name} {str(out)!r} is not writable ({str(ancestor)!r} is read-only)",
+                          f"choose a writable location for {name}")
 
 
 def looks_local(name: str) -> bool:

@@ -55,11 +55,21 @@ def builtin_model_dir(name: str) -> Path:
                 try:
                     os.replace(tmp, target)
                 except OSError:  # built meanwhile by a process the lock did not cover (another host)
-                    if not (target / "config.json").exists():
-                        raise
+                    wait_for_build(target)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def wait_for_build(target: Path, timeout: float = 120) -> None:
+    """Another process renamed its build into place; wait until its files are all visible."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not (target / "config.json").exists() or not (target / "tokenizer.json").exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{target} exists but is incomplete; remove it and retry")
+        time.sleep(0.2)
 
 
 def build_tokenizer():

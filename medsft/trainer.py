@@ -1,7 +1,8 @@
 """medsft's SFTTrainer: TRL's trainer, plus two things TRL does not do.
 
 1. It records which rows each rank draws (medsft.shards), to show that ranks train disjoint shards.
-2. It evaluates with the NLL loss whatever the training loss: DFT's loss is weighted by the model's own
+2. A resumed run continues in the precision TRL trains QLoRA adapters in (bf16), so resuming is exact.
+3. It evaluates with the NLL loss whatever the training loss: DFT's loss is weighted by the model's own
    probabilities and can rise while the model improves, so eval_loss is the mean NLL per completion
    token, and eval_perplexity = exp(eval_loss) is logged beside it.
 """
@@ -36,6 +37,20 @@ def trainer_class():
 
         def get_eval_dataloader(self, eval_dataset=None):
             return self._with_recorder([], lambda: super(MedsftTrainer, self).get_eval_dataloader(eval_dataset))
+
+        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            # TRL trains a quantized model's LoRA weights in bf16, PEFT's loader upcasts them to fp32:
+            # cast back, or a resumed run computes in another precision than the run it continues.
+            target = model or self.model
+            base = getattr(target, "base_model", target)
+            if getattr(getattr(base, "model", base), "is_loaded_in_4bit", False) or \
+                    getattr(getattr(base, "model", base), "is_loaded_in_8bit", False):
+                import torch
+
+                for name, param in target.named_parameters():
+                    if param.requires_grad and "lora_magnitude_vector" not in name:
+                        param.data = param.data.to(torch.bfloat16)
 
         def evaluate(self, *args, **kwargs):
             loss_type, self.args.loss_type = self.args.loss_type, "nll"

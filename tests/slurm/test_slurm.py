@@ -41,7 +41,7 @@ def log_of(job_id: str) -> str:
     return (REPO / f"slurm-medsft-{job_id}.log").read_text()
 
 
-def test_two_node_job(slurm, tmp_path):
+def test_two_node_job(slurm, tmp_path, tiny_dir):
     out = tmp_path / "run"
     res = submit(slurm, out, "training.max_steps=4")
     job_id = res.stdout.strip().split(";")[0]
@@ -60,7 +60,7 @@ def test_two_node_job(slurm, tmp_path):
         (REPO / f"slurm-medsft-{job_id}.log").unlink(missing_ok=True)
 
 
-def test_requeue_resumes(slurm, tmp_path):
+def test_requeue_resumes(slurm, tmp_path, tiny_dir):
     out = tmp_path / "run"
     steps = 24
     res = submit(slurm, out, f"training.max_steps={steps}", "training.save_steps=4", wait=False)

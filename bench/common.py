@@ -1,0 +1,42 @@
+"""What every benchmark records beside its numbers: machine, device, versions, date, command."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"  # MEDSFT_BENCH_RESULTS overrides (tests)
+
+
+def environment() -> dict:
+    from medsft.outputs import git_commit, package_versions
+
+    info = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": platform.machine(), "python": sys.version.split()[0],
+            "cpus": __import__("os").cpu_count(), "versions": package_versions(), "git_commit": git_commit(),
+            "command": " ".join(sys.argv)}
+    try:
+        import torch
+
+        info["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    except Exception:  # torch missing: the record still says where it ran
+        info["device"] = "unknown"
+    return info
+
+
+def save(name: str, payload: dict) -> Path:
+    import os
+
+    results = Path(os.environ.get("MEDSFT_BENCH_RESULTS", RESULTS))
+    results.mkdir(parents=True, exist_ok=True)
+    path = results / f"{name}-{time.strftime('%Y-%m-%d')}.json"
+    path.write_text(json.dumps({"environment": environment(), **payload}, indent=2) + "\n")
+    print(f"saved {path}")
+    return path
+
+
+def median(values):
+    return statistics.median(values) if values else float("nan")
