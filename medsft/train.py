@@ -119,7 +119,7 @@ def preflight_gate(recipe, plan, force: bool) -> None:
 
 def run(recipe, resume: str = "auto", force: bool = False):
     """Train and save the adapter. Returns the trainer (tests inspect it)."""
-    from medsft import data, model as model_mod, placement, tokenized
+    from medsft import data, data_cache, model as model_mod, placement
     from medsft.outputs import manifest, write_json
     from medsft.preemption import EXIT_PREEMPTED, PreemptionCallback
     from medsft.shards import gather_rows_seen
@@ -131,7 +131,8 @@ def run(recipe, resume: str = "auto", force: bool = False):
 
     splits, report, raw = data.load_splits(recipe.data)
     say(plan, report.summary())
-    prepared, stats, dropped = tokenized.prepare_all(splits, tokenizer, recipe.training)
+    prepared, stats, dropped = data_cache.prepared_splits(recipe, raw, splits, tokenizer,
+                                                          say=lambda m: print(m, flush=True))
     for name, n in dropped.items():
         if n:
             say(plan, f"data: {n} {name} rows longer than training.max_length={recipe.training.get('max_length')} dropped")

@@ -66,8 +66,13 @@ def check_one_adapter(out, world_size: int, placement: str) -> dict:
 ])
 def test_config_trains(config, processes, placement, distributed, tmp_path, tiny_dir):
     out = tmp_path / "run"
-    res = accelerate(config, out=out, processes=processes)
+    # a split seed no other test uses: this launch finds no tokenized cache and must build it once
+    overrides = [f"data.split_seed={900 + processes}{len(config)}"] if config == "ddp.yaml" else []
+    res = accelerate(config, out=out, processes=processes, overrides=overrides)
     assert res.returncode == 0, res.stderr[-4000:]
+    if config == "ddp.yaml":  # prepared once by the main process, loaded by the other rank
+        assert res.stdout.count("tokenized and cached to") == 1 and "data[rank 0]: tokenized" in res.stdout
+        assert "data[rank 1]: loaded tokenized splits from cache" in res.stdout
     m = check_one_adapter(out, processes, placement)
     assert m["launch"]["distributed_type"] == distributed
     assert res.stdout.count("adapter saved to") == 1, "only the main process reports"
