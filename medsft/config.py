@@ -73,6 +73,12 @@ class DataSection:
 
 
 @dataclass
+class EvaluationSection:
+    generations: int = 0  # at each eval step, generate for this many validation rows (format metrics); 0 = off
+    max_new_tokens: int = 256
+
+
+@dataclass
 class OutputSection:
     dir: str = "runs/medsft"  # checkpoints, metrics; the final adapter goes to <dir>/adapter
     adapter_dir: str | None = None  # override where the final adapter is written
@@ -85,6 +91,7 @@ class Recipe:
     lora: LoraSection = field(default_factory=LoraSection)
     data: DataSection = field(default_factory=DataSection)
     training: dict = field(default_factory=dict)  # SFTConfig fields, validated
+    evaluation: EvaluationSection = field(default_factory=EvaluationSection)
     output: OutputSection = field(default_factory=OutputSection)
     source_file: str = ""  # where it was read from (for messages)
 
@@ -103,6 +110,7 @@ SECTIONS = {
     "quantization": QuantizationSection,
     "lora": LoraSection,
     "data": DataSection,
+    "evaluation": EvaluationSection,
     "output": OutputSection,
 }
 # Defaults medsft applies on top of SFTConfig's own, unless the recipe sets them.
@@ -397,6 +405,10 @@ def validate(recipe: Recipe) -> None:
     if not (tm == "all-linear" or (isinstance(tm, list) and tm and all(isinstance(x, str) and x for x in tm))):
         raise MedsftError(f"lora.target_modules must be a non-empty list of module names or 'all-linear' (got {tm!r})",
                           "write e.g. [q_proj, k_proj, v_proj, o_proj]")
+    ev = recipe.evaluation
+    if ev.generations < 0 or ev.max_new_tokens <= 0:
+        raise MedsftError(f"evaluation.generations must be ≥ 0 and evaluation.max_new_tokens > 0 "
+                          f"(got {ev.generations}, {ev.max_new_tokens})", "use e.g. generations: 8, max_new_tokens: 256")
     if not 0 <= d.max_bad_fraction <= 1:
         raise MedsftError(f"data.max_bad_fraction must be in [0, 1] (got {d.max_bad_fraction})", "use e.g. 0.05")
     for name in ("val_fraction", "test_fraction"):

@@ -96,6 +96,15 @@ def prepare_and_cache(recipe, splits, tokenizer, path, say):
     return prepared, stats, dropped
 
 
+def load_or_prepare(recipe, splits, tokenizer, path, rank: int, say):
+    if (path / "medsft.json").is_file():
+        say(f"data[rank {rank}]: loaded tokenized splits from cache {path}")
+        return load_cached(path)
+    result = prepare_and_cache(recipe, splits, tokenizer, path, say)
+    say(f"data[rank {rank}]: tokenized and cached to {path}")
+    return result
+
+
 def prepared_splits(recipe, raw, splits, tokenizer, say=print):
     """(prepared DatasetDict, stats, dropped): the main process prepares (or loads) while the other ranks
     wait, then they load its result; a rank that cannot see the cache (node-local disk) prepares itself."""
@@ -103,21 +112,8 @@ def prepared_splits(recipe, raw, splits, tokenizer, say=print):
 
     path = medsft_home() / "datasets" / cache_key(recipe, raw_fingerprint(recipe, raw), tokenizer)
     state = PartialState()
-    rank = state.process_index
-    result = None
-    if state.is_main_process:
-        if (path / "medsft.json").is_file():
-            result = load_cached(path)
-            say(f"data[rank {rank}]: loaded tokenized splits from cache {path}")
-        else:
-            result = prepare_and_cache(recipe, splits, tokenizer, path, say)
-            say(f"data[rank {rank}]: tokenized and cached to {path}")
+    result = load_or_prepare(recipe, splits, tokenizer, path, 0, say) if state.is_main_process else None
     state.wait_for_everyone()
     if result is None:
-        if (path / "medsft.json").is_file():
-            result = load_cached(path)
-            say(f"data[rank {rank}]: loaded tokenized splits from cache {path}")
-        else:
-            result = prepare_and_cache(recipe, splits, tokenizer, path, say)
-            say(f"data[rank {rank}]: tokenized (cache not visible on this node) to {path}")
+        result = load_or_prepare(recipe, splits, tokenizer, path, state.process_index, say)
     return result

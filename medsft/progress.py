@@ -81,7 +81,7 @@ class ProgressCallback(TrainerCallback):
                 self.last["tokens/s"] = (tokens - self.prev_tokens) / (now - self.prev_time)
             self.prev_tokens, self.prev_time = tokens, now
         for key in ("loss", "eval_loss", "mean_token_accuracy", "eval_mean_token_accuracy", "learning_rate",
-                    "grad_norm", "eval_perplexity"):
+                    "grad_norm", "eval_perplexity", "eval_format_compliance"):
             if key in logs:
                 self.last[key] = float(logs[key])
         label, peak = peak_memory()
@@ -111,10 +111,10 @@ class ProgressCallback(TrainerCallback):
                ("eta", self.eta(state))]
         fmt = {"loss": "{:.4f}", "eval_loss": "{:.4f}", "eval_perplexity": "{:.2f}", "mean_token_accuracy": "{:.3f}",
                "eval_mean_token_accuracy": "{:.3f}", "learning_rate": "{:.2e}", "grad_norm": "{:.3f}",
-               "tokens/s": "{:,.0f}"}
+               "eval_format_compliance": "{:.2f}", "tokens/s": "{:,.0f}"}
         names = {"loss": "loss", "eval_loss": "eval nll", "eval_perplexity": "eval ppl", "mean_token_accuracy": "acc",
                  "eval_mean_token_accuracy": "eval acc", "learning_rate": "lr", "grad_norm": "grad norm",
-                 "tokens/s": "tok/s"}
+                 "eval_format_compliance": "eval format", "tokens/s": "tok/s"}
         for key, pattern in fmt.items():
             if key in v:
                 out.append((names[key], pattern.format(v[key])))
@@ -206,3 +206,38 @@ def add_perplexity(metrics: dict) -> dict:
     if "eval_loss" in metrics and metrics["eval_loss"] < 50:
         metrics["eval_perplexity"] = math.exp(metrics["eval_loss"])
     return metrics
+
+
+class GenerationEvalCallback(TrainerCallback):
+    """At each evaluation, generate for the first N validation questions and log format metrics
+    (eval_format_compliance, eval_well_formed_think, eval_stopped_at_end_of_turn). Off by default:
+    generation is slow. Main process only; skipped under ZeRO-3, where generating needs every rank."""
+
+    def __init__(self, questions: list[str], tokenizer, max_new_tokens: int, system_prompt=None):
+        self.questions, self.tokenizer = questions, tokenizer
+        self.max_new_tokens, self.system_prompt = max_new_tokens, system_prompt
+        self.trainer = None  # set by the caller: the metrics are logged through the trainer
+
+    def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
+        if not state.is_world_process_zero or not self.questions or model is None:
+            return
+        from medsft.evaluate import format_metrics
+        from medsft.generate import Settings, generate_batch
+
+        was_training = model.training
+        model.eval()
+        use_cache = getattr(model.config, "use_cache", False)
+        model.config.use_cache = True
+        try:
+            records = generate_batch(model, self.tokenizer, self.questions,
+                                     Settings(max_new_tokens=self.max_new_tokens), self.system_prompt)
+        finally:
+            model.config.use_cache = use_cache
+            if was_training:
+                model.train()
+        found = format_metrics(records, self.tokenizer)
+        logs = {f"eval_{k}": v for k, v in found.items() if k != "n"}
+        if metrics is not None:
+            metrics.update(logs)
+        if self.trainer is not None:
+            self.trainer.log(logs)

@@ -138,8 +138,9 @@ def run(recipe, resume: str = "auto", force: bool = False):
             say(plan, f"data: {n} {name} rows longer than training.max_length={recipe.training.get('max_length')} dropped")
     say(plan, "data: " + ", ".join(f"{k} {len(v)}" for k, v in prepared.items()) + " rows")
 
+    eval_questions = [p[-1]["content"] for p in splits["validation"]["prompt"][:recipe.evaluation.generations]]
     base, attn = model_mod.load_model(recipe, plan)
-    trainer = build_trainer(recipe, args, base, tokenizer, prepared)
+    trainer = build_trainer(recipe, args, base, tokenizer, prepared, eval_questions)
     checkpoint = resume_point(resume, recipe.output.dir)
     if checkpoint:
         say(plan, f"resuming from {checkpoint}")
@@ -178,10 +179,10 @@ def run(recipe, resume: str = "auto", force: bool = False):
     return trainer
 
 
-def build_trainer(recipe, args, base, tokenizer, prepared):
+def build_trainer(recipe, args, base, tokenizer, prepared, eval_questions=()):
     from transformers.trainer_callback import PrinterCallback, ProgressCallback as TqdmCallback
 
-    from medsft.progress import MetricsFileCallback, ProgressCallback
+    from medsft.progress import GenerationEvalCallback, MetricsFileCallback, ProgressCallback
     from medsft.trainer import trainer_class
 
     eval_ds = prepared["validation"] if args.eval_strategy != "no" and len(prepared["validation"]) else None
@@ -193,6 +194,14 @@ def build_trainer(recipe, args, base, tokenizer, prepared):
         trainer.remove_callback(PrinterCallback)
         trainer.add_callback(ProgressCallback())
         trainer.add_callback(MetricsFileCallback(recipe.output.dir))
+        if eval_questions and eval_ds is not None:
+            if args.deepspeed_plugin is not None and args.deepspeed_plugin.zero_stage == 3:
+                print("notice: evaluation.generations is skipped under ZeRO-3", flush=True)
+            else:
+                callback = GenerationEvalCallback(list(eval_questions), tokenizer, recipe.evaluation.max_new_tokens,
+                                                  recipe.data.system_prompt)
+                callback.trainer = trainer
+                trainer.add_callback(callback)
         return trainer
     except ValueError as err:
         text = " ".join(str(err).split())

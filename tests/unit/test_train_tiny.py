@@ -147,3 +147,16 @@ def test_notebook_config_trains(tmp_path, demo_json):
                                                     "self_attn.o_proj"])
     m = json.loads((adapter / "manifest.json").read_text())
     assert m["train"]["global_step"] == 2  # 32 train rows, batch 4, accumulation 4
+
+
+def test_generation_metrics_during_training(tmp_path):
+    """Off by default; with evaluation.generations, format metrics are logged at each eval step."""
+    res = run_cli("train", REPO / "recipes" / "tiny-cpu.yaml", "--set", f"output.dir={tmp_path}",
+                  "--set", "training.max_steps=4", "--set", "training.eval_steps=2", "--set", "training.save_strategy=no",
+                  "--set", "evaluation.generations=2", "--set", "evaluation.max_new_tokens=16", timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    found = [r for r in records if "eval_format_compliance" in r]
+    assert [r["step"] for r in found] == [2, 4]
+    assert all(0 <= r["eval_format_compliance"] <= 1 and "eval_stopped_at_end_of_turn" in r for r in found)
+    assert "eval format" in res.stdout
