@@ -185,7 +185,8 @@ def plot_losses(metrics_path: Path, png_path: Path) -> None:
         left.plot(*zip(*evals), "o-", label="eval NLL", color="tab:orange")
     left.set_xlabel("step")
     left.set_ylabel("loss")
-    left.legend()
+    if train or evals:
+        left.legend()
     left.set_title("loss")
     if acc:
         right.plot(*zip(*acc), label="train token accuracy", color="tab:blue")
@@ -193,7 +194,8 @@ def plot_losses(metrics_path: Path, png_path: Path) -> None:
         right.plot(*zip(*eacc), "o-", label="eval token accuracy", color="tab:orange")
     right.set_xlabel("step")
     right.set_ylim(0, 1)
-    right.legend()
+    if acc or eacc:
+        right.legend()
     right.set_title("token accuracy")
     fig.tight_layout()
     tmp = png_path.with_name(f".{png_path.name}.tmp.png")
