@@ -14,9 +14,8 @@ import hashlib
 import json
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
-from importlib import metadata
 
-from medsft.outputs import atomic_dir
+from medsft.outputs import atomic_dir, package_versions
 from medsft.tiny_model import medsft_home
 
 CACHE_VERSION = "1"
@@ -24,10 +23,11 @@ CACHE_VERSION = "1"
 
 def cache_key(recipe, raw_fingerprint: str, tokenizer) -> str:
     t = recipe.training
+    versions = package_versions()
     parts = {
         "version": CACHE_VERSION,
-        "trl": metadata.version("trl"),
-        "medsft": metadata.version("medsft") if _installed("medsft") else "dev",
+        "trl": versions.get("trl"),
+        "medsft": versions.get("medsft", "dev"),
         "data": asdict(recipe.data),
         "raw": raw_fingerprint,
         "training": {k: t.get(k) for k in ("max_length", "packing", "completion_only_loss")},
@@ -38,14 +38,6 @@ def cache_key(recipe, raw_fingerprint: str, tokenizer) -> str:
     h.update((tokenizer.chat_template or "").encode())
     h.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode())
     return h.hexdigest()[:20]
-
-
-def _installed(name: str) -> bool:
-    try:
-        metadata.version(name)
-        return True
-    except metadata.PackageNotFoundError:
-        return False
 
 
 def raw_fingerprint(recipe, raw) -> str:

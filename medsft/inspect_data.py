@@ -28,12 +28,14 @@ def show(recipe, *, limit: int | None, split: str, as_json: bool) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from medsft import data, model as model_mod, tokenized
+    from medsft import data, data_cache, model as model_mod
 
     console = Console(stderr=as_json)
     tokenizer = model_mod.load_tokenizer(recipe.model)
-    splits, report, _ = data.load_splits(recipe.data)
-    prepared, stats, dropped = tokenized.prepare_all(splits, tokenizer, recipe.training)
+    splits, report, raw = data.load_splits(recipe.data)
+    # the same prepared (and cached) splits `medsft train` uses: shown here, reused there
+    prepared, stats, dropped = data_cache.prepared_splits(recipe, raw, splits, tokenizer,
+                                                          say=lambda m: console.print(m, markup=False))
     ds = prepared[split]
 
     console.print(report.summary())

@@ -6,11 +6,11 @@ a plain call into the module that owns it (data, tokenized, model, placement, ou
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 from medsft.errors import MedsftError
+from medsft.model import notice
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
@@ -31,8 +31,8 @@ def complete_checkpoints(output_dir: str) -> list[Path]:
         if match and child.is_dir():
             if is_complete(child):
                 found.append((int(match.group(1)), child))
-            elif os.environ.get("RANK", "0") == "0":
-                print(f"notice: skipping incomplete checkpoint {child}", flush=True)
+            else:
+                notice(f"skipping incomplete checkpoint {child}")
     return [path for _, path in sorted(found)]
 
 
@@ -70,8 +70,6 @@ def sft_config(recipe, plan):
     if padding_free and not t.get("packing"):
         # Over-long rows were already dropped (tokenized.drop_overlong); TRL refuses max_length here.
         t["max_length"] = None
-    if t.get("eval_strategy", "no") != "no" and recipe.data.val_fraction == 0:
-        t["eval_strategy"] = "no"
     try:
         return SFTConfig(
             output_dir=recipe.output.dir,

@@ -16,8 +16,8 @@ def test_incomplete_checkpoints_are_skipped(tmp_path, capsys):
             (d / "trainer_state.json").write_text(state)
     (tmp_path / "checkpoint-10.tmp").mkdir()  # not a checkpoint name
     assert resume_point("auto", str(tmp_path)) == str(tmp_path / "checkpoint-2")
-    out = capsys.readouterr().out
-    assert out.count("skipping incomplete checkpoint") == 2
+    err = capsys.readouterr().err  # notices go to stderr, like every other notice
+    assert err.count("skipping incomplete checkpoint") == 2
 
 
 def test_never_and_explicit(tmp_path):
