@@ -40,3 +40,25 @@ def save(name: str, payload: dict) -> Path:
 
 def median(values):
     return statistics.median(values) if values else float("nan")
+
+
+def step_clock():
+    """A callback noting the wall time of every training log; with logging_steps=1 that is one per optimizer
+    step, taken at the same point of Trainer's loop as medsft's metrics.jsonl `time` field."""
+    from transformers import TrainerCallback
+
+    class StepClock(TrainerCallback):
+        def __init__(self):
+            self.times: list[float] = []
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs and "train_runtime" not in logs:
+                self.times.append(time.time())
+
+    return StepClock()
+
+
+def steady_step_seconds(times: list[float], warmup: int = 3) -> float:
+    """Median interval between consecutive steps after `warmup` steps: robust to one slow step."""
+    gaps = [b - a for a, b in zip(times[warmup:], times[warmup + 1:])]
+    return median(gaps)

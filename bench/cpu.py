@@ -1,12 +1,16 @@
 """CPU benchmarks, runnable anywhere, printed as a table and saved to bench/results/cpu-<date>.json.
 
 1. Step time of `medsft train` vs a bare TRL script with medsft's settings vs the notebook baseline, on
-   tiny-cpu, alternating A/B/C in one run, median of --reps repetitions (these machines are noisy, so
-   only ratios within one run are reported).
-2. Trained-token share (medsft masks the question; the notebook trains it) and computed tokens per real
+   tiny-cpu, in one run: each rep runs all three (rotating their order) with a log at every optimizer
+   step; a run's step time is the median gap between consecutive step logs after 3 warm-up steps, taken
+   at the same point of Trainer's loop in all three (medsft's metrics.jsonl `time`, a callback in the
+   scripts), so one slow step or the start-up does not count. Reported: the median over reps, and the
+   median of the per-rep medsft/bare ratios (these machines are noisy: only ratios within one run count).
+2. Time from the command to the first optimizer step (imports, data, model load, first step).
+3. Trained-token share (medsft masks the question; the notebook trains it) and computed tokens per real
    token for padded batches, padding-free and packing on the length distribution of the demo rows.
 
-    python bench/cpu.py --reps 3 --steps 40
+    python bench/cpu.py --reps 5 --steps 40
 """
 
 from __future__ import annotations
@@ -17,10 +21,11 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import median, save  # noqa: E402
+from common import median, save, steady_step_seconds  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO.parent / "shared" / "data" / "medical-o1-demo.json"
@@ -33,20 +38,31 @@ def run(cmd, env=None) -> str:
     return res.stdout
 
 
-def medsft_step_time(steps: int) -> float:
+def timing(start: float, log_times: list[float], steps: int) -> dict:
+    """Steady step time (median gap between step logs) and time from the command to the first step."""
+    assert len(log_times) == steps, f"expected one log per step, got {len(log_times)} for {steps}"
+    return {"step_seconds": steady_step_seconds(log_times), "to_first_step": log_times[0] - start}
+
+
+def medsft_run(steps: int) -> tuple[dict, dict]:
+    """`medsft train` as a user runs it; step times from its own metrics.jsonl (logging every step)."""
     with tempfile.TemporaryDirectory() as tmp:
+        start = time.time()
         run([sys.executable, "-m", "medsft", "train", "recipes/tiny-cpu.yaml", "--set", f"output.dir={tmp}",
              "--set", f"training.max_steps={steps}", "--set", "training.eval_strategy=no",
-             "--set", "training.save_strategy=no"])
-        final = [json.loads(x) for x in (Path(tmp) / "metrics.jsonl").read_text().splitlines()][-1]
-        return final["train_runtime"] / steps
+             "--set", "training.save_strategy=no", "--set", "training.logging_steps=1"])
+        records = [json.loads(x) for x in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
+        logs = [r["time"] for r in records if "loss" in r and "train_runtime" not in r]
+        return timing(start, logs, steps), records[-1]
 
 
-def script_step_time(script: str, steps: int) -> tuple[float, dict]:
+def script_run(script: str, steps: int) -> tuple[dict, dict]:
     with tempfile.TemporaryDirectory() as tmp:
-        out = run([sys.executable, f"bench/{script}", "--max-steps", str(steps), "--output", tmp])
+        start = time.time()
+        out = run([sys.executable, f"bench/{script}", "--max-steps", str(steps), "--output", tmp,
+                   "--logging-steps", "1"])
         result = json.loads(out.strip().splitlines()[-1])
-        return result["train_runtime"] / result["steps"], result
+        return timing(start, result["log_times"], steps), result
 
 
 def token_stats(batch_size: int = 8, max_length: int = 4096) -> dict:
@@ -89,32 +105,50 @@ def token_stats(batch_size: int = 8, max_length: int = 4096) -> dict:
     }
 
 
+RUNS = {
+    "medsft": lambda steps: medsft_run(steps),
+    "bare TRL": lambda steps: script_run("bare_trl.py", steps),
+    "notebook": lambda steps: script_run("notebook_baseline.py", steps),
+}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser()
-    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--reps", type=int, default=5)
     p.add_argument("--steps", type=int, default=40)
     args = p.parse_args(argv)
-    times = {"medsft": [], "bare TRL": [], "notebook": []}
+    names = list(RUNS)
+    step = {k: [] for k in names}
+    first = {k: [] for k in names}
     notebook_share = None
-    for rep in range(args.reps):  # alternate A/B/C so drift hits all three alike
-        times["medsft"].append(medsft_step_time(args.steps))
-        times["bare TRL"].append(script_step_time("bare_trl.py", args.steps)[0])
-        t, result = script_step_time("notebook_baseline.py", args.steps)
-        times["notebook"].append(t)
-        notebook_share = result["first_batch_trained_token_share"]
-        print(f"rep {rep + 1}: " + ", ".join(f"{k} {v[-1] * 1000:.0f} ms/step" for k, v in times.items()), flush=True)
-    med = {k: median(v) for k, v in times.items()}
+    for rep in range(args.reps):  # rotate the order each rep, so drift and "who runs first" hit all alike
+        order = names[rep % len(names):] + names[:rep % len(names)]
+        for name in order:
+            t, result = RUNS[name](args.steps)
+            step[name].append(t["step_seconds"])
+            first[name].append(t["to_first_step"])
+            if name == "notebook":
+                notebook_share = result["first_batch_trained_token_share"]
+        print(f"rep {rep + 1}: " + ", ".join(f"{k} {step[k][-1] * 1000:.1f} ms/step, first step at "
+                                            f"{first[k][-1]:.1f} s" for k in names), flush=True)
+    med = {k: median(v) for k, v in step.items()}
+    med_first = {k: median(v) for k, v in first.items()}
+    paired = [m / b for m, b in zip(step["medsft"], step["bare TRL"])]
+    ratios = {"medsft / bare TRL (medians)": med["medsft"] / med["bare TRL"],
+              "medsft / bare TRL (median of per-rep pairs)": median(paired),
+              "notebook / bare TRL": med["notebook"] / med["bare TRL"]}
     tokens = token_stats()
     tokens["trained_token_share"]["notebook (messages)"] = notebook_share
-    ratios = {"medsft / bare TRL": med["medsft"] / med["bare TRL"], "notebook / bare TRL": med["notebook"] / med["bare TRL"]}
-    print(f"\n{'run':<12}{'median ms/step':>16}")
-    for k, v in med.items():
-        print(f"{k:<12}{v * 1000:>16.1f}")
+    print(f"\n{'run':<12}{'median ms/step':>16}{'command → first step (s)':>28}")
+    for k in names:
+        print(f"{k:<12}{med[k] * 1000:>16.1f}{med_first[k]:>28.1f}")
     for k, v in ratios.items():
         print(f"{k}: {v:.3f}")
     print(json.dumps(tokens, indent=2))
-    save("cpu", {"steps": args.steps, "reps": args.reps, "seconds_per_step": times, "median_seconds_per_step": med,
-                 "ratios": ratios, "tokens": tokens})
+    save("cpu", {"steps": args.steps, "reps": args.reps, "method": "median gap between consecutive step logs after 3 warm-up steps; "
+                 "order rotated each rep; see the docstring of bench/cpu.py",
+                 "seconds_per_step": step, "median_seconds_per_step": med, "seconds_to_first_step": first,
+                 "median_seconds_to_first_step": med_first, "ratios": ratios, "tokens": tokens})
 
 
 if __name__ == "__main__":

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main(argv=None) -> dict:
@@ -23,6 +27,7 @@ def main(argv=None) -> dict:
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--bf16", action="store_true", help="the notebook's bf16 (slow on CPUs)")
     p.add_argument("--output", default="runs/bench-notebook")
+    p.add_argument("--logging-steps", type=int, default=10, help="the notebook's 10; the benchmark uses 1")
     args = p.parse_args(argv)
 
     import torch
@@ -30,6 +35,7 @@ def main(argv=None) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, DataCollatorWithFlattening
     from trl import SFTConfig, SFTTrainer
 
+    from common import step_clock
     from medsft.config import DataSection
     from medsft.data import load_raw
     from medsft.model import resolve_model_path
@@ -60,20 +66,25 @@ def main(argv=None) -> dict:
                                              "self_attn.o_proj"])
     sft_config = SFTConfig(output_dir=args.output, max_steps=args.max_steps,
                            per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1,
-                           learning_rate=2e-5, max_length=args.max_length, logging_steps=10, save_strategy="no",
+                           learning_rate=2e-5, max_length=args.max_length, logging_steps=args.logging_steps,
+                           save_strategy="no",
                            eval_strategy="no", bf16=args.bf16, gradient_checkpointing=True, loss_type="dft",
                            completion_only_loss=True, use_cpu=not torch.cuda.is_available(), report_to="none",
                            disable_tqdm=True)
+    clock = step_clock()
     trainer = SFTTrainer(model=model, train_dataset=train_dataset, eval_dataset=eval_dataset, args=sft_config,
                          peft_config=peft_config, data_collator=DataCollatorWithFlattening(),
-                         processing_class=tokenizer)
+                         processing_class=tokenizer, callbacks=[clock])
     batch = next(iter(trainer.get_train_dataloader()))
     trained = int((batch["labels"] != -100).sum())
     total = int(batch["input_ids"].numel())
     t0 = time.perf_counter()
     result = trainer.train()
+    logged = [r["num_tokens"] for r in trainer.state.log_history if "num_tokens" in r]
     out = {"train_runtime": time.perf_counter() - t0, "steps": trainer.state.global_step,
-           "train_loss": result.training_loss, "first_batch_trained_token_share": trained / total}
+           "train_loss": result.training_loss, "first_batch_trained_token_share": trained / total,
+           "log_times": clock.times, "num_tokens": logged[-1] if logged else None,
+           "peak_memory_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None}
     print(json.dumps(out))
     return out
 

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from medsft.errors import MedsftError, did_you_mean
+from medsft.kernels import KERNEL_CHOICES
 from medsft.sft_fields import check_value, sft_config_fields
 
 DEFAULT_DATASET = "FreedomIntelligence/medical-o1-reasoning-SFT"
@@ -36,6 +37,7 @@ class ModelSection:
     attn_implementation: str = "auto"  # auto = flash_attention_2 when usable, else sdpa
     dtype: str = "bfloat16"
     device_map: Any = None  # None = chosen from the launch (placement.py); set only to force one
+    kernels: str = "auto"  # auto | liger | hub | off (medsft/kernels.py); off with a notice where unusable
 
 
 @dataclass
@@ -134,6 +136,7 @@ TRAINING_OWNED = {
     "use_cpu": "nothing: it is set from the launch (no CUDA → CPU)",
     "ddp_find_unused_parameters": "nothing: it is set from the launch",
     "dataset_text_field": "data.*_column",
+    "use_liger_kernel": "model.kernels (liger, or auto)",
 }
 TRAINING_CHOICES = {
     "loss_type": ("nll", "dft"),
@@ -379,6 +382,9 @@ def validate(recipe: Recipe) -> None:
     if m.attn_implementation not in ATTN_IMPLS:
         raise MedsftError(f"model.attn_implementation must be one of {', '.join(ATTN_IMPLS)} "
                           f"(got {m.attn_implementation!r})", did_you_mean(m.attn_implementation, ATTN_IMPLS))
+    if m.kernels not in KERNEL_CHOICES:
+        raise MedsftError(f"model.kernels must be one of {', '.join(KERNEL_CHOICES)} (got {m.kernels!r})",
+                          did_you_mean(str(m.kernels), KERNEL_CHOICES))
     if m.dtype not in DTYPES:
         raise MedsftError(f"model.dtype must be one of {', '.join(DTYPES)} (got {m.dtype!r})",
                           did_you_mean(m.dtype, DTYPES))

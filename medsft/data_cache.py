@@ -89,11 +89,15 @@ def prepare_and_cache(recipe, splits, tokenizer, path, say):
 
 
 def load_or_prepare(recipe, splits, tokenizer, path, rank: int, say):
+    import time
+
+    start = time.perf_counter()
     if (path / "medsft.json").is_file():
-        say(f"data[rank {rank}]: loaded tokenized splits from cache {path}")
-        return load_cached(path)
+        result = load_cached(path)
+        say(f"data[rank {rank}]: loaded tokenized splits from cache {path} in {time.perf_counter() - start:.2f} s")
+        return result
     result = prepare_and_cache(recipe, splits, tokenizer, path, say)
-    say(f"data[rank {rank}]: tokenized and cached to {path}")
+    say(f"data[rank {rank}]: tokenized and cached to {path} in {time.perf_counter() - start:.2f} s")
     return result
 
 

@@ -59,8 +59,8 @@ def resume_point(resume: str, output_dir: str) -> str | None:
     return resume
 
 
-def sft_config(recipe, plan):
-    """SFTConfig from the recipe's training section plus what the launch dictates."""
+def sft_config(recipe, plan, kernels: str = "off"):
+    """SFTConfig from the recipe's training section plus what the launch (and kernels.choose) dictates."""
     from trl import SFTConfig
 
     t = dict(recipe.training)
@@ -78,6 +78,7 @@ def sft_config(recipe, plan):
             activation_checkpointing=checkpointing,
             gradient_checkpointing=checkpointing,
             activation_checkpointing_kwargs={**plan.checkpointing_kwargs, **user_gc_kwargs},
+            use_liger_kernel=kernels == "liger",
             **t,
         )
     except (ValueError, TypeError) as err:
@@ -117,13 +118,16 @@ def preflight_gate(recipe, plan, force: bool) -> None:
 
 def run(recipe, resume: str = "auto", force: bool = False):
     """Train and save the adapter. Returns the trainer (tests inspect it)."""
-    from medsft import data, data_cache, model as model_mod, placement
+    from medsft import data, data_cache, kernels as kernels_mod, model as model_mod, placement
     from medsft.outputs import manifest, write_json
     from medsft.preemption import EXIT_PREEMPTED, PreemptionCallback
     from medsft.shards import gather_rows_seen
 
     plan = placement.detect(recipe)
-    args = sft_config(recipe, plan)  # also sets up the distributed state
+    kernels = kernels_mod.detect(recipe.model.kernels, plan.cuda)
+    if kernels.notice:
+        notice(kernels.notice)
+    args = sft_config(recipe, plan, kernels.name)  # also sets up the distributed state
     preflight_gate(recipe, plan, force)
     tokenizer = model_mod.load_tokenizer(recipe.model)
 
@@ -137,7 +141,7 @@ def run(recipe, resume: str = "auto", force: bool = False):
     say(plan, "data: " + ", ".join(f"{k} {len(v)}" for k, v in prepared.items()) + " rows")
 
     eval_questions = [p[-1]["content"] for p in splits["validation"]["prompt"][:recipe.evaluation.generations]]
-    base, attn = model_mod.load_model(recipe, plan)
+    base, attn = model_mod.load_model(recipe, plan, kernels.name)
     trainer = build_trainer(recipe, args, base, tokenizer, prepared, eval_questions)
     checkpoint = resume_point(resume, recipe.output.dir)
     if checkpoint:
@@ -163,6 +167,7 @@ def run(recipe, resume: str = "auto", force: bool = False):
         recipe=recipe.source_file,
         model=recipe.model.name,
         attn_implementation=attn,
+        kernels=kernels.name,
         launch={"world_size": plan.world_size, "distributed_type": trainer.accelerator.distributed_type.value,
                 "num_processes": trainer.accelerator.num_processes},
         placement=plan.to_dict(),

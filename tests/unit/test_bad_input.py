@@ -42,10 +42,12 @@ RECIPE_CASES = {
     "bits 3": (recipe_with(quantization__bits=3), [], {}, {}, "quantization.bits must be 4, 8 or null"),
     "bad dtype": (recipe_with(model__dtype="bf16"), [], {}, {}, "model.dtype must be one of"),
     "bad attention": (recipe_with(model__attn_implementation="flash"), [], {}, {}, "attn_implementation must be"),
+    "bad kernels": (recipe_with(model__kernels="triton"), [], {}, {}, "model.kernels must be one of"),
     "missing data file": (recipe_with(data__source="missing.json"), [], {}, {}, "not found"),
     "csv data file": (recipe_with(data__source="rows.csv"), [], {}, {"rows.csv": b"a,b\n"}, "unsupported file type"),
     "missing local model": (recipe_with(model__name="./no-such-model"), [], {}, {}, "looks like a local path"),
     "output_dir in training": (recipe_with(training__output_dir="x"), [], {}, {}, "use output.dir instead"),
+    "liger in training": (recipe_with(training__use_liger_kernel=True), [], {}, {}, "use model.kernels"),
     "fractions leave nothing": (recipe_with(data__val_fraction=0.6, data__test_fraction=0.5), [], {}, {},
                                 "leave no training rows"),
     "set without equals": (BASE, ["--set", "training.learning_rate"], {}, {}, "is not key=value"),
@@ -170,15 +172,19 @@ def test_bad_command_input(name, tmp_path):
     check_one_line_error(res, expected)
 
 
-def test_flash_attention_without_flash_attn_falls_back(tmp_path):
-    """Not an error: a notice, then training as usual on SDPA (exit 0)."""
+def test_gpu_only_features_fall_back_on_cpu(tmp_path):
+    """flash-attention-2 and Liger asked for on a CPU: not errors but notices, then training as usual on
+    SDPA and plain modules (exit 0), and the manifest says what really ran."""
     res = run_cli("train", REPO / "recipes" / "tiny-cpu.yaml", "--set", "model.attn_implementation=flash_attention_2",
+                  "--set", "model.kernels=liger",
                   "--set", f"output.dir={tmp_path / 'out'}", "--set", "training.max_steps=1",
                   "--set", "training.eval_strategy=no", timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "flash_attention_2 requested but unusable" in res.stderr and "falling back to sdpa" in res.stderr
+    assert "kernels: liger requested but there is no GPU; running without" in res.stderr
     manifest = json.loads((tmp_path / "out" / "adapter" / "manifest.json").read_text())
     assert manifest["attn_implementation"] == "sdpa"
+    assert manifest["kernels"] == "off"
 
 
 def test_catalogue_size():

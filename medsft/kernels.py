@@ -1,0 +1,67 @@
+"""Optimized GPU kernels (Liger, Hub kernels): on where they can run, off with one notice where not.
+
+Why: fused RMSNorm/RoPE/SwiGLU kernels cut activation memory and step time on a GPU, but they are
+Triton/CUDA code: on a laptop, or where the package is missing, asking for them must not break a run
+that works without them. `model.kernels` in the recipe says what the user wants:
+
+    auto   Liger when `liger-kernel` is installed, else Hub kernels when `kernels` is, else off
+    liger  transformers' `use_liger_kernel` (TRL keeps its own fused LM head, so Liger's fused
+           linear cross-entropy stays off)
+    hub    transformers' `use_kernels` (the `kernels` package; kernels come from the hub cache)
+    off    plain PyTorch modules
+
+`choose()` is a pure function of (request, GPU, what is installed), so every branch is tested on CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+KERNEL_CHOICES = ("auto", "liger", "hub", "off")
+INSTALL_HINT = {"liger": "pip install 'medsft[kernels]' (liger-kernel)", "hub": "pip install kernels"}
+
+
+@dataclass(frozen=True)
+class KernelChoice:
+    name: str  # "liger" | "hub" | "off"
+    notice: str | None = None  # one line for the user when the request was not met as written
+
+
+def choose(requested: str, cuda: bool, liger_installed: bool, hub_installed: bool) -> KernelChoice:
+    if requested == "off":
+        return KernelChoice("off")
+    if not cuda:
+        if requested == "auto":
+            return KernelChoice("off", "kernels: off (no GPU: Liger and Hub kernels run on CUDA only)")
+        return KernelChoice("off", f"kernels: {requested} requested but there is no GPU; running without")
+    installed = {"liger": liger_installed, "hub": hub_installed}
+    if requested == "auto":
+        for name in ("liger", "hub"):
+            if installed[name]:
+                return KernelChoice(name, f"kernels: {name}")
+        return KernelChoice("off", f"kernels: off (neither is installed: {INSTALL_HINT['liger']}, "
+                                   f"or {INSTALL_HINT['hub']})")
+    if installed[requested]:
+        return KernelChoice(requested, f"kernels: {requested}")
+    return KernelChoice("off", f"kernels: {requested} requested but not installed ({INSTALL_HINT[requested]}); "
+                               "running without")
+
+
+def detect(requested: str, cuda: bool) -> KernelChoice:
+    """choose() with what this environment has installed (transformers' own availability checks)."""
+    from transformers.utils import is_kernels_available, is_liger_kernel_available
+
+    return choose(requested, cuda, is_liger_kernel_available(), is_kernels_available())
+
+
+def apply_hub_kernels(model) -> bool:
+    """Kernelize a loaded model; a kernel that cannot be fetched (offline, no cache) leaves it as it was."""
+    from medsft.model import notice
+
+    try:
+        model.use_kernels = True
+    except Exception as err:  # the kernels package raises its own hub/compat errors; training goes on without
+        notice(f"kernels: hub kernels unavailable ({type(err).__name__}: {' '.join(str(err).split())[:160]}); "
+               "running without")
+        return False
+    return True
