@@ -4,7 +4,8 @@ Why: fused RMSNorm/RoPE/SwiGLU kernels cut activation memory and step time on a 
 Triton/CUDA code: on a laptop, or where the package is missing, asking for them must not break a run
 that works without them. `model.kernels` in the recipe says what the user wants:
 
-    auto   Liger when `liger-kernel` is installed, else Hub kernels when `kernels` is, else off
+    auto   Liger when `liger-kernel` is installed, else off (never Hub kernels unasked: they are fetched
+           from the hub at load time, which DESIGN.md rules out as a silent default)
     liger  transformers' `use_liger_kernel` (TRL keeps its own fused LM head, so Liger's fused
            linear cross-entropy stays off)
     hub    transformers' `use_kernels` (the `kernels` package; kernels come from the hub cache)
@@ -36,11 +37,10 @@ def choose(requested: str, cuda: bool, liger_installed: bool, hub_installed: boo
         return KernelChoice("off", f"kernels: {requested} requested but there is no GPU; running without")
     installed = {"liger": liger_installed, "hub": hub_installed}
     if requested == "auto":
-        for name in ("liger", "hub"):
-            if installed[name]:
-                return KernelChoice(name, f"kernels: {name}")
-        return KernelChoice("off", f"kernels: off (neither is installed: {INSTALL_HINT['liger']}, "
-                                   f"or {INSTALL_HINT['hub']})")
+        if liger_installed:
+            return KernelChoice("liger", "kernels: liger")
+        return KernelChoice("off", f"kernels: off (liger-kernel is not installed: {INSTALL_HINT['liger']}; "
+                                   "or model.kernels: hub for Hub kernels)")
     if installed[requested]:
         return KernelChoice(requested, f"kernels: {requested}")
     return KernelChoice("off", f"kernels: {requested} requested but not installed ({INSTALL_HINT[requested]}); "

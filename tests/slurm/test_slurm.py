@@ -71,9 +71,13 @@ def test_requeue_resumes(slurm, tmp_path, tiny_dir):
         slurm.wait_for(lambda: (out / "checkpoint-4" / "trainer_state.json").is_file(), "checkpoint-4", timeout=600)
         assert slurm.run("scontrol", "requeue", job_id).returncode == 0
         slurm.wait_for(lambda: slurm.job_state(job_id).get("Restarts", "0") != "0", "the requeue", timeout=120)
-        # Slurm holds a requeued job back for two minutes (BeginTime); release it now
-        slurm.wait_for(lambda: slurm.run("scontrol", "update", f"JobId={job_id}", "BeginTime=now").returncode == 0
-                       or slurm.job_state(job_id).get("JobState") != "PENDING", "releasing the requeued job")
+        # Once the old run has ended (COMPLETING → PENDING), Slurm holds the requeued job back for two
+        # minutes (Reason=BeginTime); release it then: an earlier update is overwritten by that hold
+        slurm.wait_for(lambda: slurm.job_state(job_id).get("Reason") == "BeginTime"
+                       or slurm.job_state(job_id).get("JobState") not in ("COMPLETING", "PENDING"),
+                       "the requeued job to be pending", timeout=300)
+        if slurm.job_state(job_id).get("Reason") == "BeginTime":
+            assert slurm.run("scontrol", "update", f"JobId={job_id}", "StartTime=now").returncode == 0
         slurm.wait_for(lambda: slurm.job_state(job_id).get("JobState") in ("COMPLETED", "FAILED", "CANCELLED"),
                        "the requeued job to finish", timeout=900, interval=2)
         log = log_of(job_id)

@@ -12,8 +12,8 @@ from medsft.kernels import choose
     ("auto", False, True, True, "off", "no GPU"),
     ("liger", False, True, True, "off", "liger requested but there is no GPU"),
     ("auto", True, True, True, "liger", "kernels: liger"),
-    ("auto", True, False, True, "hub", "kernels: hub"),
-    ("auto", True, False, False, "off", "neither is installed"),
+    ("auto", True, False, True, "off", "liger-kernel is not installed"),  # Hub kernels only when asked
+    ("auto", True, False, False, "off", "liger-kernel is not installed"),
     ("liger", True, False, True, "off", "liger requested but not installed (pip install 'medsft[kernels]'"),
     ("hub", True, True, False, "off", "hub requested but not installed (pip install kernels)"),
     ("hub", True, True, True, "hub", "kernels: hub"),
