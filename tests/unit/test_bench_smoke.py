@@ -42,12 +42,15 @@ def run_bench(args, tmp_path):
 def test_cpu_bench_runs_end_to_end(tmp_path, tiny_dir):
     """Three warm-up steps plus a few timed ones, all three runs: the JSON holds every number the table
     shows (no timing is asserted: ratios are only meaningful on a quiet machine with more reps)."""
-    run_bench(["bench/cpu.py", "--reps", "1", "--steps", "6"], tmp_path)
+    run_bench(["bench/cpu.py", "--reps", "1", "--steps", "6", "--interleaved-steps", "8"], tmp_path)
     (result,) = tmp_path.glob("cpu-*.json")
     data = json.loads(result.read_text())
     assert set(data["median_seconds_per_step"]) == {"medsft", "bare TRL", "notebook"}
     assert all(v > 0 for v in data["median_seconds_per_step"].values())
     assert all(v > 0 for v in data["median_seconds_to_first_step"].values())
+    interleaved = data["interleaved"]  # the two trainers took turns: one timed step each after warm-up
+    assert len(interleaved["seconds_per_step"]["medsft"]) == len(interleaved["seconds_per_step"]["bare TRL"]) == 4
+    assert interleaved["medsft / bare TRL (median of adjacent pairs)"] > 0
     assert 0.85 < data["tokens"]["trained_token_share"]["medsft (prompt/completion)"] < 1  # question masked
     assert data["tokens"]["computed_per_real_token"]["padded batches of 8"] > 1
 
