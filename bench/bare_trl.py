@@ -42,7 +42,8 @@ def main(argv=None) -> dict:
     tokenizer = model_mod.load_tokenizer(recipe.model)
     splits, _, _ = data.load_splits(recipe.data)
     prepared, _, _ = tokenized.prepare_all(splits, tokenizer, recipe.training)
-    base, _ = model_mod.load_model(recipe, plan, kernel)
+    base, _ = model_mod.load_model(recipe, plan)
+    kernels.apply(kernel, base)
     clock = step_clock()
     trainer = SFTTrainer(model=base, args=sft_args, train_dataset=prepared["train"].remove_columns("row_id"),
                          processing_class=tokenizer, peft_config=lora_config(recipe), callbacks=[clock])

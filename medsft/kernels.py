@@ -8,7 +8,8 @@ that works without them. `model.kernels` in the recipe says what the user wants:
            from the hub at load time, which DESIGN.md rules out as a silent default)
     liger  transformers' `use_liger_kernel` (TRL keeps its own fused LM head, so Liger's fused
            linear cross-entropy stays off)
-    hub    transformers' `use_kernels` (the `kernels` package; kernels come from the hub cache)
+    hub    transformers' `use_kernels` (the `kernels` package, in the versions transformers accepts;
+           kernels come from the hub or its cache), kernelized for training
     off    plain PyTorch modules
 
 `choose()` is a pure function of (request, GPU, what is installed), so every branch is tested on CPU.
@@ -19,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 KERNEL_CHOICES = ("auto", "liger", "hub", "off")
-INSTALL_HINT = {"liger": "pip install 'medsft[kernels]' (liger-kernel)", "hub": "pip install kernels"}
+LIGER_HINT = "pip install 'medsft[kernels]' (liger-kernel)"
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,8 @@ class KernelChoice:
     notice: str | None = None  # one line for the user when the request was not met as written
 
 
-def choose(requested: str, cuda: bool, liger_installed: bool, hub_installed: bool) -> KernelChoice:
+def choose(requested: str, cuda: bool, liger_installed: bool, hub_installed: bool,
+           hub_hint: str = "pip install kernels") -> KernelChoice:
     if requested == "off":
         return KernelChoice("off")
     if not cuda:
@@ -36,32 +38,41 @@ def choose(requested: str, cuda: bool, liger_installed: bool, hub_installed: boo
             return KernelChoice("off", "kernels: off (no GPU: Liger and Hub kernels run on CUDA only)")
         return KernelChoice("off", f"kernels: {requested} requested but there is no GPU; running without")
     installed = {"liger": liger_installed, "hub": hub_installed}
+    hint = {"liger": LIGER_HINT, "hub": hub_hint}
     if requested == "auto":
         if liger_installed:
             return KernelChoice("liger", "kernels: liger")
-        return KernelChoice("off", f"kernels: off (liger-kernel is not installed: {INSTALL_HINT['liger']}; "
+        return KernelChoice("off", f"kernels: off (liger-kernel is not installed: {LIGER_HINT}; "
                                    "or model.kernels: hub for Hub kernels)")
     if installed[requested]:
         return KernelChoice(requested, f"kernels: {requested}")
-    return KernelChoice("off", f"kernels: {requested} requested but not installed ({INSTALL_HINT[requested]}); "
+    return KernelChoice("off", f"kernels: {requested} requested but not installed ({hint[requested]}); "
                                "running without")
 
 
 def detect(requested: str, cuda: bool) -> KernelChoice:
     """choose() with what this environment has installed (transformers' own availability checks)."""
     from transformers.utils import is_kernels_available, is_liger_kernel_available
+    from transformers.utils.import_utils import KERNELS_MAX_VERSION, KERNELS_MIN_VERSION
 
-    return choose(requested, cuda, is_liger_kernel_available(), is_kernels_available())
+    return choose(requested, cuda, is_liger_kernel_available(), is_kernels_available(),
+                  hub_hint=f"pip install 'kernels>={KERNELS_MIN_VERSION},<{KERNELS_MAX_VERSION}'")
 
 
-def apply_hub_kernels(model) -> bool:
-    """Kernelize a loaded model; a kernel that cannot be fetched (offline, no cache) leaves it as it was."""
+def apply(chosen: str, model) -> str:
+    """What the loaded model runs with. Hub kernels are applied here, for training (a model comes out of
+    from_pretrained in eval mode, and inference kernels need not have a backward); one that cannot be
+    fetched (offline, no cache) leaves the model as it was. Liger is applied later by the trainer."""
+    if chosen != "hub":
+        return chosen
     from medsft.model import notice
 
     try:
-        model.use_kernels = True
+        from kernels import Mode
+
+        model.set_use_kernels(True, mode=Mode.TRAINING)
     except Exception as err:  # the kernels package raises its own hub/compat errors; training goes on without
         notice(f"kernels: hub kernels unavailable ({type(err).__name__}: {' '.join(str(err).split())[:160]}); "
                "running without")
-        return False
-    return True
+        return "off"
+    return "hub"

@@ -97,10 +97,8 @@ def quantization_config(q, plan, model_dtype: str):
     )
 
 
-def load_model(recipe, plan, kernels: str = "off"):
-    """The base model, quantized as the recipe says and placed as the plan says. Returns (model, attn).
-
-    kernels == "hub" kernelizes it (medsft.kernels); Liger is applied by the trainer (use_liger_kernel)."""
+def load_model(recipe, plan):
+    """The base model, quantized as the recipe says and placed as the plan says. Returns (model, attn)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -120,8 +118,4 @@ def load_model(recipe, plan, kernels: str = "off"):
         model = AutoModelForCausalLM.from_pretrained(resolve_model_path(m.name), **kwargs)
     except OSError as err:
         raise offline_error(m.name, err) from None
-    if kernels == "hub":
-        from medsft.kernels import apply_hub_kernels
-
-        apply_hub_kernels(model)
     return model, attn

@@ -141,7 +141,8 @@ def run(recipe, resume: str = "auto", force: bool = False):
     say(plan, "data: " + ", ".join(f"{k} {len(v)}" for k, v in prepared.items()) + " rows")
 
     eval_questions = [p[-1]["content"] for p in splits["validation"]["prompt"][:recipe.evaluation.generations]]
-    base, attn = model_mod.load_model(recipe, plan, kernels.name)
+    base, attn = model_mod.load_model(recipe, plan)
+    kernels_ran = kernels_mod.apply(kernels.name, base)
     trainer = build_trainer(recipe, args, base, tokenizer, prepared, eval_questions)
     checkpoint = resume_point(resume, recipe.output.dir)
     if checkpoint:
@@ -167,7 +168,7 @@ def run(recipe, resume: str = "auto", force: bool = False):
         recipe=recipe.source_file,
         model=recipe.model.name,
         attn_implementation=attn,
-        kernels=kernels.name,
+        kernels=kernels_ran,
         launch={"world_size": plan.world_size, "distributed_type": trainer.accelerator.distributed_type.value,
                 "num_processes": trainer.accelerator.num_processes},
         placement=plan.to_dict(),

@@ -15,7 +15,7 @@ from medsft.kernels import choose
     ("auto", True, False, True, "off", "liger-kernel is not installed"),  # Hub kernels only when asked
     ("auto", True, False, False, "off", "liger-kernel is not installed"),
     ("liger", True, False, True, "off", "liger requested but not installed (pip install 'medsft[kernels]'"),
-    ("hub", True, True, False, "off", "hub requested but not installed (pip install kernels)"),
+    ("hub", True, True, False, "off", "hub requested but not installed (pip install kernels"),
     ("hub", True, True, True, "hub", "kernels: hub"),
 ])
 def test_choice(requested, cuda, liger, hub, expected, says):
