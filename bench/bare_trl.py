@@ -17,6 +17,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
+def bare_trainer(recipe, args, model, tokenizer, train_dataset, callbacks=()):
+    """A plain SFTTrainer with medsft's SFTConfig: TRL's default callbacks (logs printed, no tqdm)."""
+    import copy
+
+    from trl import SFTTrainer
+
+    from medsft.train import lora_config
+
+    args = copy.deepcopy(args)
+    args.disable_tqdm = True
+    return SFTTrainer(model=model, args=args, train_dataset=train_dataset.remove_columns("row_id"),
+                      processing_class=tokenizer, peft_config=lora_config(recipe), callbacks=list(callbacks))
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser()
     p.add_argument("--recipe", default="recipes/tiny-cpu.yaml")
@@ -25,28 +39,22 @@ def main(argv=None) -> dict:
     p.add_argument("--logging-steps", type=int, default=10)
     args = p.parse_args(argv)
 
-    from trl import SFTTrainer
-
-    from common import step_clock
+    from common import run_overrides, step_clock
     from medsft import data, kernels, model as model_mod, placement, tokenized
     from medsft.config import load_recipe
-    from medsft.train import lora_config, sft_config
+    from medsft.train import sft_config
 
-    recipe = load_recipe(args.recipe, [f"training.max_steps={args.max_steps}", "training.eval_strategy=no",
-                                       "training.save_strategy=no", f"output.dir={args.output}",
-                                       f"training.logging_steps={args.logging_steps}"])
+    recipe = load_recipe(args.recipe, run_overrides(args.max_steps, args.output, args.logging_steps))
     plan = placement.detect(recipe)
     kernel = kernels.detect(recipe.model.kernels, plan.cuda).name
     sft_args = sft_config(recipe, plan, kernel)
-    sft_args.disable_tqdm = True
     tokenizer = model_mod.load_tokenizer(recipe.model)
     splits, _, _ = data.load_splits(recipe.data)
     prepared, _, _ = tokenized.prepare_all(splits, tokenizer, recipe.training)
     base, _ = model_mod.load_model(recipe, plan)
     kernels.apply(kernel, base)
     clock = step_clock()
-    trainer = SFTTrainer(model=base, args=sft_args, train_dataset=prepared["train"].remove_columns("row_id"),
-                         processing_class=tokenizer, peft_config=lora_config(recipe), callbacks=[clock])
+    trainer = bare_trainer(recipe, sft_args, base, tokenizer, prepared["train"], [clock])
     t0 = time.perf_counter()
     result = trainer.train()
     out = {"train_runtime": time.perf_counter() - t0, "steps": trainer.state.global_step,

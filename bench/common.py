@@ -42,6 +42,12 @@ def median(values):
     return statistics.median(values) if values else float("nan")
 
 
+def run_overrides(steps: int, output_dir: str, logging_steps: int = 1) -> list[str]:
+    """The `--set` overrides every timed run uses: a fixed number of steps, no eval, no checkpoints."""
+    return [f"training.max_steps={steps}", "training.eval_strategy=no", "training.save_strategy=no",
+            f"training.logging_steps={logging_steps}", f"output.dir={output_dir}"]
+
+
 def step_clock():
     """A callback noting the wall time of every training log; with logging_steps=1 that is one per optimizer
     step, taken at the same point of Trainer's loop as medsft's metrics.jsonl `time` field."""

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import median, save, steady_step_seconds  # noqa: E402
+from common import median, run_overrides, save, steady_step_seconds  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO.parent / "shared" / "data" / "medical-o1-demo.json"
@@ -43,9 +43,8 @@ def timing(start: float, log_times: list[float], steps: int) -> dict:
 
 def command(name: str, steps: int, out: str) -> list[str]:
     if name == "medsft":  # as a user runs it; step times from its own metrics.jsonl (a log every step)
-        return [sys.executable, "-m", "medsft", "train", "recipes/tiny-cpu.yaml", "--set", f"output.dir={out}",
-                "--set", f"training.max_steps={steps}", "--set", "training.eval_strategy=no",
-                "--set", "training.save_strategy=no", "--set", "training.logging_steps=1"]
+        return [sys.executable, "-m", "medsft", "train", "recipes/tiny-cpu.yaml",
+                *(arg for o in run_overrides(steps, out) for arg in ("--set", o))]
     script = {"bare TRL": "bare_trl.py", "notebook": "notebook_baseline.py"}[name]
     return [sys.executable, f"bench/{script}", "--max-steps", str(steps), "--output", out, "--logging-steps", "1"]
 
@@ -116,19 +115,14 @@ def interleaved_ab(steps: int) -> dict:
     check) and a bare SFTTrainer with the same SFTConfig, data and (separately loaded) model, trained in
     one process, stepping in turns. What differs between them is exactly medsft's per-step code; start-up,
     allocator and core placement are shared, and drift is cancelled step by step."""
-    import copy
-
-    from trl import SFTTrainer
-
+    from bare_trl import bare_trainer
     from medsft import data, data_cache, model as model_mod, placement
     from medsft.config import load_recipe
     from medsft.preemption import PreemptionCallback
-    from medsft.train import build_trainer, lora_config, sft_config
+    from medsft.train import build_trainer, sft_config
 
     with tempfile.TemporaryDirectory() as tmp:
-        recipe = load_recipe(REPO / "recipes" / "tiny-cpu.yaml", [
-            f"output.dir={tmp}", f"training.max_steps={steps}", "training.eval_strategy=no",
-            "training.save_strategy=no", "training.logging_steps=1"])
+        recipe = load_recipe(REPO / "recipes" / "tiny-cpu.yaml", run_overrides(steps, tmp))
         plan = placement.detect(recipe)
         args = sft_config(recipe, plan)
         tokenizer = model_mod.load_tokenizer(recipe.model)
@@ -136,11 +130,7 @@ def interleaved_ab(steps: int) -> dict:
         prepared, _, _ = data_cache.prepared_splits(recipe, raw, splits, tokenizer, say=lambda m: None)
         medsft = build_trainer(recipe, args, model_mod.load_model(recipe, plan)[0], tokenizer, prepared)
         medsft.add_callback(PreemptionCallback())
-        bare_args = copy.deepcopy(args)
-        bare_args.disable_tqdm = True  # as bench/bare_trl.py: transformers' PrinterCallback prints the logs
-        bare = SFTTrainer(model=model_mod.load_model(recipe, plan)[0], args=bare_args,
-                          train_dataset=prepared["train"].remove_columns("row_id"), processing_class=tokenizer,
-                          peft_config=lora_config(recipe))
+        bare = bare_trainer(recipe, args, model_mod.load_model(recipe, plan)[0], tokenizer, prepared["train"])
         trainers = {"medsft": medsft, "bare TRL": bare}
         baton = Baton(list(trainers))
         turns = {name: baton.callback(name) for name in trainers}

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import save  # noqa: E402
+from common import run_overrides, save  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -69,10 +69,10 @@ def one(model_name: str, max_length: int, steps: int, out_dir: Path, batch: int)
     from medsft.train import run
 
     recipe = load_recipe(REPO / "recipes" / "tiny-cpu.yaml", [
-        f"model.name={model_name}", "model.dtype=bfloat16", "training.bf16=true", f"training.max_steps={steps}",
+        f"model.name={model_name}", "model.dtype=bfloat16", "training.bf16=true",
         f"training.max_length={max_length}", "training.packing=true", "training.packing_strategy=bfd",
-        f"training.per_device_train_batch_size={batch}", "training.eval_strategy=no", "training.save_strategy=no",
-        "training.learning_rate=1e-4", "training.logging_steps=1", f"output.dir={out_dir}"])
+        f"training.per_device_train_batch_size={batch}", "training.learning_rate=1e-4",
+        *run_overrides(steps, str(out_dir))])
     arch = Arch.from_config(read_config(recipe.model.name))
     predicted = estimate(arch, setup_from(recipe, {}, 1)).allocated
     if torch.cuda.is_available():

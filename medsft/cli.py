@@ -39,7 +39,6 @@ def parser() -> argparse.ArgumentParser:
     add_recipe_args(t)
     t.add_argument("--resume", default="auto", metavar="auto|never|PATH",
                    help="auto (default): continue from the newest complete checkpoint in output.dir")
-
     t.add_argument("--force", action="store_true", help="train even if the memory preflight says it won't fit")
 
     pf = sub.add_parser("preflight", help="estimate memory per device before training (no weights loaded)",
