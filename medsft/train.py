@@ -122,6 +122,7 @@ def run(recipe, resume: str = "auto", force: bool = False):
     from medsft.outputs import manifest, write_json
     from medsft.preemption import EXIT_PREEMPTED, PreemptionCallback
     from medsft.shards import gather_rows_seen
+    from medsft.upstream import keep_4bit_trainable_layout
 
     plan = placement.detect(recipe)
     kernels = kernels_mod.detect(recipe.model.kernels, plan.cuda)
@@ -142,6 +143,7 @@ def run(recipe, resume: str = "auto", force: bool = False):
 
     eval_questions = [p[-1]["content"] for p in splits["validation"]["prompt"][:recipe.evaluation.generations]]
     base, attn = model_mod.load_model(recipe, plan)
+    keep_4bit_trainable_layout(base)  # evaluation inside training must not repack trained 4-bit weights
     kernels_ran = kernels_mod.apply(kernels.name, base)
     trainer = build_trainer(recipe, args, base, tokenizer, prepared, eval_questions)
     checkpoint = resume_point(resume, recipe.output.dir)

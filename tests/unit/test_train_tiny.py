@@ -49,11 +49,17 @@ def test_adapter_reloads_with_plain_peft(trained, tiny_dir):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
+    from medsft.upstream import keep_4bit_trainable_layout
+
     recipe, trainer = trained
     bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                              bnb_4bit_compute_dtype=torch.float32)
     base = AutoModelForCausalLM.from_pretrained(tiny_dir, quantization_config=bnb, dtype=torch.float32)
     plain = PeftModel.from_pretrained(base, recipe.adapter_dir).eval()  # what a user does
+    # On AVX512-BF16 CPUs bitsandbytes runs an eval-mode 4-bit layer through a packed bf16 kernel, while the
+    # trained model stays in the dequantize-then-fp32 layout: compare like with like (that kernel alone
+    # moves these logits by up to 0.1).
+    keep_4bit_trainable_layout(plain)
     ids = torch.tensor([trainer.train_dataset[0]["input_ids"]])
     trained_model = trainer.model.eval()
     with torch.no_grad():
