@@ -40,19 +40,20 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
 
     from common import run_overrides, step_clock
-    from medsft import data, kernels, model as model_mod, placement, tokenized
-    from medsft.config import load_recipe
-    from medsft.train import sft_config
+    from medsft import data, kernels, launch, model as model_mod, tokenized
+    from medsft.recipe_files import load_recipe
+    from medsft.runspec import resolve
+    from medsft.upstream import keep_4bit_trainable_layout
 
     recipe = load_recipe(args.recipe, run_overrides(args.max_steps, args.output, args.logging_steps))
-    plan = placement.detect(recipe)
-    kernel = kernels.detect(recipe.model.kernels, plan.cuda).name
-    sft_args = sft_config(recipe, plan, kernel)
+    spec = resolve(recipe, launch.detect())
+    sft_args = spec.sft_config()
     tokenizer = model_mod.load_tokenizer(recipe.model)
     splits, _, _ = data.load_splits(recipe.data)
-    prepared, _, _ = tokenized.prepare_all(splits, tokenizer, recipe.training)
-    base, _ = model_mod.load_model(recipe, plan)
-    kernels.apply(kernel, base)
+    prepared, _, _ = tokenized.prepare_all(splits, tokenizer, spec)
+    base, _ = model_mod.load_model(recipe, spec.placement, spec.launch.cuda)
+    keep_4bit_trainable_layout(base)
+    kernels.apply(spec.kernels, base)
     clock = step_clock()
     trainer = bare_trainer(recipe, sft_args, base, tokenizer, prepared["train"], [clock])
     t0 = time.perf_counter()

@@ -116,21 +116,28 @@ def interleaved_ab(steps: int) -> dict:
     one process, stepping in turns. What differs between them is exactly medsft's per-step code; start-up,
     allocator and core placement are shared, and drift is cancelled step by step."""
     from bare_trl import bare_trainer
-    from medsft import data, data_cache, model as model_mod, placement
-    from medsft.config import load_recipe
+    from medsft import data, data_cache, launch, model as model_mod
     from medsft.preemption import PreemptionCallback
-    from medsft.train import build_trainer, sft_config
+    from medsft.recipe_files import load_recipe
+    from medsft.runspec import resolve
+    from medsft.train import build_trainer
+    from medsft.upstream import keep_4bit_trainable_layout
+
+    def base_model(spec):
+        model = model_mod.load_model(spec.recipe, spec.placement, spec.launch.cuda)[0]
+        keep_4bit_trainable_layout(model)
+        return model
 
     with tempfile.TemporaryDirectory() as tmp:
         recipe = load_recipe(REPO / "recipes" / "tiny-cpu.yaml", run_overrides(steps, tmp))
-        plan = placement.detect(recipe)
-        args = sft_config(recipe, plan)
+        spec = resolve(recipe, launch.detect())
+        args = spec.sft_config()
         tokenizer = model_mod.load_tokenizer(recipe.model)
         splits, _, raw = data.load_splits(recipe.data)
-        prepared, _, _ = data_cache.prepared_splits(recipe, raw, splits, tokenizer, say=lambda m: None)
-        medsft = build_trainer(recipe, args, model_mod.load_model(recipe, plan)[0], tokenizer, prepared)
+        prepared, _, _ = data_cache.prepared_splits(spec, raw, splits, tokenizer, report=lambda m: None)
+        medsft = build_trainer(spec, args, base_model(spec), tokenizer, prepared)
         medsft.add_callback(PreemptionCallback())
-        bare = bare_trainer(recipe, args, model_mod.load_model(recipe, plan)[0], tokenizer, prepared["train"])
+        bare = bare_trainer(recipe, args, base_model(spec), tokenizer, prepared["train"])
         trainers = {"medsft": medsft, "bare TRL": bare}
         baton = Baton(list(trainers))
         turns = {name: baton.callback(name) for name in trainers}
@@ -156,9 +163,8 @@ def token_stats(batch_size: int = 8, max_length: int = 4096) -> dict:
     from datasets import Dataset
 
     from medsft import data, tokenized
-    from medsft.config import DataSection
     from medsft.model import load_tokenizer
-    from medsft.config import ModelSection
+    from medsft.recipe import DataSection, ModelSection
 
     tok = load_tokenizer(ModelSection())
     rows = json.loads(DEMO.read_text())

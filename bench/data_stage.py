@@ -45,9 +45,10 @@ def write_rows(path: Path, n: int) -> str:
 
 def child(data_file: str, num_proc: int) -> None:
     """One timed data stage in this process; prints a JSON line."""
-    from medsft import data, data_cache
-    from medsft.config import load_recipe
+    from medsft import data, data_cache, launch
     from medsft.model import load_tokenizer
+    from medsft.recipe_files import load_recipe
+    from medsft.runspec import resolve
 
     recipe = load_recipe(REPO / "recipes" / "tiny-cpu.yaml", [f"data.source={data_file}", "training.max_length=4096",
                                                                   f"training.dataset_num_proc={num_proc}"])
@@ -55,7 +56,8 @@ def child(data_file: str, num_proc: int) -> None:
     messages: list[str] = []
     t0 = time.perf_counter()
     splits, _, raw = data.load_splits(recipe.data)
-    prepared, _, _ = data_cache.prepared_splits(recipe, raw, splits, tokenizer, say=messages.append)
+    spec = resolve(recipe, launch.detect(), kernels="off")
+    prepared, _, _ = data_cache.prepared_splits(spec, raw, splits, tokenizer, report=messages.append)
     seconds = time.perf_counter() - t0
     print(json.dumps({"seconds": seconds, "cache_hit": any("loaded tokenized splits" in m for m in messages),
                       "train_rows": len(prepared["train"])}))

@@ -64,8 +64,10 @@ def random_model_dir(config_path: Path, root: Path) -> Path:
 def one(model_name: str, max_length: int, steps: int, out_dir: Path, batch: int) -> dict:
     import torch
 
-    from medsft.config import load_recipe
+    from medsft.launch import detect
     from medsft.preflight import Arch, estimate, read_config, setup_from
+    from medsft.recipe_files import load_recipe
+    from medsft.runspec import resolve
     from medsft.train import run
 
     recipe = load_recipe(REPO / "recipes" / "tiny-cpu.yaml", [
@@ -74,7 +76,7 @@ def one(model_name: str, max_length: int, steps: int, out_dir: Path, batch: int)
         f"training.per_device_train_batch_size={batch}", "training.learning_rate=1e-4",
         *run_overrides(steps, str(out_dir))])
     arch = Arch.from_config(read_config(recipe.model.name))
-    predicted = estimate(arch, setup_from(recipe, {}, 1)).allocated
+    predicted = estimate(arch, setup_from(resolve(recipe, detect(), kernels="off"))).allocated
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()

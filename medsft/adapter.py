@@ -39,33 +39,32 @@ def check_adapter_dir(path: str | Path) -> Path:
 
 def recipe_of(adapter_dir: Path):
     """The recipe the adapter was trained with (recipe.yaml), as a Recipe."""
-    from medsft.config import build
+    from medsft.recipe import build
 
     path = adapter_dir / "recipe.yaml"
     if not path.is_file():
         raise MedsftError(f"{str(adapter_dir)!r} has no recipe.yaml", "pass a directory written by medsft train")
     raw = yaml.safe_load(path.read_text()) or {}
-    recipe = build({k: v for k, v in raw.items() if v is not None})
-    recipe.source_file = str(path)
-    return recipe
+    return build({k: v for k, v in raw.items() if v is not None}, str(path))
 
 
 def load_for_inference(adapter_dir, *, use_adapter: bool = True):
     """(model, tokenizer, recipe): the quantized base as trained, with the adapter unless told not to."""
     import torch
+    from transformers import AutoTokenizer
 
-    from medsft import model as model_mod, placement
+    from medsft import model as model_mod
+    from medsft.launch import from_env
+    from medsft.placement import decide
 
     adapter_dir = check_adapter_dir(adapter_dir)
     recipe = recipe_of(adapter_dir)
-    plan = placement.decide(placement.launch_env({}), torch.cuda.is_available(), torch.cuda.device_count(),
-                            bits=recipe.quantization.bits, dtype=recipe.model.dtype)
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)  # the tokenizer as trained (chat template included)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    base, _ = model_mod.load_model(recipe, plan)
+    cuda = torch.cuda.is_available()
+    one_process = from_env({}, cuda=cuda, num_gpus=torch.cuda.device_count() if cuda else 0)
+    placement = decide(one_process, bits=recipe.quantization.bits, dtype=recipe.model.dtype)
+    # the tokenizer as trained (chat template included)
+    tokenizer = model_mod.ready_tokenizer(AutoTokenizer.from_pretrained(adapter_dir), recipe.model.name)
+    base, _ = model_mod.load_model(recipe, placement, cuda)
     base.config.use_cache = True
     if not use_adapter:
         return base.eval(), tokenizer, recipe

@@ -1,5 +1,4 @@
-"""Reading what a reasoning model wrote: the `<think>` block apart from the answer, and the chosen
-multiple-choice letter out of free text.
+"""Reading which multiple-choice option a reasoning model chose, out of its free-text answer.
 
 Why: a model trained on medical-o1 answers in prose ("The most likely diagnosis is parvovirus B19
 infection"), not with a bare letter, so MC accuracy needs a careful extractor. It prefers explicit
@@ -10,29 +9,8 @@ never reads the article "A" or a letter inside a word, and falls back to the opt
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
-
-
-@dataclass
-class Parsed:
-    reasoning: str
-    answer: str
-    well_formed: bool  # exactly one <think> … </think> block, at the start, closed
-
-
-def split_reasoning(text: str) -> Parsed:
-    stripped = text.strip()
-    opens, closes = stripped.count(THINK_OPEN), stripped.count(THINK_CLOSE)
-    if opens == 1 and closes == 1 and stripped.startswith(THINK_OPEN) and stripped.index(THINK_CLOSE) > 0:
-        reasoning, answer = stripped[len(THINK_OPEN):].split(THINK_CLOSE, 1)
-        return Parsed(reasoning.strip(), answer.strip(), True)
-    if closes >= 1:  # some template put <think> in the prompt; the answer still follows the last close
-        reasoning, answer = stripped.rsplit(THINK_CLOSE, 1)
-        return Parsed(reasoning.replace(THINK_OPEN, "").strip(), answer.strip(), False)
-    return Parsed("", stripped.replace(THINK_OPEN, "").strip(), False)
-
+from medsft.formats import THINK_CLOSE
 
 LETTERS = "ABCDE"
 _L = f"[{LETTERS}]"

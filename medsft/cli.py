@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
-from pathlib import Path
 
+from medsft.console import error, say
 from medsft.errors import EXIT_USAGE, MedsftError
 
 EXAMPLES = """\
@@ -40,6 +39,10 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", default="auto", metavar="auto|never|PATH",
                    help="auto (default): continue from the newest complete checkpoint in output.dir")
     t.add_argument("--force", action="store_true", help="train even if the memory preflight says it won't fit")
+
+    sub.add_parser("launch", help="accelerate launch, with medsft's checks first and the workers' exit status",
+                   formatter_class=fmt, epilog="example:\n  medsft launch --config_file accelerate_configs/ddp.yaml "
+                   "--num_processes 2 train recipes/tiny-cpu.yaml\n(everything before `train` goes to accelerate launch)")
 
     pf = sub.add_parser("preflight", help="estimate memory per device before training (no weights loaded)",
                         formatter_class=fmt,
@@ -103,12 +106,22 @@ def generation_settings(args):
 
 
 def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["launch"] and not {"-h", "--help"} & set(argv[1:2]):
+        try:  # accelerate's options are accelerate's to parse (medsft/accelerate_launch.py)
+            from medsft.accelerate_launch import run
+
+            return run(argv[1:])
+        except MedsftError as err:
+            error(err.line())
+            return EXIT_USAGE
     args = parser().parse_args(argv)
     try:
         return dispatch(args)
     except MedsftError as err:
-        if os.environ.get("RANK", "0") == "0":  # every rank finds the same error; one says it
-            print(f"error: {err.line()}", file=sys.stderr, flush=True)
+        error(err.line())
         return EXIT_USAGE
 
 
@@ -131,35 +144,40 @@ def dispatch(args) -> int:
         else:
             from medsft.merge import run_merge
 
-            print(f"merged model saved to {run_merge(args.adapter_dir, args.out_dir)}")
+            say(f"merged model saved to {run_merge(args.adapter_dir, args.out_dir)}")
         return 0
 
-    from medsft.config import load_recipe
+    from medsft.recipe_files import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)  # before any heavy import
     if args.command == "train":
-        from medsft.placement import check_launch_early
+        from medsft.checkpoints import check_resume_argument
+        from medsft.launch import from_env
+        from medsft.placement import decide
 
-        try:
-            check_launch_early(recipe)
+        try:  # impossible launch combinations, in milliseconds (the GPU count does not matter for them)
+            decide(from_env(cuda=True, num_gpus=1), bits=recipe.quantization.bits, dtype=recipe.model.dtype,
+                   forced_device_map=recipe.model.device_map)
         except MedsftError as err:
             raise err.at(recipe.source_file)
-        if args.resume not in ("auto", "never"):
-            from medsft.train import is_complete
-
-            if not is_complete(Path(args.resume)):
-                raise MedsftError(f"--resume {args.resume!r} is not a complete checkpoint directory",
-                                  "pass a checkpoint-N directory with trainer_state.json, or --resume auto")
+        check_resume_argument(args.resume)
         quiet_libraries()
         from medsft.train import run
 
         run(recipe, resume=args.resume, force=args.force)
         return 0
     if args.command == "preflight":
+        from medsft.launch import from_accelerate_config, from_env
         from medsft.preflight import run_preflight
+        from medsft.runspec import resolve
 
-        _, verdict, _ = run_preflight(recipe, accelerate_config=args.accelerate_config, num_gpus=args.num_gpus,
-                                      gpu_memory=args.gpu_memory)
+        if args.accelerate_config:
+            launch = from_accelerate_config(args.accelerate_config, args.num_gpus)
+        else:  # inside a launch, the variables accelerate exported describe it; else one GPU (or --num-gpus)
+            launch = from_env(cuda=True, num_gpus=args.num_gpus or 1)
+            if args.num_gpus and launch.world_size == 1 and args.num_gpus > 1:
+                launch = from_env({"WORLD_SIZE": str(args.num_gpus)}, cuda=True, num_gpus=args.num_gpus)
+        _, verdict, _ = run_preflight(resolve(recipe, launch, kernels="off"), gpu_memory=args.gpu_memory)
         if verdict == "won't fit":
             raise MedsftError("the estimate does not fit in device memory", "apply one of the changes listed above",
                               recipe.source_file)
@@ -174,8 +192,14 @@ def dispatch(args) -> int:
 
 
 def quiet_libraries() -> None:
-    """Silence start-up chatter that tells the user nothing (called after the recipe validated)."""
+    """Silence start-up chatter that tells the user nothing (called after the recipe validated); on
+    non-main ranks, library warnings too: each rank would print the same ones."""
+    import logging
+    import warnings
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # datasets.map forks after tokenizing
+    # bitsandbytes on AVX512-BF16 CPUs tries an optional hub kernel at import and warns without it
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     import torch
 
     if not torch.cuda.is_available():
@@ -183,5 +207,11 @@ def quiet_libraries() -> None:
     import datasets
     from transformers.utils import logging as hf_logging
 
+    from medsft.console import is_main
+
     datasets.disable_progress_bars()
     hf_logging.disable_progress_bar()
+    if not is_main():
+        warnings.simplefilter("ignore")
+        hf_logging.set_verbosity_error()
+        datasets.logging.set_verbosity_error()

@@ -2,7 +2,7 @@
 
 Why prompt/completion and not `messages`: TRL applies `completion_only_loss` only to prompt/completion
 datasets; with a `messages` column (the notebook's format) the question is trained too. The prompt is
-the user's Question; the completion is the assistant turn `<think>{Complex_CoT}</think>{Response}`.
+the user's Question; the completion is the assistant turn in the recipe's format (medsft/formats.py).
 Malformed rows are dropped and counted, and too many of them stop the run. The split reproduces the
 notebook's two `train_test_split` calls with seed 816, so a migrating user gets the same test rows.
 """
@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medsft.errors import MedsftError
+from medsft.formats import completion_text, prompt_messages
 
 TINY_DATASET = "builtin:tiny-medical"
 TINY_ROWS = 800
@@ -132,14 +133,11 @@ def to_prompt_completion(ds, d):
                           f"more than data.max_bad_fraction={d.max_bad_fraction}",
                           "fix the data or raise data.max_bad_fraction", "data")
     good = ds.select(keep)
-    system = d.system_prompt
 
     def fmt(row, idx):
-        prompt = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": row[d.question_column]}]
-        completion = [{"role": "assistant",
-                       "content": f"<think>{row[d.reasoning_column]}</think>{row[d.response_column]}"}]
-        return {"row_id": keep[idx], "prompt": prompt, "completion": completion}
+        text = completion_text(row[d.reasoning_column], row[d.response_column], d.format)
+        return {"row_id": keep[idx], "prompt": prompt_messages(row[d.question_column], d.system_prompt),
+                "completion": [{"role": "assistant", "content": text}]}
 
     formatted = good.map(fmt, with_indices=True, remove_columns=good.column_names)
     return formatted, report

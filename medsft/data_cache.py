@@ -12,25 +12,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-from contextlib import contextmanager, nullcontext
-from dataclasses import asdict
 
+from medsft.console import notice, say
 from medsft.outputs import atomic_dir, package_versions
-from medsft.tiny_model import medsft_home
+from medsft.paths import medsft_home
 
 CACHE_VERSION = "1"
 
 
-def cache_key(recipe, raw_fingerprint: str, tokenizer) -> str:
-    t = recipe.training
+def cache_key(spec, raw_fingerprint: str, tokenizer) -> str:
     versions = package_versions()
     parts = {
         "version": CACHE_VERSION,
         "trl": versions.get("trl"),
         "medsft": versions.get("medsft", "dev"),
-        "data": asdict(recipe.data),
+        "data": spec.recipe.data.model_dump(mode="json"),
         "raw": raw_fingerprint,
-        "training": {k: t.get(k) for k in ("max_length", "packing", "completion_only_loss")},
+        "training": spec.cache_inputs(),
     }
     h = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode())
     backend = getattr(tokenizer, "backend_tokenizer", None)
@@ -40,28 +38,14 @@ def cache_key(recipe, raw_fingerprint: str, tokenizer) -> str:
     return h.hexdigest()[:20]
 
 
-def raw_fingerprint(recipe, raw) -> str:
+def raw_fingerprint(data_section, raw) -> str:
     """datasets' own fingerprint for files and hub data; the generator's identity for built-in rows."""
-    if recipe.data.source.startswith("builtin:"):
+    if data_section.source.startswith("builtin:"):
         from medsft.data import TINY_ROWS
         from medsft.tiny_model import TINY_BUILD_VERSION
 
-        return f"{recipe.data.source}:{TINY_ROWS}:{TINY_BUILD_VERSION}"
+        return f"{data_section.source}:{TINY_ROWS}:{TINY_BUILD_VERSION}"
     return raw._fingerprint
-
-
-@contextmanager
-def trl_barriers_off():
-    """TRL's dataset preparation wraps itself in main-process-first barriers; when only one rank prepares,
-    those barriers would pair with the other ranks' wait below and release them early (or hang)."""
-    import trl.trainer.sft_trainer as sft
-
-    original = sft.global_then_local_main_first
-    sft.global_then_local_main_first = nullcontext
-    try:
-        yield
-    finally:
-        sft.global_then_local_main_first = original
 
 
 def load_cached(path):
@@ -72,11 +56,10 @@ def load_cached(path):
     return prepared, meta["stats"], meta["dropped"]
 
 
-def prepare_and_cache(recipe, splits, tokenizer, path, say):
+def prepare_and_cache(spec, splits, tokenizer, path):
     from medsft import tokenized
 
-    with trl_barriers_off():
-        prepared, stats, dropped = tokenized.prepare_all(splits, tokenizer, recipe.training)
+    prepared, stats, dropped = tokenized.prepare_all(splits, tokenizer, spec)
     try:
         with atomic_dir(path) as tmp:
             for name, ds in prepared.items():
@@ -84,32 +67,33 @@ def prepare_and_cache(recipe, splits, tokenizer, path, say):
             (tmp / "medsft.json").write_text(json.dumps({"splits": list(prepared), "stats": stats,
                                                          "dropped": dropped}))
     except OSError as err:  # a read-only or full cache never stops a run
-        say(f"notice: could not cache the tokenized data ({err})")
+        notice(f"could not cache the tokenized data ({err})")
     return prepared, stats, dropped
 
 
-def load_or_prepare(recipe, splits, tokenizer, path, rank: int, say):
+def load_or_prepare(spec, splits, tokenizer, path, rank: int, report):
     import time
 
     start = time.perf_counter()
     if (path / "medsft.json").is_file():
         result = load_cached(path)
-        say(f"data[rank {rank}]: loaded tokenized splits from cache {path} in {time.perf_counter() - start:.2f} s")
+        report(f"data[rank {rank}]: loaded tokenized splits from cache {path} in {time.perf_counter() - start:.2f} s")
         return result
-    result = prepare_and_cache(recipe, splits, tokenizer, path, say)
-    say(f"data[rank {rank}]: tokenized and cached to {path} in {time.perf_counter() - start:.2f} s")
+    result = prepare_and_cache(spec, splits, tokenizer, path)
+    report(f"data[rank {rank}]: tokenized and cached to {path} in {time.perf_counter() - start:.2f} s")
     return result
 
 
-def prepared_splits(recipe, raw, splits, tokenizer, say=print):
+def prepared_splits(spec, raw, splits, tokenizer, report=say):
     """(prepared DatasetDict, stats, dropped): the main process prepares (or loads) while the other ranks
-    wait, then they load its result; a rank that cannot see the cache (node-local disk) prepares itself."""
+    wait, then they load its result; a rank that cannot see the cache (node-local disk) prepares itself.
+    `report` receives one line per rank (the per-rank cache lines are the multi-process tests' evidence)."""
     from accelerate import PartialState
 
-    path = medsft_home() / "datasets" / cache_key(recipe, raw_fingerprint(recipe, raw), tokenizer)
+    path = medsft_home() / "datasets" / cache_key(spec, raw_fingerprint(spec.recipe.data, raw), tokenizer)
     state = PartialState()
-    result = load_or_prepare(recipe, splits, tokenizer, path, 0, say) if state.is_main_process else None
+    result = load_or_prepare(spec, splits, tokenizer, path, 0, report) if state.is_main_process else None
     state.wait_for_everyone()
     if result is None:
-        result = load_or_prepare(recipe, splits, tokenizer, path, state.process_index, say)
+        result = load_or_prepare(spec, splits, tokenizer, path, state.process_index, report)
     return result

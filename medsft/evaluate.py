@@ -18,15 +18,16 @@ import math
 from statistics import mean
 from typing import Callable
 
-from medsft.answers import extract_choice, mc_prompt, split_reasoning
+from medsft.answers import extract_choice, mc_prompt
+from medsft.formats import split_reasoning
 
 Generate = Callable[[list[str]], list[dict]]  # records as generate.generate_batch returns them
 
 
-def format_metrics(records: list[dict], tokenizer=None) -> dict:
+def format_metrics(records: list[dict], tokenizer=None, fmt: str = "think") -> dict:
     if not records:
         return {}
-    parsed = [split_reasoning(r["text"]) for r in records]
+    parsed = [split_reasoning(r["text"], fmt) for r in records]
     length = (lambda s: len(tokenizer(s, add_special_tokens=False)["input_ids"])) if tokenizer else len
     return {
         "n": len(records),
@@ -44,13 +45,14 @@ def mc_items(rows: list[dict]) -> list[dict]:
     return [r for r in rows if isinstance(r.get("options"), dict) and r.get("answer_idx") in (r.get("options") or {})]
 
 
-def mc_accuracy(items: list[dict], generate: Generate, question_key: str = "question") -> dict:
-    """Accuracy of the letters extracted from the generated answers (None counts as wrong)."""
+def mc_accuracy(items: list[dict], generate: Generate, question_column: str = "Question", fmt: str = "think") -> dict:
+    """Accuracy of the letters extracted from the generated answers (None counts as wrong). The MC item's
+    own `question` (MedQA style) is posed when the row has one, else the dataset's question column."""
     if not items:
         return {}
-    prompts = [mc_prompt(item.get(question_key) or item["Question"], item["options"]) for item in items]
+    prompts = [mc_prompt(item.get("question") or item[question_column], item["options"]) for item in items]
     records = generate(prompts)
-    chosen = [extract_choice(split_reasoning(r["text"]).answer, item["options"]) for r, item in zip(records, items)]
+    chosen = [extract_choice(split_reasoning(r["text"], fmt).answer, item["options"]) for r, item in zip(records, items)]
     correct = [c == item["answer_idx"] for c, item in zip(chosen, items)]
     return {"n": len(items), "accuracy": mean(correct), "unparsed": mean(c is None for c in chosen)}
 
@@ -94,11 +96,11 @@ def run_eval(adapter_dir, *, max_generations: int = 20, settings=None, with_base
     from pathlib import Path
 
     from datasets import Dataset
-    from rich.console import Console
     from rich.table import Table
 
     from medsft import data, tokenized
     from medsft.adapter import load_for_inference
+    from medsft.console import rich_console
     from medsft.generate import Settings, generate_batch
     from medsft.outputs import write_json
 
@@ -113,11 +115,12 @@ def run_eval(adapter_dir, *, max_generations: int = 20, settings=None, with_base
     items = mc_items(rows)[:max_generations]
 
     def gen(prompts):
-        return generate_batch(model, tokenizer, prompts, settings, d.system_prompt)
+        return generate_batch(model, tokenizer, prompts, settings, d.system_prompt, d.format)
 
     def measure() -> dict:
-        return {"completion": completion_nll(model, prepared), "generation": format_metrics(gen(questions), tokenizer),
-                "multiple_choice": mc_accuracy(items, gen)}
+        return {"completion": completion_nll(model, prepared),
+                "generation": format_metrics(gen(questions), tokenizer, d.format),
+                "multiple_choice": mc_accuracy(items, gen, d.question_column, d.format)}
 
     results = {"adapter": measure()}
     if with_base:
@@ -141,5 +144,5 @@ def run_eval(adapter_dir, *, max_generations: int = 20, settings=None, with_base
             cells = [f"{results[n][section].get(key, float('nan')):.3f}" for n in ("adapter", "base", "delta")
                      if n in results]
             table.add_row(f"{section}: {key}", *cells)
-    Console().print(table)
+    rich_console().print(table)
     return results

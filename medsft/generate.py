@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from medsft.answers import split_reasoning
+from medsft.formats import prompt_messages, split_reasoning
 
 
 @dataclass
@@ -32,11 +32,6 @@ def stop_ids(tokenizer, model) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
-def prompt_messages(question: str, system_prompt: str | None = None) -> list[dict]:
-    return ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
-        {"role": "user", "content": question}]
-
-
 def _decode(tokenizer, ids: list[int], stops: list[int]) -> tuple[str, bool]:
     stopped = False
     for i, t in enumerate(ids):
@@ -47,7 +42,8 @@ def _decode(tokenizer, ids: list[int], stops: list[int]) -> tuple[str, bool]:
     return tokenizer.decode(ids, skip_special_tokens=False), stopped
 
 
-def generate_batch(model, tokenizer, questions: list[str], settings: Settings, system_prompt=None) -> list[dict]:
+def generate_batch(model, tokenizer, questions: list[str], settings: Settings, system_prompt=None,
+                   fmt: str = "think") -> list[dict]:
     """One record per question: question, text, reasoning, answer, well_formed, stopped, tokens, seconds."""
     import torch
 
@@ -70,7 +66,7 @@ def generate_batch(model, tokenizer, questions: list[str], settings: Settings, s
             seconds = (time.perf_counter() - t0) / len(chunk)
             for q, row in zip(chunk, gen[:, enc["input_ids"].shape[1]:].tolist()):
                 text, stopped = _decode(tokenizer, row, stops)
-                parsed = split_reasoning(text)
+                parsed = split_reasoning(text, fmt)
                 out.append({"question": q, "text": text, "reasoning": parsed.reasoning, "answer": parsed.answer,
                             "well_formed": parsed.well_formed, "stopped": stopped,
                             "tokens": len([t for t in row if t != tokenizer.pad_token_id]), "seconds": seconds})
@@ -79,7 +75,8 @@ def generate_batch(model, tokenizer, questions: list[str], settings: Settings, s
     return out
 
 
-def stream_one(model, tokenizer, question: str, settings: Settings, console, system_prompt=None) -> dict:
+def stream_one(model, tokenizer, question: str, settings: Settings, console, system_prompt=None,
+               fmt: str = "think") -> dict:
     """Generate one answer, printing tokens as they come (rich), reasoning dim and answer bold."""
     import threading
 
@@ -117,7 +114,7 @@ def stream_one(model, tokenizer, question: str, settings: Settings, console, sys
     thread.join()
     console.print()
     text, stopped = _decode(tokenizer, result["ids"], stops)
-    parsed = split_reasoning(text)
+    parsed = split_reasoning(text, fmt)
     return {"question": question, "text": text, "reasoning": parsed.reasoning, "answer": parsed.answer,
             "well_formed": parsed.well_formed, "stopped": stopped, "tokens": len(result["ids"]),
             "seconds": time.perf_counter() - t0}

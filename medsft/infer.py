@@ -34,19 +34,19 @@ def read_questions(path: str) -> list[str]:
 
 
 def run_infer(adapter_dir, *, question=None, file=None, output=None, use_adapter=True, settings=None) -> list[dict]:
-    from rich.console import Console
     from rich.panel import Panel
 
     from medsft.adapter import load_for_inference
+    from medsft.console import rich_console
     from medsft.generate import Settings, generate_batch, stream_one
 
     settings = settings or Settings()
     questions = read_questions(file) if file else None
     model, tokenizer, recipe = load_for_inference(adapter_dir, use_adapter=use_adapter)
-    console = Console()
-    system = recipe.data.system_prompt
+    console = rich_console()
+    system, fmt = recipe.data.system_prompt, recipe.data.format
     if questions is not None:
-        records = generate_batch(model, tokenizer, questions, settings, system)
+        records = generate_batch(model, tokenizer, questions, settings, system, fmt)
         out = open(output, "w", encoding="utf-8") if output else sys.stdout
         try:
             for r in records:
@@ -70,7 +70,7 @@ def run_infer(adapter_dir, *, question=None, file=None, output=None, use_adapter
                 break
             if not q.strip():
                 break
-        r = stream_one(model, tokenizer, q, settings, console, system)
+        r = stream_one(model, tokenizer, q, settings, console, system, fmt)
         console.print(Panel(r["answer"] or "(no answer)", title="answer", subtitle=f"{r['tokens']} tokens, "
                             f"{r['seconds']:.1f}s{'' if r['stopped'] else ', hit max_new_tokens'}"))
         records.append(r)

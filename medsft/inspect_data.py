@@ -24,18 +24,20 @@ def spans(input_ids: list[int], labels: list[int]):
 
 
 def show(recipe, *, limit: int | None, split: str, as_json: bool) -> None:
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    from medsft import data, data_cache, model as model_mod
+    from medsft import data, data_cache, launch, model as model_mod
+    from medsft.console import rich_console
+    from medsft.runspec import resolve
 
-    console = Console(stderr=as_json)
+    console = rich_console(stderr=as_json)
+    spec = resolve(recipe, launch.detect(), kernels="off")
     tokenizer = model_mod.load_tokenizer(recipe.model)
     splits, report, raw = data.load_splits(recipe.data)
     # the same prepared (and cached) splits `medsft train` uses: shown here, reused there
-    prepared, stats, dropped = data_cache.prepared_splits(recipe, raw, splits, tokenizer,
-                                                          say=lambda m: console.print(m, markup=False))
+    prepared, stats, dropped = data_cache.prepared_splits(spec, raw, splits, tokenizer,
+                                                          report=lambda m: console.print(m, markup=False))
     ds = prepared[split]
 
     console.print(report.summary())

@@ -5,7 +5,7 @@ Triton/CUDA code: on a laptop, or where the package is missing, asking for them 
 that works without them. `model.kernels` in the recipe says what the user wants:
 
     auto   Liger when `liger-kernel` is installed, else off (never Hub kernels unasked: they are fetched
-           from the hub at load time, which DESIGN.md rules out as a silent default)
+           from the hub at load time, which must never happen silently)
     liger  transformers' `use_liger_kernel` (TRL keeps its own fused LM head, so Liger's fused
            linear cross-entropy stays off)
     hub    transformers' `use_kernels` (the `kernels` package, in the versions transformers accepts;
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-KERNEL_CHOICES = ("auto", "liger", "hub", "off")
 LIGER_HINT = "pip install 'medsft[kernels]' (liger-kernel)"
 
 
@@ -65,7 +64,7 @@ def apply(chosen: str, model) -> str:
     fetched (offline, no cache) leaves the model as it was. Liger is applied later by the trainer."""
     if chosen != "hub":
         return chosen
-    from medsft.model import notice
+    from medsft.console import notice
 
     try:
         from kernels import Mode

@@ -1,9 +1,10 @@
-"""Tokenizer and (quantized) base model, loaded the way the launch requires.
+"""Tokenizer and (quantized) base model, loaded the way the resolved run requires.
 
 Why: quantization, attention kernel and placement are where QLoRA runs fail first. The attention
 implementation is decided here before loading (flash-attention-2 only when `flash_attn` imports and the
 GPU is Ampere or newer, otherwise SDPA with a one-line notice), so transformers never tries to fetch a
 kernel from the hub. `trust_remote_code` is off unless the recipe turns it on, and then it is announced.
+The tokenizer rules (chat template required, pad token) live here for training and inference alike.
 """
 
 from __future__ import annotations
@@ -11,17 +12,9 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from medsft.console import notice
 from medsft.errors import MedsftError
 from medsft.tiny_model import builtin_model_dir, is_builtin
-
-
-def notice(message: str) -> None:
-    """One line on stderr, from the main process only."""
-    import os
-    import sys
-
-    if os.environ.get("RANK", "0") == "0":
-        print(f"notice: {message}", file=sys.stderr, flush=True)
 
 
 def resolve_model_path(name: str) -> str:
@@ -41,29 +34,35 @@ def offline_error(name: str, err: Exception) -> MedsftError:
                        "or set model.name to a local directory", "model.name")
 
 
-def load_tokenizer(model_cfg):
-    from transformers import AutoTokenizer
+def ready_tokenizer(tok, name: str):
+    """The rules every medsft tokenizer follows: a chat template, and a pad token.
 
-    path = resolve_model_path(model_cfg.name)
-    if model_cfg.trust_remote_code:
-        notice(f"trust_remote_code is on: code from {model_cfg.name!r} will run on this machine")
-    try:
-        tok = AutoTokenizer.from_pretrained(path, revision=model_cfg.revision,
-                                            trust_remote_code=model_cfg.trust_remote_code)
-    except (OSError, ValueError) as err:
-        raise offline_error(model_cfg.name, err) from None
+    pad = eos is safe because TRL masks labels by position, not by pad id: the closing end-of-turn token
+    stays trained (tests/unit/test_labels.py), so generation stops."""
     if not getattr(tok, "chat_template", None):
-        raise MedsftError(f"the tokenizer of {model_cfg.name!r} has no chat template",
+        raise MedsftError(f"the tokenizer of {name!r} has no chat template",
                           "use an instruct/chat model (e.g. Qwen/Qwen3-0.6B)", "model.name")
     if tok.pad_token is None:
-        # Safe because TRL masks labels by position, not by pad id: the closing EOS stays trained.
         tok.pad_token = tok.eos_token
     return tok
 
 
+def load_tokenizer(model_cfg):
+    from transformers import AutoTokenizer
+
+    if model_cfg.trust_remote_code:
+        notice(f"trust_remote_code is on: code from {model_cfg.name!r} will run on this machine")
+    try:
+        tok = AutoTokenizer.from_pretrained(resolve_model_path(model_cfg.name), revision=model_cfg.revision,
+                                            trust_remote_code=model_cfg.trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise offline_error(model_cfg.name, err) from None
+    return ready_tokenizer(tok, model_cfg.name)
+
+
 def choose_attention(requested: str, cuda: bool) -> str:
     """flash_attention_2 when usable, else sdpa; never crash for a missing flash-attn."""
-    if requested in ("sdpa", "eager"):
+    if requested in ("sdpa", "eager", "flex_attention"):
         return requested
     usable = cuda and importlib.util.find_spec("flash_attn") is not None
     if usable:
@@ -80,7 +79,7 @@ def choose_attention(requested: str, cuda: bool) -> str:
     return "sdpa"
 
 
-def quantization_config(q, plan, model_dtype: str):
+def quantization_config(q, quant_storage: str, model_dtype: str):
     import torch
     from transformers import BitsAndBytesConfig
 
@@ -93,27 +92,27 @@ def quantization_config(q, plan, model_dtype: str):
         bnb_4bit_quant_type=q.quant_type,
         bnb_4bit_use_double_quant=q.double_quant,
         bnb_4bit_compute_dtype=getattr(torch, q.compute_dtype or model_dtype),
-        bnb_4bit_quant_storage=getattr(torch, plan.quant_storage),
+        bnb_4bit_quant_storage=getattr(torch, quant_storage),
     )
 
 
-def load_model(recipe, plan):
-    """The base model, quantized as the recipe says and placed as the plan says. Returns (model, attn)."""
+def load_model(recipe, placement, cuda: bool):
+    """The base model, quantized as the recipe says and placed as the placement says. Returns (model, attn)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     m = recipe.model
-    attn = choose_attention(m.attn_implementation, plan.cuda)
+    attn = choose_attention(m.attn_implementation, cuda)
     kwargs = dict(
         dtype=getattr(torch, m.dtype),
         attn_implementation=attn,
-        quantization_config=quantization_config(recipe.quantization, plan, m.dtype),
+        quantization_config=quantization_config(recipe.quantization, placement.quant_storage, m.dtype),
         trust_remote_code=m.trust_remote_code,
         revision=m.revision,
         use_cache=False,  # training; generation turns it back on
     )
-    if plan.device_map is not None:
-        kwargs["device_map"] = plan.device_map
+    if placement.device_map is not None:
+        kwargs["device_map"] = placement.device_map
     try:
         model = AutoModelForCausalLM.from_pretrained(resolve_model_path(m.name), **kwargs)
     except OSError as err:

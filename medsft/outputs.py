@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
+from medsft.errors import MedsftError
+
 PACKAGES = ("medsft", "torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets",
             "deepspeed", "tokenizers", "safetensors")
 
@@ -84,3 +86,29 @@ def manifest(**fields) -> dict:
         "git_commit": git_commit(),
         **fields,
     }
+
+
+def check_writable_dir(out: Path, name: str) -> None:
+    """A directory we can create or write: not a file, not inside a file, not read-only."""
+    if out.exists() and not out.is_dir():
+        raise MedsftError(f"{name} {str(out)!r} is a file", f"choose a directory path for {name}")
+    ancestor = out
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise MedsftError(f"{name} {str(out)!r} is inside {str(ancestor)!r}, which is a file",
+                          f"choose a directory path for {name}")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise MedsftError(f"{name} {str(out)!r} is not writable ({str(ancestor)!r} is read-only)",
+                          f"choose a writable location for {name}")
+
+
+def check_output_paths(recipe) -> None:
+    """Where the run writes, checked before anything is loaded."""
+    for key in ("dir", "adapter_dir"):
+        value = getattr(recipe.output, key)
+        if value is not None:
+            try:
+                check_writable_dir(Path(value), f"output.{key}")
+            except MedsftError as err:
+                raise err.at(recipe.source_file)

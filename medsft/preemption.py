@@ -18,6 +18,8 @@ import sys
 
 from transformers import TrainerCallback
 
+from medsft.console import notice
+
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again later" — the sbatch scripts requeue on it
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -42,9 +44,7 @@ class PreemptionCallback(TrainerCallback):
             print(f"medsft: second {signal.Signals(signum).name}: exiting now", file=sys.stderr, flush=True)
             os._exit(128 + signum)
         self.requested = True
-        if os.environ.get("RANK", "0") == "0":
-            print(f"medsft: {signal.Signals(signum).name} received: checkpointing after this step",
-                  file=sys.stderr, flush=True)
+        notice(f"{signal.Signals(signum).name} received: checkpointing after this step")
 
     def on_step_end(self, args, state, control, **kwargs):
         if self._any_rank_requested():

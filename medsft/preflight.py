@@ -151,18 +151,20 @@ def estimate(arch: Arch, s: Setup) -> Estimate:
         base, how = p_lin + 4 * rows, f"{p_lin / 1e9:.2f}B weights × 1 B + fp32 row scales"
     else:
         base, how = p_lin * dt, f"{p_lin / 1e9:.2f}B weights × {dt} B"
-    est.add("base weights (quantized)" if s.bits else "base weights", base / n_shard,
-            how + (f" / {n_shard} (ZeRO-3)" if zero3 else ""))
+    kept = 0 if s.offload_params else 1  # offloaded parameters live in CPU memory, streamed in when used
+    where = " → offloaded to CPU" if s.offload_params else ""
+    est.add("base weights (quantized)" if s.bits else "base weights", kept * base / n_shard,
+            how + (f" / {n_shard} (ZeRO-3)" if zero3 else "") + where)
 
     unq = arch.vocab * arch.hidden * (1 if arch.tied else 2) + (2 * arch.layers + 1) * arch.hidden
-    est.add("embeddings, lm_head, norms", unq * dt / n_shard,
-            f"V·H{'' if arch.tied else ' ×2 (untied)'} + norms, {dt} B" + (f" / {n_shard}" if zero3 else ""))
+    est.add("embeddings, lm_head, norms", kept * unq * dt / n_shard,
+            f"V·H{'' if arch.tied else ' ×2 (untied)'} + norms, {dt} B" + (f" / {n_shard}" if zero3 else "") + where)
 
     shapes = arch.linear_shapes()
     targeted = s.targeted(arch)
     lora = arch.layers * sum(s.rank * (shapes[t][0] + shapes[t][1]) for t in targeted)
     lb = 2 if s.bits else 4
-    est.add("LoRA parameters", lora * lb / n_shard, f"{lora / 1e6:.1f}M × {lb} B")
+    est.add("LoRA parameters", kept * lora * lb / n_shard, f"{lora / 1e6:.1f}M × {lb} B" + where)
     if s.zero_stage:
         part = s.world_size if s.zero_stage >= 2 else 1
         est.add("LoRA gradients", lora * lb / part, f"{lb} B/param / {part} (ZeRO-{s.zero_stage})")
@@ -231,35 +233,17 @@ def parse_size(text: str) -> float:
     return float(m.group(1)) * scale
 
 
-def read_accelerate_config(path: str | None) -> dict:
-    if not path:
-        return {}
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        raise MedsftError(f"accelerate config {path!r} not found", "see accelerate_configs/ for the files")
-    try:
-        return yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError:
-        raise MedsftError(f"accelerate config {path!r} is not valid YAML", "fix the file") from None
-
-
-def setup_from(recipe, accel: dict, num_gpus: int | None) -> Setup:
-    ds = accel.get("deepspeed_config") or {}
-    distributed = accel.get("distributed_type", "NO")
-    world = num_gpus or int(accel.get("num_processes", 1) or 1)
-    t = recipe.training
+def setup_from(spec) -> Setup:
+    """The estimate's inputs, read from the resolved run (launch included)."""
+    recipe, launch = spec.recipe, spec.launch
     return Setup(
         bits=recipe.quantization.bits, double_quant=recipe.quantization.double_quant, dtype=recipe.model.dtype,
-        rank=recipe.lora.rank, targets=recipe.lora.target_modules,
-        micro_batch=int(t.get("per_device_train_batch_size", 8)), max_length=int(t.get("max_length") or 1024),
-        checkpointing=bool(t.get("gradient_checkpointing", True)),
-        attention="eager" if recipe.model.attn_implementation == "eager" else "sdpa",
-        world_size=world if distributed != "NO" else 1,
-        zero_stage=int(ds.get("zero_stage")) if distributed == "DEEPSPEED" and ds.get("zero_stage") else None,
-        offload_optimizer=ds.get("offload_optimizer_device", "none") not in ("none", None),
-        offload_params=ds.get("offload_param_device", "none") not in ("none", None),
+        rank=recipe.lora.rank, targets=recipe.lora.target_modules, micro_batch=spec.micro_batch,
+        max_length=int(spec.recipe.training.get("max_length") or 1024), checkpointing=spec.checkpointing,
+        attention="eager" if spec.attention == "eager" else "sdpa",
+        world_size=launch.world_size if launch.distributed != "none" else 1,
+        zero_stage=3 if launch.sharded_params else launch.zero_stage,
+        offload_optimizer=launch.offload_optimizer, offload_params=launch.offload_params,
     )
 
 
@@ -327,20 +311,21 @@ def device_memory(gpu_memory: str | None) -> tuple[float, str]:
     raise MedsftError("no GPU here to measure", "pass --gpu-memory SIZE (e.g. 80GiB) to say what to assume")
 
 
-def run_preflight(recipe, *, accelerate_config=None, num_gpus=None, gpu_memory=None, console=None):
+def run_preflight(spec, *, gpu_memory=None, console=None):
     """Compute, print (rich table), and return (Estimate, verdict, suggestions)."""
-    from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    from medsft.console import rich_console
+
+    recipe = spec.recipe
+    console = console or rich_console()
     arch = Arch.from_config(read_config(recipe.model.name, recipe.model.revision))
-    s = setup_from(recipe, read_accelerate_config(accelerate_config), num_gpus)
+    s = setup_from(spec)
     device, source = device_memory(gpu_memory)
     est = estimate(arch, s)
     v = verdict(est.total, device)
-    table = Table(title=f"memory per device: {recipe.model.name} · {s.world_size} process(es)"
-                        + (f" · ZeRO-{s.zero_stage}" if s.zero_stage else "")
-                        + f" · micro-batch {s.micro_batch} × {s.max_length} tokens")
+    table = Table(title=f"memory per device: {recipe.model.name} · {spec.launch.describe()}"
+                        f" · micro-batch {s.micro_batch} × {s.max_length} tokens")
     table.add_column("part")
     table.add_column("GiB", justify="right")
     table.add_column("how")
@@ -350,7 +335,8 @@ def run_preflight(recipe, *, accelerate_config=None, num_gpus=None, gpu_memory=N
                   f"device: {device / GiB:.1f} GiB {source}")
     console.print(table)
     style = {"fits": "green", "tight": "yellow", "won't fit": "red"}[v]
-    console.print(f"verdict: [{style}]{v}[/{style}] ({est.total / GiB:.1f} of {device / GiB:.1f} GiB)")
+    console.print(f"verdict: [{style}]{v}[/{style}] ({est.total / GiB:.1f} of {device / GiB:.1f} GiB per device; "
+                  f"{spec.launch.describe()})", soft_wrap=True)
     tips = []
     if v == "won't fit":
         tips = suggestions(arch, s, device, int(recipe.training.get("gradient_accumulation_steps", 1)))

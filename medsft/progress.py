@@ -11,11 +11,12 @@ Other ranks print and write nothing.
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
 from transformers import TrainerCallback
+
+from medsft.console import is_main, rich_console
 
 
 def human_bytes(n: float) -> str:
@@ -46,9 +47,7 @@ class ProgressCallback(TrainerCallback):
     """Rich view on a terminal, plain lines otherwise; main process only."""
 
     def __init__(self, console=None):
-        from rich.console import Console
-
-        self.console = console or Console()
+        self.console = console or rich_console()
         self.live = None
         self.last = {}
         self.start = None
@@ -57,7 +56,7 @@ class ProgressCallback(TrainerCallback):
 
     # --- state
     def on_train_begin(self, args, state, control, **kwargs):
-        if not state.is_world_process_zero:
+        if not is_main():
             return
         self.start = time.monotonic()
         self.first_step = state.global_step
@@ -72,7 +71,7 @@ class ProgressCallback(TrainerCallback):
             self.live.update(self.render(state))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs:
+        if not is_main() or not logs:
             return
         now = time.monotonic()
         if "num_tokens" in logs and "loss" in logs:
@@ -148,7 +147,7 @@ class MetricsFileCallback(TrainerCallback):
         self.path = Path(output_dir) / "metrics.jsonl"
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs:
+        if not is_main() or not logs:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         record = {"step": state.global_step, "epoch": state.epoch, "time": time.time(), **logs}
@@ -156,7 +155,7 @@ class MetricsFileCallback(TrainerCallback):
             fh.write(json.dumps(record) + "\n")
 
     def on_train_end(self, args, state, control, **kwargs):
-        if state.is_world_process_zero and self.path.exists():
+        if is_main() and self.path.exists():
             plot_losses(self.path, self.path.with_name("loss.png"))
 
 
@@ -202,44 +201,3 @@ def plot_losses(metrics_path: Path, png_path: Path) -> None:
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     os.replace(tmp, png_path)
-
-
-def add_perplexity(metrics: dict) -> dict:
-    if "eval_loss" in metrics and metrics["eval_loss"] < 50:
-        metrics["eval_perplexity"] = math.exp(metrics["eval_loss"])
-    return metrics
-
-
-class GenerationEvalCallback(TrainerCallback):
-    """At each evaluation, generate for the first N validation questions and log format metrics
-    (eval_format_compliance, eval_well_formed_think, eval_stopped_at_end_of_turn). Off by default:
-    generation is slow. Main process only; skipped under ZeRO-3, where generating needs every rank."""
-
-    def __init__(self, questions: list[str], tokenizer, max_new_tokens: int, system_prompt=None):
-        self.questions, self.tokenizer = questions, tokenizer
-        self.max_new_tokens, self.system_prompt = max_new_tokens, system_prompt
-        self.trainer = None  # set by the caller: the metrics are logged through the trainer
-
-    def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
-        if not state.is_world_process_zero or not self.questions or model is None:
-            return
-        from medsft.evaluate import format_metrics
-        from medsft.generate import Settings, generate_batch
-
-        was_training = model.training
-        model.eval()
-        use_cache = getattr(model.config, "use_cache", False)
-        model.config.use_cache = True
-        try:
-            records = generate_batch(model, self.tokenizer, self.questions,
-                                     Settings(max_new_tokens=self.max_new_tokens), self.system_prompt)
-        finally:
-            model.config.use_cache = use_cache
-            if was_training:
-                model.train()
-        found = format_metrics(records, self.tokenizer)
-        logs = {f"eval_{k}": v for k, v in found.items() if k != "n"}
-        if metrics is not None:
-            metrics.update(logs)
-        if self.trainer is not None:
-            self.trainer.log(logs)

@@ -15,6 +15,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from medsft.paths import medsft_home
+
 BUILTIN_PREFIX = "builtin:"
 TINY_MODEL = "builtin:tiny-qwen2"
 TINY_BUILD_VERSION = "1"  # bump when the built files change, so caches rebuild
@@ -27,10 +29,6 @@ CHAT_TEMPLATE = (
 )
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
 VOCAB_SIZE = 2048
-
-
-def medsft_home() -> Path:
-    return Path(os.environ.get("MEDSFT_HOME", Path.home() / ".cache" / "medsft"))
 
 
 def is_builtin(name: str) -> bool:

@@ -1,31 +1,25 @@
 """Tokenize prompt/completion rows and build labels with TRL's own dataset preparation.
 
-Why: `medsft data --json` must show `input_ids` and `labels` exactly as the trainer receives them,
-and the trainer must not tokenize twice. So medsft calls `SFTTrainer._prepare_dataset` itself (the
-code that applies the chat template and masks the prompt with -100), once, and hands the prepared
-dataset to `SFTTrainer`, which then skips its own preparation. Over-long rows are dropped rather than
-truncated: a truncated reasoning trace loses its `</think>`, answer and end-of-turn token, and would
-teach the model never to stop (axolotl drops them too). Dropped rows are counted and reported.
+Why: `medsft data --json` must show `input_ids` and `labels` exactly as the trainer receives them, and
+the trainer must not tokenize twice. So medsft runs TRL's preparation (medsft/upstream.py), once, and
+hands the prepared dataset to `SFTTrainer`, which then skips its own. Over-long rows are dropped rather
+than truncated: a truncated reasoning trace loses its answer and end-of-turn token, and would teach the
+model never to stop (axolotl drops them too). Dropped rows are counted and reported.
 """
 
 from __future__ import annotations
 
 import statistics
-from types import SimpleNamespace
 
 from medsft.errors import MedsftError
+from medsft.upstream import prepare_dataset
 
 
 def prepare_split(ds, tokenizer, *, name: str, num_proc: int | None = None, completion_only_loss: bool = True):
     """input_ids + labels (+ row_id) for one split, via TRL."""
-    from trl import SFTTrainer
-
     if len(ds) == 0:
         return ds
-    trainer_like = SimpleNamespace(_tokenizer=tokenizer, chat_template=None, completion_only_loss=completion_only_loss)
-    args = SimpleNamespace(dataset_num_proc=num_proc, dataset_text_field="text", assistant_only_loss=False,
-                           max_length=None, truncation_mode="keep_start", shuffle_dataset=False, seed=0)
-    prepared = SFTTrainer._prepare_dataset(trainer_like, ds, tokenizer, args, False, None, name)
+    prepared = prepare_dataset(ds, tokenizer, name=name, num_proc=num_proc, completion_only_loss=completion_only_loss)
     return prepared.select_columns(["row_id", "input_ids", "labels"])
 
 
@@ -50,28 +44,22 @@ def length_stats(lens: list[int], max_length: int | None) -> dict:
         return {"count": 0}
     ordered = sorted(lens)
     p95 = ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
-    return {
-        "count": len(lens),
-        "min": ordered[0],
-        "median": statistics.median(ordered),
-        "p95": p95,
-        "max": ordered[-1],
-        "over_max_length": sum(n > max_length for n in lens) if max_length else 0,
-        "max_length": max_length,
-    }
+    return {"count": len(lens), "min": ordered[0], "median": statistics.median(ordered), "p95": p95,
+            "max": ordered[-1], "over_max_length": sum(n > max_length for n in lens) if max_length else 0,
+            "max_length": max_length}
 
 
-def prepare_all(splits, tokenizer, training: dict):
+def prepare_all(splits, tokenizer, spec):
     """All splits prepared; returns (DatasetDict, {split: stats before dropping}, {split: n dropped})."""
     from datasets import DatasetDict
 
-    max_length = None if training.get("packing") else training.get("max_length")
+    t = spec.recipe.training
     out, stats, dropped = {}, {}, {}
     for name, ds in splits.items():
-        prepared = prepare_split(ds, tokenizer, name=name, num_proc=training.get("dataset_num_proc"),
-                                 completion_only_loss=training.get("completion_only_loss", True) is not False)
-        stats[name] = length_stats(lengths(prepared), training.get("max_length"))
+        prepared = prepare_split(ds, tokenizer, name=name, num_proc=t.get("dataset_num_proc"),
+                                 completion_only_loss=spec.cache_inputs()["completion_only_loss"])
+        stats[name] = length_stats(lengths(prepared), t.get("max_length"))
         if name != "test":  # the test split is kept whole for evaluation, which uses the raw rows
-            prepared, dropped[name] = drop_overlong(prepared, max_length, name=name)
+            prepared, dropped[name] = drop_overlong(prepared, spec.drop_longer_than, name=name)
         out[name] = prepared
     return DatasetDict(out), stats, dropped

@@ -1,16 +1,24 @@
-"""medsft's SFTTrainer: TRL's trainer, plus two things TRL does not do.
+"""medsft's SFTTrainer: TRL's trainer, plus what TRL does not do.
 
 1. It records which rows each rank draws (medsft.shards), to show that ranks train disjoint shards.
 2. A resumed run continues in the precision TRL trains QLoRA adapters in (bf16), so resuming is exact.
-3. It evaluates with the NLL loss whatever the training loss: DFT's loss is weighted by the model's own
-   probabilities and can rise while the model improves, so eval_loss is the mean NLL per completion
-   token, and eval_perplexity = exp(eval_loss) is logged beside it.
+3. It evaluates with the NLL loss whatever the training loss (medsft/upstream.py `nll_loss`): DFT's loss
+   is weighted by the model's own probabilities and can rise while the model improves, so eval_loss is
+   the mean NLL per completion token, and eval_perplexity = exp(eval_loss) is logged beside it.
 """
 
 from __future__ import annotations
 
-from medsft.progress import add_perplexity
+import math
+
 from medsft.shards import RowIdRecorder
+from medsft.upstream import nll_loss
+
+
+def add_perplexity(metrics: dict) -> dict:
+    if "eval_loss" in metrics and metrics["eval_loss"] < 50:
+        metrics["eval_perplexity"] = math.exp(metrics["eval_loss"])
+    return metrics
 
 
 def trainer_class():
@@ -44,8 +52,8 @@ def trainer_class():
             # cast back, or a resumed run computes in another precision than the run it continues.
             target = model or self.model
             base = getattr(target, "base_model", target)
-            if getattr(getattr(base, "model", base), "is_loaded_in_4bit", False) or \
-                    getattr(getattr(base, "model", base), "is_loaded_in_8bit", False):
+            inner = getattr(base, "model", base)
+            if getattr(inner, "is_loaded_in_4bit", False) or getattr(inner, "is_loaded_in_8bit", False):
                 import torch
 
                 for name, param in target.named_parameters():
@@ -53,11 +61,8 @@ def trainer_class():
                         param.data = param.data.to(torch.bfloat16)
 
         def evaluate(self, *args, **kwargs):
-            loss_type, self.args.loss_type = self.args.loss_type, "nll"
-            try:
+            with nll_loss(self):
                 return super().evaluate(*args, **kwargs)
-            finally:
-                self.args.loss_type = loss_type
 
         def log(self, logs, start_time=None):
             super().log(add_perplexity(logs), start_time)

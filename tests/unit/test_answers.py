@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from medsft.answers import extract_choice, mc_prompt, split_reasoning
+from medsft.answers import extract_choice, mc_prompt
+from medsft.formats import split_reasoning
 
 OPTIONS = {"A": "Benign genetic carrier condition", "B": "Folate deficiency", "C": "Iron deficiency",
            "D": "Parvovirus B19 infection", "E": "Vitamin B12 deficiency"}

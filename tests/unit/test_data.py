@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from medsft.config import DataSection
+from medsft.recipe import DataSection
 from medsft.data import load_splits, split, to_prompt_completion
 from medsft.errors import MedsftError
 

@@ -8,7 +8,7 @@ import shutil
 import pytest
 import yaml
 
-from medsft.config import load_recipe
+from medsft.recipe_files import load_recipe
 from tests.conftest import REPO, run_cli
 
 pytestmark = pytest.mark.slow

@@ -29,13 +29,13 @@ def test_choice(requested, cuda, liger, hub, expected, says):
 
 def test_liger_reaches_the_trainer_only_when_chosen():
     """The SFTConfig medsft builds turns transformers' Liger switch on for "liger" and for nothing else."""
-    from medsft.config import load_recipe
-    from medsft.placement import detect
-    from medsft.train import sft_config
+    from medsft.launch import detect
+    from medsft.recipe_files import load_recipe
+    from medsft.runspec import resolve
     from tests.conftest import REPO
 
     recipe = load_recipe(REPO / "recipes" / "tiny-cpu.yaml", ["model.kernels=liger"])
-    plan = detect(recipe)
-    assert sft_config(recipe, plan, "liger").use_liger_kernel is True
-    assert sft_config(recipe, plan, "off").use_liger_kernel is False
-    assert sft_config(recipe, plan, "hub").use_liger_kernel is False
+    launch = detect()
+    assert resolve(recipe, launch, "liger").sft_config().use_liger_kernel is True
+    assert resolve(recipe, launch, "off").sft_config().use_liger_kernel is False
+    assert resolve(recipe, launch, "hub").sft_config().use_liger_kernel is False

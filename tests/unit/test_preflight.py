@@ -100,3 +100,63 @@ def test_8b_on_16gib_gets_suggestions_that_fit(medsft_env):
 def test_preflight_without_gpu_needs_gpu_memory():
     res = run_cli("preflight", REPO / "recipes" / "tiny-cpu.yaml", timeout=120)
     assert res.returncode == 2 and "pass --gpu-memory SIZE" in res.stderr
+
+
+ZERO3_X8 = {"WORLD_SIZE": "8", "RANK": "0", "LOCAL_RANK": "0", "ACCELERATE_USE_DEEPSPEED": "true",
+            "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3", "ACCELERATE_DEEPSPEED_ZERO3_INIT": "true"}
+
+
+@pytest.fixture
+def llama70b_recipe(tmp_path):
+    """A Llama-3.1-70B-shaped QLoRA recipe at micro-batch 1 × 2048 (the architecture from bench/configs)."""
+    model = tmp_path / "llama-70b"
+    model.mkdir()
+    (model / "config.json").write_text((CONFIGS / "llama3.1-70b.json").read_text())
+    recipe = tmp_path / "llama70b.yaml"
+    recipe.write_text(f"model:\n  name: {model}\nlora:\n  target_modules: all-linear\ntraining:\n"
+                      "  per_device_train_batch_size: 1\n  max_length: 2048\n  bf16: true\n")
+    return recipe
+
+
+def test_preflight_inside_a_zero3_launch_sees_it(llama70b_recipe):
+    """Inside an 8-process ZeRO-3 launch (the variables accelerate exports) the 70B recipe fits 40 GiB; the
+    same recipe on one 40 GiB GPU is refused."""
+    inside = run_cli("preflight", llama70b_recipe, "--gpu-memory", "40GiB", env={**ZERO3_X8, "COLUMNS": "200"},
+                     timeout=120)
+    assert inside.returncode == 0 and "verdict: fits" in inside.stdout, inside.stdout + inside.stderr
+    assert "ZeRO-3 over 8 processes" in inside.stdout
+    alone = run_cli("preflight", llama70b_recipe, "--gpu-memory", "40GiB", env={"COLUMNS": "200"}, timeout=120)
+    assert alone.returncode == 2 and "won't fit" in alone.stdout, alone.stdout + alone.stderr
+
+
+def test_training_gate_uses_the_launch(llama70b_recipe):
+    from medsft.errors import MedsftError
+    from medsft.launch import from_env
+    from medsft.recipe_files import load_recipe
+    from medsft.runspec import resolve
+    from medsft.train import preflight_gate
+
+    recipe = load_recipe(llama70b_recipe)
+    zero3 = resolve(recipe, from_env(ZERO3_X8, cuda=True, num_gpus=8), kernels="off")
+    preflight_gate(zero3, force=False, gpu_memory="40GiB")  # fits: no exception
+    one_gpu = resolve(recipe, from_env({}, cuda=True, num_gpus=1), kernels="off")
+    with pytest.raises(MedsftError, match="won't fit"):
+        preflight_gate(one_gpu, force=False, gpu_memory="40GiB")
+    preflight_gate(one_gpu, force=True, gpu_memory="40GiB")  # --force trains anyway
+
+
+def test_offload_lowers_the_estimate_by_the_offloaded_bytes(llama70b_recipe):
+    from medsft.launch import from_accelerate_config
+    from medsft.preflight import setup_from
+    from medsft.recipe_files import load_recipe
+    from medsft.runspec import resolve
+
+    recipe = load_recipe(llama70b_recipe)
+    configs = REPO / "accelerate_configs"
+    a = arch("llama3.1-70b")
+    plain = estimate(a, setup_from(resolve(recipe, from_accelerate_config(str(configs / "zero3.yaml"), 8), "off")))
+    offload = estimate(a, setup_from(resolve(recipe, from_accelerate_config(str(configs / "zero3_offload.yaml"), 8),
+                                             "off")))
+    offloaded = sum(plain.get(row) for row in ("base weights (quantized)", "embeddings, lm_head, norms",
+                                               "LoRA parameters", "optimizer (AdamW)"))
+    assert plain.allocated - offload.allocated == pytest.approx(offloaded)

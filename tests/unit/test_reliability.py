@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from medsft.config import load_recipe
+from medsft.recipe_files import load_recipe
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from medsft.errors import MedsftError
-from medsft.train import resume_point
+from medsft.checkpoints import resume_point
 
 
 def test_incomplete_checkpoints_are_skipped(tmp_path, capsys):

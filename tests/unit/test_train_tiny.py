@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from medsft.config import load_recipe
+from medsft.recipe_files import load_recipe
 from tests.conftest import REPO, run_cli
 
 pytestmark = pytest.mark.slow
@@ -36,7 +36,7 @@ def test_files_written(trained):
     assert not list(adapter.glob("*.bin")), "weights must be safetensors only"
     m = json.loads((adapter / "manifest.json").read_text())
     assert m["versions"]["trl"] and m["versions"]["peft"] and m["versions"]["bitsandbytes"]
-    assert m["launch"]["world_size"] == 1 and m["placement"]["placement"] == "cpu"
+    assert m["launch"]["world_size"] == 1 and m["placement"]["name"] == "cpu"
     assert m["data"]["split_sizes"] == {"train": 640, "validation": 80, "test": 80}
     assert m["data"]["fingerprint"]
     assert m["train"]["global_step"] == trainer.state.global_step == 80

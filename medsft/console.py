@@ -1,0 +1,51 @@
+"""The one output path of every medsft process: rank-aware, plain lines in logs, rich on a terminal.
+
+Why: under DDP/ZeRO/FSDP every rank runs the same code, and eight copies of each notice (or eight
+half-drawn progress bars) make a Slurm log unreadable. So the main process speaks and the others are
+silent, except for errors that only one rank hit. Messages go to stdout (progress, results) or stderr
+(notices, errors); `rich` renders on a terminal and writes plain text, with no control codes, when the
+output is a file or a pipe.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def rank() -> int:
+    """This process's global rank as the launcher exported it (accelerate, torchrun, Slurm via them)."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def is_main() -> bool:
+    """The one rank check of medsft: the process that prints and writes shared files."""
+    return rank() == 0
+
+
+def say(message: str) -> None:
+    """A line of progress or results on stdout, from the main process only."""
+    if is_main():
+        print(message, flush=True)
+
+
+def notice(message: str) -> None:
+    """`notice: …` on stderr, from the main process only: something the user should know, not an error."""
+    if is_main():
+        print(f"notice: {message}", file=sys.stderr, flush=True)
+
+
+def error(line: str, *, every_rank: bool = False) -> None:
+    """`error: …` on stderr. Every rank finds the same bad input, so by default only the main one says it."""
+    if every_rank or is_main():
+        print(f"error: {line}", file=sys.stderr, flush=True)
+
+
+def rich_console(stderr: bool = False):
+    """A rich Console for tables and live views; quiet on non-main ranks."""
+    from rich.console import Console
+
+    return Console(stderr=stderr, quiet=not is_main())

@@ -1,0 +1,170 @@
+"""One resolved run: the recipe, the launch, the placement and the kernels, with every training value
+decided once.
+
+Why: SFTConfig, the memory preflight (command and training gate), the tokenized-data cache key and the
+manifest must describe the same run. Each used to re-read `training:` with its own defaults, and the
+gate once estimated a ZeRO-3 launch as if it ran on one GPU. Now they all read a `RunSpec`, built once
+by `resolve()` and immutable; a value that depends on several inputs (checkpointing under either name,
+the length above which rows are dropped, mixed precision from the recipe or the accelerate config) is
+decided here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from medsft.errors import MedsftError
+from medsft.launch import Launch
+from medsft.placement import Placement, decide
+from medsft.recipe import Recipe
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    recipe: Recipe
+    launch: Launch
+    placement: Placement
+    kernels: str = "off"  # what medsft/kernels.py chose: liger | hub | off
+    checkpointing: bool = True
+    drop_longer_than: int | None = 2048  # rows longer than this many tokens are dropped, not truncated
+    trl_max_length: int | None = None  # SFTConfig.max_length: None under padding-free (rows already dropped)
+    micro_batch: int = 8
+    eval_batch: int = 8
+    grad_accum: int = 1
+    max_grad_norm: float = 1.0
+    precision: str = "no"  # mixed precision: bf16 | fp16 | no
+    notices: tuple[str, ...] = field(default=())
+
+    @property
+    def attention(self) -> str:
+        return self.recipe.model.attn_implementation
+
+    def sft_kwargs(self) -> dict:
+        """Every SFTConfig argument of this run."""
+        t = dict(self.recipe.training)
+        for key in ("gradient_checkpointing", "activation_checkpointing", "bf16", "fp16", "max_length",
+                    "gradient_accumulation_steps", "max_grad_norm"):
+            t.pop(key, None)
+        user_kwargs = t.pop("activation_checkpointing_kwargs", None) or t.pop("gradient_checkpointing_kwargs", None)
+        t.pop("gradient_checkpointing_kwargs", None)
+        return dict(
+            output_dir=self.recipe.output.dir, use_cpu=self.placement.use_cpu,
+            ddp_find_unused_parameters=self.placement.ddp_find_unused_parameters,
+            activation_checkpointing=self.checkpointing,
+            activation_checkpointing_kwargs={"use_reentrant": self.placement.use_reentrant,
+                                             **(user_kwargs if isinstance(user_kwargs, dict) else {})},
+            use_liger_kernel=self.kernels == "liger", max_length=self.trl_max_length,
+            gradient_accumulation_steps=self.grad_accum, max_grad_norm=self.max_grad_norm,
+            bf16=self.precision == "bf16", fp16=self.precision == "fp16", **t)
+
+    def sft_config(self):
+        """trl.SFTConfig for this run (sets up the distributed state); its own checks become one line."""
+        from trl import SFTConfig
+
+        try:
+            return SFTConfig(**self.sft_kwargs())
+        except (ValueError, TypeError, ImportError) as err:
+            raise MedsftError(f"training section rejected by trl.SFTConfig: {' '.join(str(err).split())[:300]}",
+                              "fix the training section", self.recipe.source_file) from None
+
+    def cache_inputs(self) -> dict:
+        """What the tokens depend on besides the data and the tokenizer (the data-cache key)."""
+        t = self.recipe.training
+        return {"drop_longer_than": self.drop_longer_than, "packing": bool(t.get("packing")),
+                "completion_only_loss": t.get("completion_only_loss", True) is not False}
+
+    def manifest(self) -> dict:
+        return {"launch": {**self.launch.to_dict(), "described": self.launch.describe()},
+                "placement": self.placement.to_dict(), "kernels": self.kernels, "checkpointing": self.checkpointing,
+                "precision": self.precision, "micro_batch": self.micro_batch, "gradient_accumulation": self.grad_accum,
+                "drop_longer_than": self.drop_longer_than, "substituted": self.placement.substituted}
+
+
+def resolve(recipe: Recipe, launch: Launch, kernels: str | None = None) -> RunSpec:
+    """The run, decided once. `kernels` None: chosen here for this machine (imports transformers)."""
+    where = recipe.source_file
+    try:
+        placement = decide(launch, bits=recipe.quantization.bits, dtype=recipe.model.dtype,
+                           forced_device_map=recipe.model.device_map)
+    except MedsftError as err:
+        raise err.at(f"{launch.source} with {where}" if launch.source != "environment" else where)
+    notices = []
+    if placement.substituted:
+        notices.append(f"launch: {placement.substituted}")
+    if kernels is None:
+        from medsft.kernels import detect
+
+        choice = detect(recipe.model.kernels, launch.cuda)
+        kernels = choice.name
+        if choice.notice:
+            notices.append(choice.notice)
+    t = recipe.training
+    checkpointing = t.get("activation_checkpointing", t.get("gradient_checkpointing"))
+    length = t.get("max_length")
+    spec = RunSpec(
+        recipe=recipe, launch=launch, placement=placement, kernels=kernels,
+        checkpointing=True if checkpointing is None else bool(checkpointing),
+        drop_longer_than=None if t.get("packing") else length,
+        trl_max_length=length if t.get("packing") or not t.get("padding_free") else None,
+        micro_batch=int(t.get("per_device_train_batch_size", 8)), eval_batch=int(t.get("per_device_eval_batch_size", 8)),
+        grad_accum=adopted(recipe, launch, "gradient_accumulation_steps", launch.gradient_accumulation, 1),
+        max_grad_norm=adopted(recipe, launch, "max_grad_norm", launch.gradient_clipping, 1.0),
+        precision=precision(recipe, launch), notices=tuple(notices))
+    check_deepspeed_json(spec)
+    return spec
+
+
+def accelerate_name(launch: Launch) -> str:
+    return launch.source if launch.source != "environment" else "the accelerate config"
+
+
+def adopted(recipe: Recipe, launch: Launch, key: str, theirs, default):
+    """A training value an accelerate DeepSpeed config may also set: the recipe's when it says one (and the
+    config agrees or is silent), the config's when only it says one, else the default."""
+    ours = recipe.training.get(key)
+    if theirs is not None and ours is not None and float(ours) != float(theirs):
+        config_key = {"max_grad_norm": "gradient_clipping"}.get(key, key)
+        raise MedsftError(f"{accelerate_name(launch)} sets deepspeed_config.{config_key}: {theirs} but "
+                          f"{recipe.source_file} says training.{key}: {ours}",
+                          f"remove {config_key} from the accelerate config (the recipe decides) or make them equal")
+    return type(default)(ours if ours is not None else theirs if theirs is not None else default)
+
+
+def check_deepspeed_json(spec: RunSpec) -> None:
+    """A DeepSpeed JSON config's concrete values (not "auto") must match the run, or transformers stops every
+    rank with a multi-line mismatch report after loading; one line before loading instead."""
+    from medsft.launch import deepspeed_json
+
+    ds = deepspeed_json(spec.launch.deepspeed_config_file)
+    world = spec.launch.world_size
+    expected = {"train_micro_batch_size_per_gpu": spec.micro_batch, "gradient_accumulation_steps": spec.grad_accum,
+                "train_batch_size": spec.micro_batch * spec.grad_accum * world, "gradient_clipping": spec.max_grad_norm,
+                "bf16.enabled": spec.precision == "bf16", "fp16.enabled": spec.precision == "fp16"}
+    for key, want in expected.items():
+        section, _, name = key.rpartition(".")
+        value = (ds.get(section) or {}).get(name) if section else ds.get(key)
+        if value not in (None, "auto") and value != want:
+            raise MedsftError(f"{spec.launch.deepspeed_config_file} sets {key}: {value} but {spec.recipe.source_file} "
+                              f"resolves it to {want}", f"write \"auto\" for {key} in the DeepSpeed config (medsft "
+                              "fills it from the recipe) or change the recipe")
+
+
+def precision(recipe: Recipe, launch: Launch) -> str:
+    """Mixed precision from the recipe. An accelerate config's `mixed_precision: bf16|fp16` is adopted when
+    the recipe says nothing and refused when it says otherwise (transformers would keep the config's value
+    beside `bf16: false` and DeepSpeed would fail in every rank); its `no` is no statement: the recipe decides."""
+    t = recipe.training
+    ours = "bf16" if t.get("bf16") else "fp16" if t.get("fp16") else None
+    said = t.get("bf16") is not None or t.get("fp16") is not None
+    theirs = launch.mixed_precision if launch.mixed_precision in ("bf16", "fp16") else None
+    if theirs and said and ours != theirs:
+        name = accelerate_name(launch)
+        recipe_says = f"training.{ours}: true" if ours else "training.bf16/fp16: false"
+        raise MedsftError(f"{name} says mixed_precision: {theirs} but {recipe.source_file} says {recipe_says}",
+                          f"make them agree: set mixed_precision: '{ours or 'no'}' in {name}, or "
+                          f"training.{theirs}: true in the recipe")
+    if said:
+        return ours or "no"
+    if theirs:
+        return theirs
+    return "bf16" if launch.cuda else "no"  # TRL's default is bf16; on CPUs fp32 runs faster than bf16 autocast

@@ -1,0 +1,105 @@
+"""Contracts with the libraries' internals that medsft relies on (medsft/upstream.py, medsft/sft_fields.py).
+
+Each test names what an upgrade changed when it fails, so the fix starts at the right line."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def test_recipe_training_fields_are_sftconfigs():
+    """`training:` accepts exactly the installed SFTConfig's fields (read with ast, without importing trl)."""
+    from trl import SFTConfig
+
+    from medsft.sft_fields import sft_config_fields
+
+    real = {f.name for f in dataclasses.fields(SFTConfig) if not f.name.startswith("_")}
+    assert set(sft_config_fields()) == real, "TRL/transformers changed SFTConfig's fields: check medsft/sft_fields.py"
+
+
+def test_declared_choices_are_the_libraries_own():
+    """Choices come from TRL's metadata and transformers' enums, never narrower."""
+    from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType
+
+    from medsft.sft_fields import sft_config_fields
+
+    fields = sft_config_fields()
+    assert set(fields["eval_strategy"].choices) == {e.value for e in IntervalStrategy}
+    assert set(fields["save_strategy"].choices) == {e.value for e in SaveStrategy}
+    assert set(fields["lr_scheduler_type"].choices) == {e.value for e in SchedulerType}
+    assert {"nll", "dft"} <= set(fields["loss_type"].choices)
+
+
+def test_prepare_dataset_contract():
+    """medsft calls SFTTrainer._prepare_dataset with a namespace as `self`: the signature and the attributes
+    it reads must be the ones medsft/upstream.py provides."""
+    from trl import SFTTrainer
+
+    from medsft.upstream import PREPARE_ARGS, PREPARE_SELF, PREPARE_SIGNATURE
+
+    method = SFTTrainer._prepare_dataset
+    assert tuple(inspect.signature(method).parameters) == PREPARE_SIGNATURE, "TRL changed _prepare_dataset's signature"
+    source = inspect.getsource(method)
+    assert set(re.findall(r"\bself\.(\w+)", source)) <= PREPARE_SELF, "_prepare_dataset reads new trainer attributes"
+    assert set(re.findall(r"\bargs\.(\w+)", source)) <= PREPARE_ARGS, "_prepare_dataset reads new SFTConfig fields"
+    assert "global_then_local_main_first()" in source, "TRL's preparation barriers moved: see main_first_barriers_off"
+
+
+def test_bitsandbytes_layout_switch_exists(tiny_dir):
+    """The per-layer attribute `keep_4bit_trainable_layout` turns off is the one Linear4bit.forward reads."""
+    import bitsandbytes as bnb
+
+    source = inspect.getsource(bnb.nn.Linear4bit.forward)
+    assert "self.support_avx512bf16_for_cpu" in source and "_convert_weight_packed_for_cpu" in source
+
+
+@pytest.mark.slow
+def test_eval_loss_is_nll_while_training_with_dft(tiny_dir, tmp_path):
+    """medsft's eval_loss is the NLL per completion token even when training uses DFT (upstream.nll_loss
+    relies on TRL reading args.loss_type on every compute_loss call)."""
+    import torch
+
+    from medsft import data, data_cache, launch, model as model_mod
+    from medsft.recipe_files import load_recipe
+    from medsft.runspec import resolve
+    from medsft.train import build_trainer
+
+    recipe = load_recipe(REPO / "recipes" / "tiny-cpu.yaml", [f"output.dir={tmp_path}", "training.loss_type=dft",
+                                                              "training.max_steps=1", "data.max_rows=60"])
+    spec = resolve(recipe, launch.detect(), kernels="off")
+    tokenizer = model_mod.load_tokenizer(recipe.model)
+    splits, _, raw = data.load_splits(recipe.data)
+    prepared, _, _ = data_cache.prepared_splits(spec, raw, splits, tokenizer, report=lambda m: None)
+    trainer = build_trainer(spec, spec.sft_config(), model_mod.load_model(recipe, spec.placement, False)[0],
+                            tokenizer, prepared)
+    got = trainer.evaluate()["eval_loss"]
+    assert trainer.args.loss_type == "dft", "the evaluation must not leave the loss switched"
+    model, total, count = trainer.model.eval(), 0.0, 0
+    with torch.no_grad():
+        for row in prepared["validation"]:
+            ids, labels = torch.tensor([row["input_ids"]]), torch.tensor([row["labels"]])
+            logits = model(input_ids=ids).logits[:, :-1].float()
+            target = labels[:, 1:]
+            total += torch.nn.functional.cross_entropy(logits[0], target[0], ignore_index=-100, reduction="sum").item()
+            count += int((target != -100).sum())
+    assert got == pytest.approx(total / count, rel=2e-3), "eval_loss is not the NLL per completion token"
+
+
+def test_recipes_load_without_torch():
+    """Validation runs before torch is imported: checked in a fresh interpreter."""
+    code = ("import sys, json; from medsft.recipe_files import load_recipe; "
+            "[load_recipe(p) for p in sys.argv[1:]]; "
+            "print(json.dumps(sorted(m for m in ('torch', 'trl', 'transformers', 'datasets') if m in sys.modules)))")
+    recipes = sorted(str(p) for p in (REPO / "recipes").glob("*.yaml"))
+    res = subprocess.run([sys.executable, "-c", code, *recipes], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout.strip().splitlines()[-1]) == [], "a heavy library was imported to validate a recipe"
