@@ -4,8 +4,10 @@
    callbacks, the row recorder, the preemption check) and a bare SFTTrainer with the same SFTConfig,
    data and model, in one process, taking turns step by step (two threads, one baton). A step's time runs
    from its on_step_begin to the next, so logging, callbacks and data loading count. Reported: the median
-   of the ratios of adjacent steps. This is the number for "within 3% of bare TRL": process-to-process
-   differences on this shared 2-core VM (±10% between identical runs) swamp a few percent otherwise.
+   of the ratios of adjacent steps, in both orders (the trainer leading each pair runs slower: an A/A
+   control of two identical trainers measures that bias, and the geometric mean of the two orders cancels
+   it). This is the number for "within 3% of bare TRL": process-to-process differences on this shared
+   2-core VM (±10% between identical runs) swamp a few percent otherwise.
    Absolute times here are higher than alone (two models take turns in the caches); only the ratio counts.
 2. Whole processes: `medsft train` vs bench/bare_trl.py vs the notebook baseline, each rep running all
    three (rotating their order) with a log at every optimizer step; a run's step time is the median gap
@@ -32,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import median, run_overrides, save, steady_step_seconds  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+SHARE = "medsft's extra callback and logging time, share of a bare step"
 DEMO = REPO.parent / "shared" / "data" / "medical-o1-demo.json"
 
 
@@ -114,7 +117,50 @@ def interleaved_ab(steps: int) -> dict:
     """medsft's trainer (build_trainer: MedsftTrainer, its callbacks, the row recorder, the preemption
     check) and a bare SFTTrainer with the same SFTConfig, data and (separately loaded) model, trained in
     one process, stepping in turns. What differs between them is exactly medsft's per-step code; start-up,
-    allocator and core placement are shared, and drift is cancelled step by step."""
+    allocator and core placement are shared, and drift is cancelled step by step.
+
+    The position in a pair is not neutral: in an A/A control (two identical bare trainers) the trainer that
+    leads each pair measured 8-15% slower on an AVX512-BF16 VM. So the A/B runs in both orders and reports
+    the geometric mean of medsft/bare over the two (the position factor cancels), with the A/A ratio beside
+    it as the size of that bias."""
+    sessions = {"medsft first": ["medsft", "bare TRL"], "bare first": ["bare TRL", "medsft"],
+                "A/A control": ["bare TRL", "bare TRL 2"]}
+    out = {name: turns_of(kinds, steps) for name, kinds in sessions.items()}
+    r1 = out["medsft first"]["medsft / bare TRL (median of adjacent pairs)"]
+    r2 = out["bare first"]["medsft / bare TRL (median of adjacent pairs)"]
+    aa = out["A/A control"]["cycles"]
+    own = out["medsft first"]["callbacks_and_logging_seconds_per_step"]
+    step = out["medsft first"]["median_seconds_per_step"]["bare TRL"]
+    return {"steps": steps, "sessions": out, "medsft / bare TRL (position-corrected)": (r1 * r2) ** 0.5,
+            SHARE: (own["medsft"] - own["bare TRL"]) / step,
+            "A/A control: leader / follower": median([x / y for x, y in zip(aa["bare TRL"], aa["bare TRL 2"])])}
+
+
+def time_own_code(trainer) -> list[float]:
+    """Seconds spent in the trainer's callbacks and logging (where medsft's per-step code runs), measured
+    directly: unlike step times, not blurred by the machine's noise. Per-step events only: on_step_begin
+    is where the baton waits for the other trainer, and the once-per-run events (drawing loss.png at the
+    end) are not step overhead."""
+    spent: list[float] = []
+    handler = trainer.callback_handler
+    call_event = handler.call_event
+    once = {"on_step_begin", "on_init_end", "on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end"}
+
+    def timed(event, *args, **kwargs):
+        if event in once:
+            return call_event(event, *args, **kwargs)
+        t0 = time.perf_counter()
+        try:
+            return call_event(event, *args, **kwargs)
+        finally:
+            spent.append(time.perf_counter() - t0)
+
+    handler.call_event = timed
+    return spent
+
+
+def turns_of(kinds: list[str], steps: int) -> dict:
+    """One interleaved session of two trainers (the first named leads each pair)."""
     from bare_trl import bare_trainer
     from medsft import data, data_cache, launch, model as model_mod
     from medsft.preemption import PreemptionCallback
@@ -123,11 +169,6 @@ def interleaved_ab(steps: int) -> dict:
     from medsft.train import build_trainer
     from medsft.upstream import keep_4bit_trainable_layout
 
-    def base_model(spec):
-        model = model_mod.load_model(spec.recipe, spec.placement, spec.launch.cuda)[0]
-        keep_4bit_trainable_layout(model)
-        return model
-
     with tempfile.TemporaryDirectory() as tmp:
         recipe = load_recipe(REPO / "recipes" / "tiny-cpu.yaml", run_overrides(steps, tmp))
         spec = resolve(recipe, launch.detect())
@@ -135,10 +176,18 @@ def interleaved_ab(steps: int) -> dict:
         tokenizer = model_mod.load_tokenizer(recipe.model)
         splits, _, raw = data.load_splits(recipe.data)
         prepared, _, _ = data_cache.prepared_splits(spec, raw, splits, tokenizer, report=lambda m: None)
-        medsft = build_trainer(spec, args, base_model(spec), tokenizer, prepared)
-        medsft.add_callback(PreemptionCallback())
-        bare = bare_trainer(recipe, args, base_model(spec), tokenizer, prepared["train"])
-        trainers = {"medsft": medsft, "bare TRL": bare}
+
+        def make(kind):
+            model = model_mod.load_model(recipe, spec.placement, spec.launch.cuda)[0]
+            keep_4bit_trainable_layout(model)
+            if kind != "medsft":
+                return bare_trainer(recipe, args, model, tokenizer, prepared["train"])
+            trainer = build_trainer(spec, args, model, tokenizer, prepared)
+            trainer.add_callback(PreemptionCallback())
+            return trainer
+
+        trainers = {kind: make(kind) for kind in kinds}
+        own = {name: time_own_code(trainer) for name, trainer in trainers.items()}
         baton = Baton(list(trainers))
         turns = {name: baton.callback(name) for name in trainers}
         for name, trainer in trainers.items():
@@ -148,12 +197,13 @@ def interleaved_ab(steps: int) -> dict:
             t.start()
         for t in threads:
             t.join()
-        cycles = {name: turn.cycles[3:] for name, turn in turns.items()}  # after warm-up
-        pairs = [m / b for m, b in zip(cycles["medsft"], cycles["bare TRL"])]
-        return {"steps": steps, "seconds_per_step": cycles,
-                "median_seconds_per_step": {k: median(v) for k, v in cycles.items()},
-                "medsft / bare TRL (medians)": median(cycles["medsft"]) / median(cycles["bare TRL"]),
-                "medsft / bare TRL (median of adjacent pairs)": median(pairs)}
+    cycles = {name: turn.cycles[3:] for name, turn in turns.items()}  # after warm-up
+    result = {"order": kinds, "cycles": cycles, "median_seconds_per_step": {k: median(v) for k, v in cycles.items()},
+              "callbacks_and_logging_seconds_per_step": {k: sum(v) / steps for k, v in own.items()}}
+    if "medsft" in cycles:
+        result["medsft / bare TRL (median of adjacent pairs)"] = median(
+            [m / b for m, b in zip(cycles["medsft"], cycles["bare TRL"])])
+    return result
 
 
 def token_stats(batch_size: int = 8, max_length: int = 4096) -> dict:
@@ -205,9 +255,12 @@ def main(argv=None):
     interleaved = None
     if args.interleaved_steps:
         interleaved = interleaved_ab(args.interleaved_steps)
-        print(f"interleaved A/B, {args.interleaved_steps} steps each: medsft / bare TRL = "
-              f"{interleaved['medsft / bare TRL (median of adjacent pairs)']:.3f} (median of adjacent pairs), "
-              f"{interleaved['medsft / bare TRL (medians)']:.3f} (ratio of medians)", flush=True)
+        print(f"medsft's callbacks and logging add {interleaved[SHARE] * 100:.2f}% to a bare TRL step (timed directly)")
+        print(f"interleaved A/B, {args.interleaved_steps} steps each, both orders: medsft / bare TRL = "
+              f"{interleaved['medsft / bare TRL (position-corrected)']:.3f} (position-corrected); "
+              + ", ".join(f"{k}: {v['medsft / bare TRL (median of adjacent pairs)']:.3f}"
+                          for k, v in interleaved["sessions"].items() if "medsft" in v["order"])
+              + f"; A/A control leader/follower {interleaved['A/A control: leader / follower']:.3f}", flush=True)
     names = ["medsft", "bare TRL", "notebook"]
     step = {k: [] for k in names}
     first = {k: [] for k in names}
@@ -236,7 +289,7 @@ def main(argv=None):
     for k, v in ratios.items():
         print(f"{k}: {v:.3f}")
     if interleaved:
-        for k in ("medsft / bare TRL (median of adjacent pairs)", "medsft / bare TRL (medians)"):
+        for k in ("medsft / bare TRL (position-corrected)", "A/A control: leader / follower"):
             print(f"interleaved in one process, {k}: {interleaved[k]:.3f}")
     print(json.dumps(tokens, indent=2))
     save("cpu", {"steps": args.steps, "reps": args.reps, "method": "see the docstring of bench/cpu.py",

@@ -94,11 +94,19 @@ def run(argv: list[str]) -> int:
 
 
 def launch_and_wait(launch_command, launch_args) -> int:
-    """accelerate's launcher in this process; the workers' exit status, not a traceback."""
+    """accelerate's launcher in this process; the workers' exit status, not a traceback. A launcher stopped
+    by a signal (Slurm's preemption warning, passed on as SIGTERM) has let its workers checkpoint and exit:
+    that is EXIT_PREEMPTED, which the sbatch scripts requeue."""
     import subprocess
 
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
+    from medsft.preemption import EXIT_PREEMPTED
+
+    # torch elastic gives workers 30 s after passing a signal on before it kills them; a checkpoint of a
+    # large model takes longer, and Slurm warns 5 minutes ahead (launch/*.sbatch)
+    os.environ.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "240")
     try:
         launch_command(launch_args)
     except ChildFailedError as err:
@@ -106,4 +114,55 @@ def launch_and_wait(launch_command, launch_args) -> int:
         return next((c for c in codes if c > 0), 1)
     except subprocess.CalledProcessError as err:
         return err.returncode if err.returncode > 0 else 1
+    except SignalException:
+        return EXIT_PREEMPTED
     return 0
+
+
+def launcher_argv(pid: int | None = None) -> list[str] | None:
+    """The options given to the `accelerate launch` that started this worker, read from its command line
+    (/proc): its simple, multi-GPU and DeepSpeed launchers all start the workers as its own children.
+    None when this process was not started by `accelerate launch` (or /proc is not there)."""
+    try:
+        raw = Path(f"/proc/{pid or os.getppid()}/cmdline").read_bytes()
+    except OSError:
+        return None
+    argv = [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+    for i, arg in enumerate(argv):
+        if arg.endswith("accelerate.commands.launch"):
+            return argv[i + 1:]
+        if Path(arg).name == "accelerate" and argv[i + 1:i + 2] == ["launch"]:
+            return argv[i + 2:]
+    return None
+
+
+def check_worker_launch(launch) -> str | None:
+    """In a worker: refuse a launch that started fewer processes than asked, dropped its config's
+    distribution, or put more processes on a node than it has GPUs (checked before anything is loaded).
+    Returns the accelerate config file the launch came from, when known (for messages)."""
+    if os.environ.get(CONFIG_VARIABLE):  # `medsft launch` checked all of it before starting the workers
+        return os.environ[CONFIG_VARIABLE]
+    if launch.cuda and launch.local_world_size > launch.num_gpus:
+        raise MedsftError(f"{launch.local_world_size} processes were started on this node but it has "
+                          f"{launch.num_gpus} GPU(s)", f"pass --num_processes {launch.num_gpus} (per node) to "
+                          "accelerate launch")
+    argv = launcher_argv()
+    if argv is None:
+        return None
+    from accelerate.commands.launch import launch_command_parser
+
+    from medsft.launch import read_accelerate_config
+
+    args, _ = launch_command_parser().parse_known_args([*argv, "x"] if "-m" not in argv else argv)
+    path = args.config_file or default_config_file()
+    config = read_accelerate_config(path) if path else {}
+    asked = args.num_processes or int(config.get("num_processes") or 1)
+    problem = launch_problem(config, asked, cuda=launch.cuda, gpus=launch.num_gpus, path=path or "the accelerate "
+                             "config")
+    if problem is None and asked > launch.world_size and launch.world_size == 1:
+        problem = (f"accelerate started 1 process, not the {asked} asked — use a distributed config "
+                   "(accelerate_configs/ddp.yaml, zero2/zero3, fsdp2)")
+    if problem:
+        what, _, fix = problem.partition(" — ")
+        raise MedsftError(what, fix)
+    return path

@@ -52,7 +52,10 @@ def gather_lines(lines: list[str]) -> list[str]:
 
 def run(recipe, resume: str = "auto", force: bool = False):
     """Train and save the adapter. Returns the trainer (tests inspect it)."""
+    from dataclasses import replace
+
     from medsft import data, data_cache, kernels, launch, model as model_mod
+    from medsft.accelerate_launch import check_worker_launch
     from medsft.checkpoints import resume_point
     from medsft.outputs import manifest, write_json
     from medsft.preemption import EXIT_PREEMPTED, PreemptionCallback
@@ -60,7 +63,9 @@ def run(recipe, resume: str = "auto", force: bool = False):
     from medsft.shards import gather_rows_seen
     from medsft.upstream import keep_4bit_trainable_layout
 
-    spec = resolve(recipe, launch.detect())
+    here = launch.detect()
+    config_file = check_worker_launch(here)
+    spec = resolve(recipe, replace(here, source=config_file) if config_file else here)
     for line in spec.notices:
         notice(line)
     args = spec.sft_config()  # also sets up the distributed state
@@ -165,7 +170,9 @@ def save_adapter(trainer, tokenizer, recipe, info: dict, test_ids) -> None:
     if is_main():
         shutil.rmtree(staging, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
-    trainer.save_model(str(staging))  # every rank: gathers ZeRO-3 shards; only the main process writes
+    if trainer.is_fsdp_enabled:  # Trainer.save_model writes nothing under FSDP's sharded state dict type
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    trainer.save_model(str(staging))  # every rank: gathers ZeRO-3/FSDP shards; only the main process writes
     if is_main():
         tokenizer.save_pretrained(staging)
         (staging / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False), encoding="utf-8")

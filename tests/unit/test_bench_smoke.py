@@ -48,9 +48,12 @@ def test_cpu_bench_runs_end_to_end(tmp_path, tiny_dir):
     assert set(data["median_seconds_per_step"]) == {"medsft", "bare TRL", "notebook"}
     assert all(v > 0 for v in data["median_seconds_per_step"].values())
     assert all(v > 0 for v in data["median_seconds_to_first_step"].values())
-    interleaved = data["interleaved"]  # the two trainers took turns: one timed step each after warm-up
-    assert len(interleaved["seconds_per_step"]["medsft"]) == len(interleaved["seconds_per_step"]["bare TRL"]) == 4
-    assert interleaved["medsft / bare TRL (median of adjacent pairs)"] > 0
+    interleaved = data["interleaved"]  # the two trainers took turns: one timed step each after warm-up, both orders
+    for session in interleaved["sessions"].values():
+        assert [len(c) for c in session["cycles"].values()] == [4, 4]
+    assert [s["order"][0] for s in interleaved["sessions"].values()] == ["medsft", "bare TRL", "bare TRL"]
+    assert interleaved["medsft / bare TRL (position-corrected)"] > 0
+    assert interleaved["A/A control: leader / follower"] > 0
     assert 0.85 < data["tokens"]["trained_token_share"]["medsft (prompt/completion)"] < 1  # question masked
     assert data["tokens"]["computed_per_real_token"]["padded batches of 8"] > 1
 
