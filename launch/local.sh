@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -ge 1 ] || { echo "usage: launch/local.sh RECIPE [--set key=value ...]" >&2; exit 2; }
 export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}
-exec python -m accelerate.commands.launch --config_file accelerate_configs/single_gpu.yaml -m medsft train "$@"
+exec python -m medsft launch --config_file accelerate_configs/single_gpu.yaml train "$@"

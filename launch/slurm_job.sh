@@ -26,6 +26,9 @@ export MASTER_PORT=${MASTER_PORT:-$(python -c 'import socket; s=socket.socket();
 export NCCL_DEBUG=${NCCL_DEBUG:-WARN}
 export TORCH_NCCL_ASYNC_ERROR_HANDLING=${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}
 export PYTHONUNBUFFERED=1 HF_HUB_ENABLE_HF_TRANSFER=${HF_HUB_ENABLE_HF_TRANSFER:-0}
+# torch elastic kills workers 30 s after passing a signal on; a large model's checkpoint needs longer, and
+# the warning comes 5 minutes ahead (--signal=B:USR1@300)
+export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-240}
 
 echo "[medsft] job ${SLURM_JOB_ID} restart ${SLURM_RESTART_COUNT:-0}: ${SLURM_JOB_NUM_NODES} nodes x ${GPUS_PER_NODE}, recipe ${MEDSFT_RECIPE}, config ${MEDSFT_ACCEL_CONFIG}"
 preempted=0

@@ -7,10 +7,12 @@ set -euo pipefail
 NNODES=${SLURM_JOB_NUM_NODES:-1}
 NODE_RANK=${SLURM_NODEID:-0}
 echo "[medsft] node $(hostname) rank ${NODE_RANK}/${NNODES}: ${GPUS_PER_NODE} processes, head ${MASTER_ADDR}:${MASTER_PORT}"
-# exec: accelerate becomes the task process, so the signals srun forwards reach it (and the workers).
+# exec: the launcher becomes the task process, so the signals srun forwards reach it (and the workers).
+# `medsft launch` is accelerate launch with medsft's checks first (a bad recipe: one line, exit 2) and the
+# workers' exit status passed on (75 after a preemption checkpoint: slurm_job.sh requeues).
 # MEDSFT_EXTRA_ARGS holds the --set overrides, one per line (spaces inside values survive).
 mapfile -t extra < <(printf '%s' "${MEDSFT_EXTRA_ARGS:-}")
-exec python -m accelerate.commands.launch \
+exec python -m medsft launch \
   --config_file "${MEDSFT_ACCEL_CONFIG}" \
   --num_machines "${NNODES}" \
   --machine_rank "${NODE_RANK}" \
@@ -18,4 +20,4 @@ exec python -m accelerate.commands.launch \
   --main_process_ip "${MASTER_ADDR}" \
   --main_process_port "${MASTER_PORT}" \
   --rdzv_backend static \
-  -m medsft train "${MEDSFT_RECIPE}" "${extra[@]}"
+  train "${MEDSFT_RECIPE}" "${extra[@]}"

@@ -14,11 +14,14 @@ import yaml
 
 from medsft.errors import MedsftError
 
-REQUIRED = ("adapter_config.json", "adapter_model.safetensors")
+REQUIRED = ("adapter_config.json", "adapter_model.safetensors", "tokenizer_config.json")
 
 
 def check_adapter_dir(path: str | Path) -> Path:
-    p = Path(path)
+    """A complete LoRA adapter written by `medsft train`, checked before anything heavy is imported."""
+    from medsft.paths import user_path
+
+    p = Path(user_path(str(path)))
     if not p.is_dir():
         raise MedsftError(f"adapter directory {str(p)!r} not found", "pass the adapter/ directory a training wrote")
     missing = [f for f in REQUIRED if not (p / f).is_file()]
@@ -26,14 +29,19 @@ def check_adapter_dir(path: str | Path) -> Path:
         raise MedsftError(f"{str(p)!r} has no {', '.join(missing)}", "pass the adapter/ directory a training wrote "
                           "(runs/<recipe>/adapter)")
     try:
-        json.loads((p / "adapter_config.json").read_text())
+        config = json.loads((p / "adapter_config.json").read_text())
         from safetensors import safe_open
 
         with safe_open(str(p / "adapter_model.safetensors"), framework="pt") as fh:
-            list(fh.keys())
+            if not list(fh.keys()):
+                raise ValueError("no tensors")
     except Exception as err:  # safetensors raises its own error types for a bad header
         raise MedsftError(f"{str(p)!r} holds a corrupted adapter ({type(err).__name__}: "
                           f"{' '.join(str(err).split())[:120]})", "re-run training, or restore the file") from None
+    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
+        raise MedsftError(f"{str(p)!r} is not a LoRA adapter (peft_type {config.get('peft_type') if isinstance(config, dict) else None!r})",
+                          "pass an adapter directory written by medsft train")
+    recipe_of(p)  # the recipe it was trained with must still validate
     return p
 
 
@@ -44,7 +52,12 @@ def recipe_of(adapter_dir: Path):
     path = adapter_dir / "recipe.yaml"
     if not path.is_file():
         raise MedsftError(f"{str(adapter_dir)!r} has no recipe.yaml", "pass a directory written by medsft train")
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError):
+        raise MedsftError(f"{str(path)!r} is not valid YAML", "restore the recipe.yaml the training wrote") from None
+    if not isinstance(raw, dict):
+        raise MedsftError(f"{str(path)!r} is not a recipe", "restore the recipe.yaml the training wrote")
     return build({k: v for k, v in raw.items() if v is not None}, str(path))
 
 

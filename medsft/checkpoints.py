@@ -17,13 +17,58 @@ from medsft.errors import MedsftError
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
+IDENTITY = "medsft-run.json"  # the identity of the run that wrote a checkpoint (RunSpec.identity)
+
+
 def is_complete(checkpoint: Path) -> bool:
-    """Trainer writes trainer_state.json last; a checkpoint is complete once it parses."""
+    """Trainer writes trainer_state.json last; a checkpoint is complete once it parses and the weights and
+    states it names are readable (an empty, truncated or weightless checkpoint is not)."""
+    import zipfile
+
+    checkpoint = Path(checkpoint)
     try:
-        json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+        json.loads((checkpoint / "trainer_state.json").read_text())
     except (OSError, ValueError):
         return False
+    weights = checkpoint / "adapter_model.safetensors"
+    sharded = any(checkpoint.glob("global_step*")) or any(checkpoint.glob("pytorch_model_fsdp*"))
+    if weights.exists():
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(weights), framework="pt") as fh:
+                list(fh.keys())
+        except Exception:  # safetensors raises its own error types for a damaged file
+            return False
+    elif not sharded:
+        return False
+    for state in [*checkpoint.glob("*.pt"), *checkpoint.glob("*.pth")]:  # torch.save writes zip archives
+        try:
+            with zipfile.ZipFile(state) as archive:
+                if archive.testzip() is not None:
+                    return False
+        except (OSError, zipfile.BadZipFile):
+            return False
     return True
+
+
+def identity_of(checkpoint: Path) -> dict | None:
+    try:
+        return json.loads((Path(checkpoint) / IDENTITY).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def changes(before: dict, after: dict, prefix: str = "") -> list[str]:
+    """`key old → new` for every leaf that differs between two identities."""
+    out = []
+    for key in sorted(set(before) | set(after)):
+        a, b = before.get(key), after.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key} {a!r} → {b!r}")
+    return out
 
 
 def complete_checkpoints(output_dir: str) -> list[Path]:
@@ -49,12 +94,27 @@ def check_resume_argument(resume: str) -> None:
                           "pass a checkpoint-N directory with trainer_state.json, or --resume auto")
 
 
-def resume_point(resume: str, output_dir: str) -> str | None:
-    """The checkpoint to continue from, or None to start over."""
+def resume_point(resume: str, output_dir: str, identity: dict | None = None) -> str | None:
+    """The checkpoint to continue from, or None to start over. With the run's `identity`, auto-resume
+    refuses a checkpoint another recipe wrote (it would continue a different training silently), and an
+    explicit PATH continues with a notice listing what changed."""
     if resume == "never":
         return None
     if resume == "auto":
         done = complete_checkpoints(output_dir)
-        return str(done[-1]) if done else None
+        if not done:
+            return None
+        newest, theirs = done[-1], identity_of(done[-1])
+        if identity is not None and theirs is not None and theirs != identity:
+            changed = changes(theirs, identity)
+            raise MedsftError(f"output.dir {output_dir!r} holds a checkpoint of a different run (changed: "
+                              f"{'; '.join(changed[:6])}{' …' if len(changed) > 6 else ''})",
+                              f"pass --resume never to start over, choose a new output.dir, or --resume {newest} "
+                              "to continue from it anyway")
+        return str(newest)
     check_resume_argument(resume)
+    theirs = identity_of(Path(resume))
+    if identity is not None and theirs is not None and theirs != identity:
+        notice(f"continuing from {resume} although the run changed: {'; '.join(changes(theirs, identity))}")
     return resume
+

@@ -97,10 +97,18 @@ def add_generation_args(p) -> None:
 
 
 def generation_settings(args):
+    """Generation flags checked before any model loads (a temperature of 0 used to hang `infer --sample`)."""
+    import math
+
     from medsft.generate import Settings
 
     if args.max_new_tokens <= 0:
         raise MedsftError(f"--max-new-tokens must be positive (got {args.max_new_tokens})", "use e.g. 512")
+    if args.sample and not (math.isfinite(args.temperature) and args.temperature > 0):
+        raise MedsftError(f"--temperature must be a positive number when sampling (got {args.temperature})",
+                          "use e.g. --temperature 0.7, or leave out --sample for greedy decoding")
+    if args.sample and not (math.isfinite(args.top_p) and 0 < args.top_p <= 1):
+        raise MedsftError(f"--top-p must be in (0, 1] (got {args.top_p})", "use e.g. --top-p 0.95")
     return Settings(max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature,
                     top_p=args.top_p)
 
@@ -129,22 +137,30 @@ def dispatch(args) -> int:
     if args.command in ("infer", "eval", "merge"):
         from medsft.adapter import check_adapter_dir
 
-        check_adapter_dir(args.adapter_dir)  # before any heavy import
-        quiet_libraries()
+        adapter = check_adapter_dir(args.adapter_dir)  # before any heavy import, like every check below
         if args.command == "infer":
-            from medsft.infer import run_infer
+            from medsft.infer import check_output, read_questions, run_infer
 
-            run_infer(args.adapter_dir, question=args.question, file=args.file, output=args.output,
-                      use_adapter=not args.no_adapter, settings=generation_settings(args))
+            settings = generation_settings(args)
+            questions = read_questions(args.file) if args.file else None
+            output = check_output(args.output) if args.output else None
+            quiet_libraries()
+            run_infer(adapter, question=args.question, questions=questions, output=output,
+                      use_adapter=not args.no_adapter, settings=settings)
         elif args.command == "eval":
             from medsft.evaluate import run_eval
 
-            run_eval(args.adapter_dir, max_generations=args.max_generations, settings=generation_settings(args),
-                     with_base=not args.no_base)
+            settings = generation_settings(args)
+            if args.max_generations < 0:
+                raise MedsftError(f"--max-generations must be ≥ 0 (got {args.max_generations})", "use e.g. 20")
+            quiet_libraries()
+            run_eval(adapter, max_generations=args.max_generations, settings=settings, with_base=not args.no_base)
         else:
-            from medsft.merge import run_merge
+            from medsft.merge import check_merge_output, run_merge
 
-            say(f"merged model saved to {run_merge(args.adapter_dir, args.out_dir)}")
+            check_merge_output(adapter, args.out_dir)
+            quiet_libraries()
+            say(f"merged model saved to {run_merge(adapter, args.out_dir)}")
         return 0
 
     from medsft.recipe_files import load_recipe
@@ -171,6 +187,12 @@ def dispatch(args) -> int:
         from medsft.preflight import run_preflight
         from medsft.runspec import resolve
 
+        if args.num_gpus is not None and args.num_gpus < 1:
+            raise MedsftError(f"--num-gpus must be at least 1 (got {args.num_gpus})", "pass the number of processes")
+        if args.gpu_memory:
+            from medsft.preflight import parse_size
+
+            parse_size(args.gpu_memory)  # before reading any model config
         if args.accelerate_config:
             launch = from_accelerate_config(args.accelerate_config, args.num_gpus)
         else:  # inside a launch, the variables accelerate exported describe it; else one GPU (or --num-gpus)

@@ -51,6 +51,9 @@ def load_raw(d):
     if source.startswith("builtin:"):
         raise MedsftError(f"unknown built-in dataset {source!r}", f"use {TINY_DATASET!r}", "data.source")
     suffix = Path(source).suffix.lower()
+    if suffix in (".json", ".jsonl", ".parquet") and Path(source).stat().st_size == 0:
+        raise MedsftError(f"{source!r} has no rows (the file is empty)", "point data.source at a file with rows",
+                          "data.source")
     try:
         if suffix in (".json", ".jsonl"):
             check_utf8(source)

@@ -95,8 +95,12 @@ def stream_one(model, tokenizer, question: str, settings: Settings, console, sys
     result = {}
 
     def work():
-        with torch.no_grad():
-            result["ids"] = model.generate(**kwargs)[0, enc["input_ids"].shape[1]:].tolist()
+        try:
+            with torch.no_grad():
+                result["ids"] = model.generate(**kwargs)[0, enc["input_ids"].shape[1]:].tolist()
+        except BaseException as err:  # noqa: BLE001 - handed to the main thread, which re-raises it
+            result["error"] = err
+            streamer.end()  # else the main thread waits for tokens forever
 
     thread = threading.Thread(target=work)
     thread.start()
@@ -112,6 +116,8 @@ def stream_one(model, tokenizer, question: str, settings: Settings, console, sys
         if "</think>" in piece:
             in_think = False
     thread.join()
+    if "error" in result:
+        raise result["error"]
     console.print()
     text, stopped = _decode(tokenizer, result["ids"], stops)
     parsed = split_reasoning(text, fmt)

@@ -15,11 +15,15 @@ from medsft.errors import MedsftError
 
 
 def read_questions(path: str) -> list[str]:
-    p = Path(path)
+    p = Path(path).expanduser()
     if not p.is_file():
         raise MedsftError(f"questions file {path!r} not found", "pass a .jsonl file with a 'question' per line")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise MedsftError(f"questions file {path!r} is not UTF-8 text", "save it as UTF-8 JSONL") from None
     questions = []
-    for number, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -30,10 +34,28 @@ def read_questions(path: str) -> list[str]:
         if not isinstance(q, str) or not q.strip():
             raise MedsftError(f"{path} line {number} has no 'question' string", 'write {"question": "..."}')
         questions.append(q)
+    if not questions:
+        raise MedsftError(f"questions file {path!r} has no questions", 'write one {"question": "..."} per line')
     return questions
 
 
-def run_infer(adapter_dir, *, question=None, file=None, output=None, use_adapter=True, settings=None) -> list[dict]:
+def check_output(path: str) -> Path:
+    """Where batch answers go, checked before any model loads: a new file in a writable directory."""
+    import os
+
+    out = Path(path).expanduser()
+    if out.is_dir():
+        raise MedsftError(f"--output {path!r} is a directory", "pass a file path, e.g. answers.jsonl")
+    if out.exists():
+        raise MedsftError(f"--output {path!r} already exists", "choose a new file (medsft does not overwrite files "
+                          "it did not write)")
+    if not out.parent.is_dir() or not os.access(out.parent, os.W_OK | os.X_OK):
+        raise MedsftError(f"--output {path!r}: {str(out.parent)!r} is not a writable directory",
+                          "create the directory, or choose another path")
+    return out
+
+
+def run_infer(adapter_dir, *, question=None, questions=None, output=None, use_adapter=True, settings=None) -> list[dict]:
     from rich.panel import Panel
 
     from medsft.adapter import load_for_inference
@@ -41,13 +63,12 @@ def run_infer(adapter_dir, *, question=None, file=None, output=None, use_adapter
     from medsft.generate import Settings, generate_batch, stream_one
 
     settings = settings or Settings()
-    questions = read_questions(file) if file else None
     model, tokenizer, recipe = load_for_inference(adapter_dir, use_adapter=use_adapter)
     console = rich_console()
     system, fmt = recipe.data.system_prompt, recipe.data.format
     if questions is not None:
         records = generate_batch(model, tokenizer, questions, settings, system, fmt)
-        out = open(output, "w", encoding="utf-8") if output else sys.stdout
+        out = open(output, "x", encoding="utf-8") if output else sys.stdout
         try:
             for r in records:
                 out.write(json.dumps({k: r[k] for k in ("question", "reasoning", "answer", "tokens", "seconds",

@@ -139,7 +139,14 @@ def accelerate_env(config: dict, num_processes: int | None = None, *, path: str 
                           "use DDP, DeepSpeed ZeRO or FSDP2 (accelerate_configs/)")
     if num_processes is not None and num_processes < 1:
         raise MedsftError(f"--num-gpus {num_processes} must be at least 1", "pass the number of processes you launch")
-    world = num_processes or int(config.get("num_processes") or 1)
+    setting = lambda value, allowed, name: value if value in allowed else bad(path, name, value, allowed)  # noqa: E731
+    world = num_processes or setting(config.get("num_processes", 1), range(1, 1 << 20), "num_processes")
+    if kind == "DEEPSPEED":
+        setting((config.get("deepspeed_config") or {}).get("zero_stage", 0) if not
+                (config.get("deepspeed_config") or {}).get("deepspeed_config_file") else 0, (0, 1, 2, 3),
+                "deepspeed_config.zero_stage")
+    if kind == "FSDP":
+        setting((config.get("fsdp_config") or {}).get("fsdp_version", 1), (1, 2), "fsdp_config.fsdp_version")
     # accelerate's routing (commands/launch.py `launch_command`): DeepSpeed, FSDP and multi-GPU configs start
     # N workers unless use_cpu is set; anything else runs the simple launcher, one process (on a node with
     # several GPUs and N > 1 accelerate turns multi-GPU on itself, which a GPU preflight assumes).
@@ -165,6 +172,12 @@ def accelerate_env(config: dict, num_processes: int | None = None, *, path: str 
                    FSDP_STATE_DICT_TYPE=str(fsdp.get("fsdp_state_dict_type", "FULL_STATE_DICT" if
                                                      str(fsdp.get("fsdp_version", 1)) == "2" else "SHARDED_STATE_DICT")))
     return env
+
+
+def bad(path: str, name: str, value, allowed):
+    shown = f"{allowed.start}…" if isinstance(allowed, range) else ", ".join(map(str, allowed))
+    raise MedsftError(f"{path}: {name} is {value!r}, expected one of {shown}", "fix the accelerate config, or "
+                      "regenerate it with `accelerate config`")
 
 
 def from_accelerate_config(path: str, num_processes: int | None = None, *, cuda: bool = True) -> Launch:

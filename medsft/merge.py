@@ -19,13 +19,11 @@ def run_merge(adapter_dir, out_dir) -> Path:
 
     from medsft.adapter import check_adapter_dir, recipe_of
     from medsft.model import offline_error, resolve_model_path
-    from medsft.outputs import atomic_dir
+    from medsft.outputs import atomic_dir, write_json
 
     adapter_dir = check_adapter_dir(adapter_dir)
     recipe = recipe_of(adapter_dir)
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise MedsftError(f"{str(out)!r} is a file", "choose a directory for the merged model")
+    out = check_merge_output(adapter_dir, out_dir)
     try:
         base = AutoModelForCausalLM.from_pretrained(resolve_model_path(recipe.model.name), dtype=torch.bfloat16,
                                                     revision=recipe.model.revision,
@@ -34,7 +32,24 @@ def run_merge(adapter_dir, out_dir) -> Path:
         raise offline_error(recipe.model.name, err) from None
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, kind="merged") as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        write_json(tmp / ".medsft.json", {"kind": "merged", "adapter": str(adapter_dir)})
+    return out
+
+
+def check_merge_output(adapter_dir: Path, out_dir) -> Path:
+    """The merged model's directory: new, empty, or an earlier medsft merge; never the adapter, the run that
+    holds it, or a directory inside it (the merge would replace its own input)."""
+    from medsft.outputs import check_writable_dir
+    from medsft.ownership import check_ours, contains
+    from medsft.paths import user_path
+
+    out = Path(user_path(str(out_dir)))
+    if contains(out, adapter_dir) or contains(adapter_dir, out):
+        raise MedsftError(f"merge output {str(out)!r} would contain or sit inside its input {str(adapter_dir)!r}",
+                          "choose a new directory, e.g. runs/<recipe>/merged")
+    check_writable_dir(out, "the merge output")
+    check_ours(out, "merged", "the merge output")
     return out

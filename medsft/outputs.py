@@ -44,10 +44,9 @@ def git_commit(cwd: str | None = None) -> str | None:
 
 
 @contextmanager
-def atomic_dir(final: str | os.PathLike):
-    """Yield a temporary sibling directory; on success it replaces `final` in one rename.
-
-    On an exception the temporary directory is removed and `final` (if it existed) is untouched.
+def atomic_dir(final: str | os.PathLike, kind: str | None = None):
+    """Yield a temporary sibling directory; on success it replaces `final` in one rename (only a directory
+    medsft wrote, with `kind`). On an exception the temporary directory is removed and `final` is untouched.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -55,13 +54,18 @@ def atomic_dir(final: str | os.PathLike):
     tmp.mkdir()
     try:
         yield tmp
-        replace_dir(tmp, final)
+        replace_dir(tmp, final, kind)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def replace_dir(src: Path, final: Path) -> None:
-    """Put `src` at `final`, replacing an existing directory with at most a moment where neither exists."""
+def replace_dir(src: Path, final: Path, kind: str | None = None) -> None:
+    """Put `src` at `final`, replacing an existing directory with at most a moment where neither exists.
+    With `kind`, `final` is replaced only if medsft wrote it (medsft/ownership.py), checked again here."""
+    if kind is not None:
+        from medsft.ownership import check_ours
+
+        check_ours(final, kind, str(final))
     if final.exists():
         old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
         os.replace(final, old)

@@ -224,9 +224,9 @@ def read_config(model_name: str, revision: str | None = None) -> dict:
 
 
 def parse_size(text: str) -> float:
-    m = re.fullmatch(r"\s*([0-9.]+)\s*(GiB|GB|G|MiB|MB|M|TiB|TB|T)?\s*", str(text))
-    if not m:
-        raise MedsftError(f"--gpu-memory {text!r} is not a size", "write e.g. 80GiB or 24GB")
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(GiB|GB|G|MiB|MB|M|TiB|TB|T)?\s*", str(text))
+    if not m or float(m.group(1)) <= 0:
+        raise MedsftError(f"--gpu-memory {text!r} is not a positive size", "write e.g. 80GiB or 24GB")
     unit = (m.group(2) or "GiB").upper()
     scale = {"GIB": GiB, "G": GiB, "GB": 1e9, "MIB": 2**20, "M": 2**20, "MB": 1e6, "TIB": 2**40, "T": 2**40,
              "TB": 1e12}[unit]

@@ -159,6 +159,22 @@ class MetricsFileCallback(TrainerCallback):
             plot_losses(self.path, self.path.with_name("loss.png"))
 
 
+class IdentityCallback(TrainerCallback):
+    """Writes the run's identity into every checkpoint it saves, so a resume can tell a checkpoint of another
+    recipe from its own (medsft/checkpoints.py)."""
+
+    def __init__(self, identity: dict):
+        self.identity = identity
+
+    def on_save(self, args, state, control, **kwargs):
+        from medsft.checkpoints import IDENTITY
+        from medsft.outputs import write_json
+
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if is_main() and checkpoint.is_dir():
+            write_json(checkpoint / IDENTITY, self.identity)
+
+
 def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 

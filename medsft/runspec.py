@@ -11,12 +11,30 @@ decided here and nowhere else.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from medsft.errors import MedsftError
 from medsft.launch import Launch
 from medsft.placement import Placement, decide
 from medsft.recipe import Recipe
+
+
+# training fields that do not change what is learned (a resumed run may change them freely)
+NOT_TRAJECTORY = {
+    "logging_steps", "logging_strategy", "logging_first_step", "logging_nan_inf_filter", "log_level",
+    "log_level_replica", "log_on_each_node", "save_steps", "save_strategy", "save_total_limit", "save_only_model",
+    "save_on_each_node", "eval_steps", "eval_strategy", "eval_delay", "eval_on_start", "per_device_eval_batch_size",
+    "eval_accumulation_steps", "prediction_loss_only", "report_to", "run_name", "project", "disable_tqdm",
+    "dataloader_num_workers", "dataloader_pin_memory", "dataloader_persistent_workers", "dataloader_prefetch_factor",
+    "dataset_num_proc", "push_to_hub", "hub_model_id", "hub_strategy", "hub_token", "hub_private_repo",
+    "hub_always_push", "hub_revision", "include_num_input_tokens_seen", "skip_memory_metrics",
+    "torch_empty_cache_steps", "activation_checkpointing", "gradient_checkpointing", "activation_checkpointing_kwargs",
+    "gradient_checkpointing_kwargs", "bf16", "fp16", "gradient_accumulation_steps", "max_grad_norm",
+    "per_device_train_batch_size", "max_length", "load_best_model_at_end", "metric_for_best_model",
+    "greater_is_better", "ddp_timeout", "ddp_backend", "ddp_bucket_cap_mb", "trackio_space_id",
+    "trackio_bucket_id", "trackio_static_space_id",
+}
 
 
 @dataclass(frozen=True)
@@ -73,6 +91,20 @@ class RunSpec:
         return {"drop_longer_than": self.drop_longer_than, "packing": bool(t.get("packing")),
                 "completion_only_loss": t.get("completion_only_loss", True) is not False}
 
+    def identity(self) -> dict:
+        """What makes two runs the same training: everything that changes the optimization trajectory (model,
+        quantization, LoRA, data, the resolved training values) and the checkpoint format (the kind of
+        distribution). Logging, saving, evaluation and output settings may change between resumes."""
+        r, launch = self.recipe, self.launch
+        training = {k: v for k, v in r.training.items() if k not in NOT_TRAJECTORY}
+        training.update(precision=self.precision, micro_batch=self.micro_batch, grad_accum=self.grad_accum,
+                        max_grad_norm=self.max_grad_norm, drop_longer_than=self.drop_longer_than)
+        model = r.model.model_dump(mode="json", include={"name", "revision", "dtype"})
+        return {"model": model, "quantization": r.quantization.model_dump(mode="json"),
+                "lora": r.lora.model_dump(mode="json"), "data": r.data.model_dump(mode="json"),
+                "training": json.loads(json.dumps(training, default=str)),
+                "distribution": f"{launch.distributed}{launch.zero_stage or ''}"}
+
     def manifest(self) -> dict:
         return {"launch": {**self.launch.to_dict(), "described": self.launch.describe()},
                 "placement": self.placement.to_dict(), "kernels": self.kernels, "checkpointing": self.checkpointing,
@@ -111,7 +143,28 @@ def resolve(recipe: Recipe, launch: Launch, kernels: str | None = None) -> RunSp
         max_grad_norm=adopted(recipe, launch, "max_grad_norm", launch.gradient_clipping, 1.0),
         precision=precision(recipe, launch), notices=tuple(notices))
     check_deepspeed_json(spec)
+    check_reporting(spec)
     return spec
+
+
+def check_reporting(spec: RunSpec) -> None:
+    """`report_to` names integrations transformers knows and this environment has installed; otherwise the
+    trainer fails after the model has loaded."""
+    from transformers.integrations import get_available_reporting_integrations
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    wanted = spec.recipe.training.get("report_to") or []
+    wanted = [wanted] if isinstance(wanted, str) else list(wanted)
+    installed = get_available_reporting_integrations()
+    for name in wanted:
+        if name in ("none", "all"):
+            continue
+        if name not in INTEGRATION_TO_CALLBACK:
+            raise MedsftError(f"training.report_to {name!r} is not an integration transformers knows",
+                              f"use one of {', '.join(INTEGRATION_TO_CALLBACK)}, or none", spec.recipe.source_file)
+        if name not in installed:
+            raise MedsftError(f"training.report_to {name!r} is not installed", f"pip install {name.replace('_', '-')}, "
+                              "or set training.report_to: none", spec.recipe.source_file)
 
 
 def accelerate_name(launch: Launch) -> str:

@@ -50,22 +50,65 @@ def gather_lines(lines: list[str]) -> list[str]:
     return gather_object([lines])
 
 
+def check_paths(recipe) -> None:
+    """Where this run writes, before anything is loaded: only what medsft wrote may be written into or replaced."""
+    from medsft.ownership import check_ours, contains
+
+    out, adapter, where = Path(recipe.output.dir), recipe.adapter_dir, recipe.source_file
+    try:
+        check_ours(out, "run", "output.dir")
+        if contains(adapter, out) or contains(adapter, Path.cwd()):
+            raise MedsftError(f"output.adapter_dir {str(adapter)!r} would contain output.dir or the current directory "
+                              "(the adapter directory is replaced as a whole)",
+                              "choose an adapter directory of its own, e.g. <output.dir>/adapter")
+        check_ours(adapter, "adapter", "output.adapter_dir")
+    except MedsftError as err:
+        raise err.at(where)
+
+
+def already_complete(spec) -> bool:
+    """The same run finished before (same identity, adapter written): re-running it trains nothing."""
+    from medsft.ownership import marker
+
+    run = marker(Path(spec.recipe.output.dir)) or {}
+    return (run.get("state") == "complete" and run.get("identity") == spec.identity()
+            and (spec.recipe.adapter_dir / "adapter_model.safetensors").is_file())
+
+
 def run(recipe, resume: str = "auto", force: bool = False):
-    """Train and save the adapter. Returns the trainer (tests inspect it)."""
+    """Train and save the adapter. Returns the trainer (tests inspect it), or None when already complete."""
+    from contextlib import nullcontext
     from dataclasses import replace
 
-    from medsft import data, data_cache, kernels, launch, model as model_mod
+    from medsft import launch
     from medsft.accelerate_launch import check_worker_launch
     from medsft.checkpoints import resume_point
-    from medsft.outputs import manifest, write_json
-    from medsft.preemption import EXIT_PREEMPTED, PreemptionCallback
+    from medsft.ownership import RunLock
     from medsft.runspec import resolve
-    from medsft.shards import gather_rows_seen
-    from medsft.upstream import keep_4bit_trainable_layout
 
+    check_paths(recipe)
     here = launch.detect()
     config_file = check_worker_launch(here)
     spec = resolve(recipe, replace(here, source=config_file) if config_file else here)
+    RunLock(Path(recipe.output.dir)).check()
+    if resume == "auto" and already_complete(spec):
+        say(f"already complete: this run finished and saved {recipe.adapter_dir} — nothing to train "
+            "(--resume never trains it again)")
+        return None
+    checkpoint = resume_point(resume, recipe.output.dir, spec.identity())  # every rank reads the same files
+    with RunLock(Path(recipe.output.dir)) if is_main() else nullcontext():
+        return train(spec, checkpoint, resume, force)
+
+
+def train(spec, checkpoint: str | None, resume: str, force: bool):
+    from medsft import data, data_cache, kernels, model as model_mod
+    from medsft.ownership import mark
+    from medsft.outputs import manifest, write_json
+    from medsft.preemption import EXIT_PREEMPTED, PreemptionCallback
+    from medsft.shards import gather_rows_seen
+    from medsft.upstream import keep_4bit_trainable_layout
+
+    recipe = spec.recipe
     for line in spec.notices:
         notice(line)
     args = spec.sft_config()  # also sets up the distributed state
@@ -89,7 +132,10 @@ def run(recipe, resume: str = "auto", force: bool = False):
     keep_4bit_trainable_layout(base)  # evaluation inside training must not repack trained 4-bit weights
     kernels_ran = kernels.apply(spec.kernels, base)
     trainer = build_trainer(spec, args, base, tokenizer, prepared, eval_questions)
-    checkpoint = resume_point(resume, recipe.output.dir)
+    if is_main():  # the first write into output.dir: every input has been checked by now
+        if resume == "never":
+            start_over(Path(recipe.output.dir))
+        mark(Path(recipe.output.dir), "run", state="training", identity=spec.identity())
     if checkpoint:
         say(f"resuming from {checkpoint}")
     preemption = PreemptionCallback().install()
@@ -106,7 +152,6 @@ def run(recipe, resume: str = "auto", force: bool = False):
     rows_seen = gather_rows_seen(trainer)
     if rows_seen is not None:
         say("data: rows drawn per rank: " + ", ".join(f"rank {r}: {len(v)} rows" for r, v in sorted(rows_seen.items())))
-        Path(recipe.output.dir).mkdir(parents=True, exist_ok=True)
         write_json(Path(recipe.output.dir) / "rows_seen.json", {str(r): v for r, v in sorted(rows_seen.items())})
     info = manifest(
         recipe=recipe.source_file, model=recipe.model.name, attn_implementation=attn,
@@ -120,15 +165,32 @@ def run(recipe, resume: str = "auto", force: bool = False):
                "resumed_from": checkpoint},
     )
     save_adapter(trainer, tokenizer, recipe, info, splits["test"]["row_id"])
+    if is_main():
+        mark(Path(recipe.output.dir), "run", state="complete", identity=spec.identity(),
+             global_step=trainer.state.global_step, adapter=str(recipe.adapter_dir))
     say(f"adapter saved to {recipe.adapter_dir}")
     return trainer
+
+
+def start_over(out: Path) -> None:
+    """`--resume never` in a run directory: the previous run's checkpoints go (medsft wrote them), so a later
+    auto-resume cannot pick one of them up."""
+    import shutil
+
+    from medsft.checkpoints import CHECKPOINT_RE
+
+    old = [p for p in out.iterdir() if CHECKPOINT_RE.match(p.name) and p.is_dir()] if out.is_dir() else []
+    for path in old:
+        shutil.rmtree(path)
+    if old:
+        notice(f"starting over: removed {len(old)} checkpoint(s) of the previous run in {out}")
 
 
 def build_trainer(spec, args, base, tokenizer, prepared, eval_questions=()):
     from transformers.trainer_callback import PrinterCallback, ProgressCallback as TqdmCallback
 
     from medsft.generation_eval import GenerationEvalCallback
-    from medsft.progress import MetricsFileCallback, ProgressCallback
+    from medsft.progress import IdentityCallback, MetricsFileCallback, ProgressCallback
     from medsft.trainer import trainer_class
 
     recipe = spec.recipe
@@ -148,6 +210,7 @@ def build_trainer(spec, args, base, tokenizer, prepared, eval_questions=()):
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(ProgressCallback())
     trainer.add_callback(MetricsFileCallback(recipe.output.dir))
+    trainer.add_callback(IdentityCallback(spec.identity()))
     if eval_questions and eval_ds is not None:
         if spec.launch.sharded_params:
             notice("evaluation.generations is skipped when parameters are sharded (ZeRO-3, FSDP)")
@@ -179,5 +242,6 @@ def save_adapter(trainer, tokenizer, recipe, info: dict, test_ids) -> None:
         write_json(staging / "test_ids.json", list(test_ids))
         write_json(staging / "manifest.json", info)
         (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; the recipe says it all
-        replace_dir(staging, final)
+        write_json(staging / ".medsft.json", {"kind": "adapter", "recipe": recipe.source_file})
+        replace_dir(staging, final, kind="adapter")
     trainer.accelerator.wait_for_everyone()

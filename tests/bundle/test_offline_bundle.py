@@ -3,6 +3,8 @@ install from it with no index that trains. The slow test needs PyPI (CI has it);
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import re
 import subprocess
@@ -10,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import zipfile
 
 import pytest
 
@@ -21,6 +24,7 @@ except ImportError:  # Python 3.10
     from pip._vendor import tomli as tomllib
 
 SCRIPT = REPO / "launch" / "offline_bundle.sh"
+NODE_PACKAGES = REPO / "launch" / "gpu-node-packages.txt"  # what the lent GPU nodes hold (KINDS.md)
 # What a GPU node's image already holds beside torch (see the README): installed in the test's "node" venv
 # from the complete wheelhouse, then declared with --present so that only the rest is bundled.
 NODE_STACK = ["numpy", "pandas", "pyarrow", "matplotlib", "pyyaml", "rich", "accelerate", "peft", "safetensors",
@@ -45,8 +49,8 @@ def test_help_prints_usage():
     res = bundle("--help")
     assert res.returncode == 0, res.stderr
     assert "Wheelhouse for an air-gapped GPU node" in res.stdout
-    for option in ("--python-version", "--glibc", "--host", "--extras", "--torch", "--present", "--max-core-mb",
-                   "--print-requirements"):
+    for option in ("--python-version", "--glibc", "--host", "--extras", "--torch", "--cuda", "--present",
+                   "--max-core-mb", "--print-requirements", "@launch/gpu-node-packages.txt"):
         assert option in res.stdout
     assert "set -euo" not in res.stdout  # the header only
 
@@ -54,6 +58,23 @@ def test_help_prints_usage():
 def test_unknown_option_is_one_line_and_exit_2():
     res = bundle("--frobnicate")
     assert res.returncode == 2 and res.stderr.strip() == "error: unknown option --frobnicate (see --help)"
+
+
+def test_cuda_takes_a_version_or_all():
+    for bad in ("13", "cu130", "13.0.1"):
+        res = bundle("--cuda", bad, "--print-requirements")
+        assert res.returncode == 2 and res.stderr.strip().startswith("error: --cuda takes X.Y"), (bad, res.stderr)
+    for good in ("13.0", "12.8", "all"):
+        assert bundle("--cuda", good, "--print-requirements").returncode == 0
+
+
+def test_node_package_list_is_pip_freeze_style():
+    lines = [line.split("#")[0].strip() for line in NODE_PACKAGES.read_text().splitlines()]
+    entries = dict(line.partition("==")[::2] for line in lines if line)
+    assert all(re.fullmatch(r"[a-z0-9][a-z0-9-]*", name) for name in entries), entries
+    # The versions read on the node (KINDS.md); transformers is the one medsft must bring itself.
+    assert entries["torch"] == "2.11.0" and entries["transformers"] == "5.17.0" and entries["numpy"] == "2.5.2"
+    assert not {"trl", "bitsandbytes", "datasets", "deepspeed", "pydantic", "medsft"} & set(entries)
 
 
 def test_requirements_are_pyprojects_minus_torch():
@@ -89,6 +110,23 @@ def core_mb(stdout: str) -> float:
     match = re.search(r"^core: ([0-9.]+) MB", stdout, re.M)
     assert match, stdout
     return float(match.group(1))
+
+
+def record_problems(wheel) -> list[str]:
+    """Where a wheel's RECORD disagrees with its content (sha256, size, a file missing or unlisted)."""
+    with zipfile.ZipFile(wheel) as z:
+        files = {n: z.read(n) for n in z.namelist() if not n.endswith("/")}
+    (record,) = [n for n in files if re.fullmatch(r"[^/]+\.dist-info/RECORD", n)]
+    rows = dict((path, (digest, size)) for path, digest, size in
+                (line.rsplit(",", 2) for line in files[record].decode().splitlines() if line))
+    problems = [f"{n}: not in the wheel" for n in rows if n not in files]
+    for name, data in files.items():
+        if name == record:
+            continue
+        digest = "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        if rows.get(name) != (digest, str(len(data))):
+            problems.append(f"{name}: RECORD {rows.get(name)}, content {(digest, len(data))}")
+    return problems
 
 
 def offline_pip_env() -> dict:
@@ -144,7 +182,8 @@ def test_wheelhouse_installs_offline_and_trains(tmp_path):
     res = check(bundle("--host", "--torch", "2.13.0", "--present", f"@{present}", node_wh), "offline_bundle.sh")
     lap("bundle for the node")
     assert torch_wheels(node_wh) == []
-    assert core_mb(res.stdout) < 60, res.stdout
+    core = core_mb(res.stdout)
+    assert core < 60, res.stdout
     assert "the node's accelerate 1.0.0 does not meet" in res.stdout and list(node_wh.glob("accelerate-*.whl"))
     assert not list(node_wh.glob("pyarrow-*.whl")) and not list(node_wh.glob("transformers-*.whl"))
 
@@ -166,4 +205,59 @@ def test_wheelhouse_installs_offline_and_trains(tmp_path):
     origin = subprocess.run([py, "-c", "import medsft; print(medsft.__file__)"], cwd=tmp_path, env=env,
                             capture_output=True, text=True).stdout
     assert str(venv) in origin, origin
-    print("timings (s):", clock)
+    print(f"node wheelhouse core {core} MB; timings (s): {clock}")
+
+
+@pytest.mark.slow
+def test_gpu_node_wheelhouse_is_under_60mb_with_a_cuda13_bitsandbytes(tmp_path):
+    """The real target (CPython 3.12, manylinux x86_64) less what the lent GPU nodes hold: under the 60 MB core
+    budget because bitsandbytes keeps only its CPU and CUDA 13 libraries; that wheel is sound, installs with
+    pip, imports here (CPU library) and gives a torch built for CUDA 13.0 its cuda130 library."""
+    reason = pypi_unreachable()
+    if reason:
+        pytest.skip(reason)
+    wh = tmp_path / "wheelhouse"
+    res = bundle("--present", f"@{NODE_PACKAGES}", wh)
+    assert res.returncode == 0, res.stdout + res.stderr
+    core = core_mb(res.stdout)
+    assert core < 60, res.stdout
+    assert "the node's transformers 5.17.0 does not meet >=5.24" in res.stdout
+    names = {dist_name(p.name.split("-")[0]) for p in wh.glob("*.whl")}
+    assert {"transformers", "bitsandbytes", "trl", "datasets", "pydantic", "medsft"} <= names, names
+    assert not names & {"pyarrow", "numpy", "pandas", "accelerate", "peft", "tokenizers"}, names
+    assert torch_wheels(wh) == []
+
+    (bnb,) = wh.glob("bitsandbytes-*-manylinux*_x86_64.whl")  # the published file name, so pip takes it
+    match = re.search(r"dropped (.*): ([0-9.]+) MB -> ([0-9.]+) MB$", res.stdout, re.M)
+    assert match and "rocm" in match[1] and "cuda128" in match[1] and "cuda13" not in match[1], res.stdout
+    assert float(match[3]) < 10 < float(match[2]) and abs(float(match[3]) - bnb.stat().st_size / 1e6) < 0.1
+    with zipfile.ZipFile(bnb) as z:
+        libs = sorted(n.split("/")[-1] for n in z.namelist() if re.search(r"/libbitsandbytes_[^/]+\.so$", n))
+    assert libs == ["libbitsandbytes_cpu.so", "libbitsandbytes_cuda130.so", "libbitsandbytes_cuda132.so"]
+    assert record_problems(bnb) == []
+
+    site = tmp_path / "site"
+    res = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--target", site,
+                          bnb], env=offline_pip_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    probe = (
+        "import bitsandbytes, bitsandbytes.cextension as c\n"
+        "from bitsandbytes.cuda_specs import CUDASpecs\n"
+        "print(bitsandbytes.__file__)\n"
+        "print(type(c.lib).__name__, c.lib._lib._name.rsplit('/', 1)[-1])\n"
+        "for v in ((13, 0), (13, 1), (13, 2), (13, 3)):\n"
+        "    print(c.get_cuda_bnb_library_path(CUDASpecs((9, 0), f'{v[0]}{v[1]}', v)).name)\n"
+        "print(c.get_cuda_bnb_library_path(CUDASpecs((9, 0), '128', (12, 8))).exists())\n"
+    )
+    env = {**offline_pip_env(), "PYTHONPATH": str(site)}
+    env.pop("BNB_CUDA_VERSION", None)
+    res = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr
+    origin, loaded, *picked, cuda12 = res.stdout.splitlines()
+    assert origin.startswith(str(site)), origin
+    assert loaded == "BNBNativeLibrary libbitsandbytes_cpu.so"  # the CPU library, on this machine
+    assert picked == ["libbitsandbytes_cuda130.so", "libbitsandbytes_cuda130.so", "libbitsandbytes_cuda132.so",
+                      "libbitsandbytes_cuda132.so"]
+    assert cuda12 == "False"  # a CUDA 12 torch finds nothing: it needs --cuda 12.x
+    print(f"GPU-node wheelhouse core {core} MB; bitsandbytes {match[2]} -> {match[3]} MB")

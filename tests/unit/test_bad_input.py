@@ -1,11 +1,16 @@
-"""Bad recipes and bad data: one line `error: <where>: <what> — <fix>`, exit 2, no traceback, nothing written.
+"""Bad input, as a user meets it, through the real CLI: one line `error: <where>: <what> — <fix>`, exit 2, no
+traceback, nothing written, and every file the user had before byte-identical afterwards.
 
-Table-driven and run through the real CLI (`python -m medsft train`), as a user meets them.
+Each case runs in a workspace holding a user's files (a README, notes, another run, a model folder); the
+workspace is hashed before and after. Table-driven: the catalogue grows by adding rows.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+from pathlib import Path
 
 import pytest
 import yaml
@@ -13,6 +18,11 @@ import yaml
 from tests.conftest import REPO, run_cli
 
 BASE = yaml.safe_load((REPO / "recipes" / "tiny-cpu.yaml").read_text())
+ROWS_OK = [{"Question": f"q{i}?", "Complex_CoT": f"because {i}", "Response": f"answer {i}"} for i in range(40)]
+USER_FILES = {
+    "README.md": "# my project\n", "notes/todo.txt": "train it\n", "mine/keep.txt": "precious\n",
+    "runs/other/weights.bin": "not medsft's\n", "data/rows.json": json.dumps(ROWS_OK),
+}
 
 
 def recipe_with(**changes) -> dict:
@@ -20,69 +30,24 @@ def recipe_with(**changes) -> dict:
     out = json.loads(json.dumps(BASE))
     for dotted, value in changes.items():
         section, key = dotted.split("__")
-        out.setdefault(section, {})[key] = value
+        if value is None:
+            out.setdefault(section, {}).pop(key, None)
+        else:
+            out.setdefault(section, {})[key] = value
     return out
 
 
-# name -> (recipe text or dict, extra CLI args, env, files to create {name: bytes}, expected text in the error)
-RECIPE_CASES = {
-    "malformed yaml": ("model: [unclosed\n", [], {}, {}, "malformed YAML at line"),
-    "not a mapping": ("- a\n- b\n", [], {}, {}, "must be a mapping"),
-    "empty recipe": ("", [], {}, {}, "recipe is empty"),
-    "misspelt section": ({**BASE, "trainig": {}}, [], {}, {}, "did you mean 'training'"),
-    "misspelt model key": (recipe_with(model__nme="x"), [], {}, {}, "did you mean 'name'"),
-    "misspelt training key": (recipe_with(training__learning_rat=1e-4), [], {}, {}, "did you mean 'learning_rate'"),
-    "rank not a number": (recipe_with(lora__rank="sixteen"), [], {}, {}, "lora.rank must be an integer"),
-    "rank zero": (recipe_with(lora__rank=0), [], {}, {}, "lora.rank must be a positive integer"),
-    "dropout out of range": (recipe_with(lora__dropout=1.5), [], {}, {}, "lora.dropout must be in [0, 1)"),
-    "negative learning rate": (recipe_with(training__learning_rate=-1), [], {}, {}, "must be positive"),
-    "batch size wrong type": (recipe_with(training__per_device_train_batch_size="eight"), [], {}, {},
-                              "per_device_train_batch_size must be int"),
-    "unknown loss": (recipe_with(training__loss_type="dfft"), [], {}, {}, "loss_type must be one of nll, dft"),
-    "bits 3": (recipe_with(quantization__bits=3), [], {}, {}, "quantization.bits must be 4, 8 or null"),
-    "bad dtype": (recipe_with(model__dtype="bf16"), [], {}, {}, "model.dtype must be one of"),
-    "bad attention": (recipe_with(model__attn_implementation="flash"), [], {}, {}, "attn_implementation must be"),
-    "bad kernels": (recipe_with(model__kernels="triton"), [], {}, {}, "model.kernels must be one of"),
-    "missing data file": (recipe_with(data__source="missing.json"), [], {}, {}, "not found"),
-    "csv data file": (recipe_with(data__source="rows.csv"), [], {}, {"rows.csv": b"a,b\n"}, "unsupported file type"),
-    "missing local model": (recipe_with(model__name="./no-such-model"), [], {}, {}, "looks like a local path"),
-    "output_dir in training": (recipe_with(training__output_dir="x"), [], {}, {}, "use output.dir instead"),
-    "liger in training": (recipe_with(training__use_liger_kernel=True), [], {}, {}, "use model.kernels"),
-    "fractions leave nothing": (recipe_with(data__val_fraction=0.6, data__test_fraction=0.5), [], {}, {},
-                                "leave no training rows"),
-    "set without equals": (BASE, ["--set", "training.learning_rate"], {}, {}, "is not key=value"),
-    "set unknown section": (BASE, ["--set", "lorra.rank=4"], {}, {}, "did you mean 'lora'"),
-    "set wrong type": (BASE, ["--set", "lora.rank=big"], {}, {}, "lora.rank must be an integer"),
-    "output dir is a file": (None, [], {}, {"out": b"x"}, "is a file"),
-    "8-bit under ZeRO-3": (recipe_with(quantization__bits=8), [],
-                           {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, {},
-                           "ZeRO-3 with quantization.bits: 8"),
-    "device_map auto under DDP": (recipe_with(model__device_map="auto"), [],
-                                  {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}, {}, "tensors on different"),
-    "output dir inside a file": (None, [], {}, {"afile": b"x"}, "which is a file"),
-    "epochs zero": (recipe_with(training__num_train_epochs=0), [], {}, {}, "num_train_epochs must be positive"),
-    "alpha negative": (recipe_with(lora__alpha=-8), [], {}, {}, "lora.alpha must be positive"),
-    "max_rows zero": (recipe_with(data__max_rows=0), [], {}, {}, "data.max_rows must be positive"),
-    "bad compute dtype": (recipe_with(quantization__compute_dtype="fp8"), [], {}, {}, "compute_dtype must be one of"),
-    "targets not a list": (recipe_with(lora__target_modules=42), [], {}, {}, "lora.target_modules must be"),
-    "bad_fraction above one": (recipe_with(data__max_bad_fraction=2), [], {}, {}, "max_bad_fraction must be in"),
-    "bf16 and fp16": (recipe_with(training__bf16=True, training__fp16=True), [], {}, {}, "both on"),
-    "resume path not a checkpoint": (BASE, ["--resume", "nowhere"], {}, {}, "not a complete checkpoint"),
-}
+def snapshot(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
 
-# Cases that get past the recipe and fail on the data or the model (torch is imported for these).
-ROWS_OK = [{"Question": f"q{i}?", "Complex_CoT": f"because {i}", "Response": f"answer {i}"} for i in range(40)]
-DATA_CASES = {
-    "empty dataset": (b"[]", {}, "no rows"),
-    "rows missing a column": (json.dumps([{"Question": "q", "Response": "r"}] * 20).encode(), {},
-                              "column 'Complex_CoT' not found"),
-    "rows with wrong types": (json.dumps(ROWS_OK[:30] + [{"Question": "q", "Complex_CoT": "c", "Response": ""}] * 10)
-                              .encode(), {}, "10 of 40 rows are malformed"),
-    "undecodable bytes": (b'[{"Question": "caf\xe9", "Complex_CoT": "c", "Response": "r"}]', {}, "not valid UTF-8"),
-    "too few rows": (json.dumps(ROWS_OK[:5]).encode(), {}, "at least 10"),
-    "max_length below every prompt": (json.dumps(ROWS_OK).encode(), {"training__max_length": 8},
-                                      "longer than training.max_length=8"),
-}
+
+@pytest.fixture
+def workspace(tmp_path):
+    for name, text in USER_FILES.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    return tmp_path
 
 
 def check_one_line_error(res, expected: str) -> None:
@@ -94,82 +59,299 @@ def check_one_line_error(res, expected: str) -> None:
     assert " — " in errors[0], f"no fix given: {errors[0]}"
 
 
-@pytest.mark.parametrize("name", RECIPE_CASES)
-def test_bad_recipe(name, tmp_path):
-    recipe, extra, env, files, expected = RECIPE_CASES[name]
-    for fname, content in files.items():
-        (tmp_path / fname).write_bytes(content)
-    out = tmp_path / "out"
-    if recipe is None:  # output dir that is a file, or inside one
-        recipe = recipe_with(output__dir=str(out if "afile" not in files else tmp_path / "afile" / "run"))
-    path = tmp_path / "recipe.yaml"
-    path.write_text(recipe if isinstance(recipe, str) else yaml.safe_dump(recipe))
-    args = ["train", path, *extra]
-    if not name.startswith("output dir"):
-        args += ["--set", f"output.dir={out}"] if "set " not in name else []
-    res = run_cli(*args, cwd=tmp_path, env=env, timeout=60)
+def run_case(workspace: Path, args, expected: str, env=None, files=None) -> None:
+    """Create the case's own input files, snapshot, run, check the line and that nothing changed."""
+    for name, content in (files or {}).items():
+        path = workspace / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    before = snapshot(workspace)
+    res = run_cli(*args, cwd=workspace, env=env, timeout=300)
     check_one_line_error(res, expected)
-    assert res.stderr.count("\n") == 1, f"more than one line on stderr: {res.stderr}"
-    if not name.startswith("output dir"):
-        assert not out.exists(), "a failed run wrote output"
+    assert snapshot(workspace) == before, "a failed command changed or wrote files"
 
 
-@pytest.mark.parametrize("name", DATA_CASES)
-def test_bad_data(name, tmp_path):
-    content, changes, expected = DATA_CASES[name]
-    (tmp_path / "rows.json").write_bytes(content)
-    out = tmp_path / "out"
-    recipe = recipe_with(data__source="rows.json", output__dir=str(out), **changes)
-    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
-    res = run_cli("train", "recipe.yaml", cwd=tmp_path, timeout=300)
-    check_one_line_error(res, expected)
-    assert not out.exists(), "a failed run wrote output"
+def recipe_file(recipe) -> bytes:
+    return (recipe if isinstance(recipe, str) else yaml.safe_dump(recipe)).encode()
 
 
-def test_recipe_file_not_found(tmp_path):
-    res = run_cli("train", tmp_path / "nope.yaml", timeout=60)
-    check_one_line_error(res, "recipe file not found")
+# name -> (recipe text or dict, extra CLI args, expected text in the error)
+RECIPE_CASES = {
+    "malformed yaml": ("model: [unclosed\n", [], "malformed YAML at line"),
+    "tab indentation": ("model:\n\tname: x\n", [], "malformed YAML"),
+    "not a mapping": ("- a\n- b\n", [], "must be a mapping"),
+    "empty recipe": ("", [], "recipe is empty"),
+    "only comments": ("# nothing\n", [], "recipe is empty"),
+    "duplicate key": ("lora:\n  rank: 8\n  rank: 16\n", [], "key 'rank' appears twice"),
+    "second training section": ("training:\n  learning_rate: 1.0e-3\nlora:\n  rank: 8\ntraining:\n  max_steps: 2\n", [],
+                                "key 'training' appears twice"),
+    "misspelt section": ({**BASE, "trainig": {}}, [], "did you mean 'training'"),
+    "section is a list": ({**BASE, "lora": [1, 2]}, [], "section 'lora' must be a mapping"),
+    "misspelt model key": (recipe_with(model__nme="x"), [], "did you mean 'name'"),
+    "misspelt training key": (recipe_with(training__learning_rat=1e-4), [], "did you mean 'learning_rate'"),
+    "misspelt data key": (recipe_with(data__sorce="x"), [], "did you mean 'source'"),
+    "rank not a number": (recipe_with(lora__rank="sixteen"), [], "lora.rank must be an integer"),
+    "rank fractional": (recipe_with(lora__rank=8.5), [], "lora.rank must be an integer"),
+    "rank boolean": (recipe_with(lora__rank=True), [], "lora.rank must be a number, not true/false"),
+    "rank zero": (recipe_with(lora__rank=0), [], "lora.rank must be a positive integer"),
+    "rank null": (recipe_with(lora__rank="null"), ["--set", "lora.rank="], "lora.rank must be an integer"),
+    "alpha nan": ("lora:\n  alpha: .nan\n", [], "lora.alpha must be a finite number"),
+    "alpha inf": ("lora:\n  alpha: .inf\n", [], "lora.alpha must be a finite number"),
+    "alpha negative": (recipe_with(lora__alpha=-8), [], "lora.alpha must be positive"),
+    "dropout out of range": (recipe_with(lora__dropout=1.5), [], "lora.dropout must be in [0, 1)"),
+    "dropout nan": ("lora:\n  dropout: .nan\n", [], "lora.dropout must be a finite number"),
+    "targets not a list": (recipe_with(lora__target_modules=42), [], "lora.target_modules must be"),
+    "targets empty list": (recipe_with(lora__target_modules=[]), [], "lora.target_modules must be"),
+    "bias unknown": (recipe_with(lora__bias="some"), [], "lora.bias must be one of none, all, lora_only"),
+    "learning rate negative": (recipe_with(training__learning_rate=-1), [], "must be positive"),
+    "learning rate nan": ("training:\n  learning_rate: .nan\n", [], "training.learning_rate must be a finite number"),
+    "learning rate text": (recipe_with(training__learning_rate="fast"), [], "training.learning_rate must be float"),
+    "warmup negative": (recipe_with(training__warmup_steps=-1), [], "training.warmup_steps must be ≥ 0"),
+    "workers negative": (recipe_with(training__dataloader_num_workers=-1), [], "dataloader_num_workers must be ≥ 0"),
+    "save limit negative": (recipe_with(training__save_total_limit=-2), [], "save_total_limit must be ≥ 0"),
+    "grad norm negative": (recipe_with(training__max_grad_norm=-1.0), [], "max_grad_norm must be ≥ 0"),
+    "batch size wrong type": (recipe_with(training__per_device_train_batch_size="eight"), [],
+                              "per_device_train_batch_size must be int"),
+    "batch size boolean": (recipe_with(training__per_device_train_batch_size=True), [], "must be a number, not true"),
+    "epochs zero": (recipe_with(training__num_train_epochs=0), [], "num_train_epochs must be positive"),
+    "unknown loss": (recipe_with(training__loss_type="dfft"), [], "loss_type must be one of nll, dft"),
+    "unknown scheduler": (recipe_with(training__lr_scheduler_type="cosin"), [], "did you mean 'cosine'"),
+    "unknown optimizer": (recipe_with(training__optim="adam"), [], "training.optim must be one of"),
+    "unknown eval strategy": (recipe_with(training__eval_strategy="step"), [], "did you mean 'steps'"),
+    "bf16 not a boolean": (recipe_with(training__bf16="maybe"), [], "training.bf16 must be bool"),
+    "bf16 and fp16": (recipe_with(training__bf16=True, training__fp16=True), [], "both on"),
+    "checkpointing names disagree": (recipe_with(training__gradient_checkpointing=True,
+                                                 training__activation_checkpointing=False), [], "disagree"),
+    "packing without max_length": ("training:\n  packing: true\n  max_length: null\n", [],
+                                   "training.packing needs training.max_length"),
+    "output_dir in training": (recipe_with(training__output_dir="x"), [], "use output.dir instead"),
+    "liger in training": (recipe_with(training__use_liger_kernel=True), [], "use model.kernels"),
+    "deepspeed in training": (recipe_with(training__deepspeed="ds.json"), [], "use an accelerate config"),
+    "resume in training": (recipe_with(training__resume_from_checkpoint="x"), [], "medsft train --resume PATH"),
+    "bits 3": (recipe_with(quantization__bits=3), [], "quantization.bits must be 4, 8 or null"),
+    "quant type": (recipe_with(quantization__quant_type="nf3"), [], "did you mean 'nf4'"),
+    "bad dtype": (recipe_with(model__dtype="bf16"), [], "model.dtype must be one of"),
+    "bad compute dtype": (recipe_with(quantization__compute_dtype="fp8"), [], "compute_dtype must be one of"),
+    "bad attention": (recipe_with(model__attn_implementation="flash"), [], "attn_implementation must be"),
+    "bad kernels": (recipe_with(model__kernels="triton"), [], "model.kernels must be one of"),
+    "device_map a list": (recipe_with(model__device_map=[1]), [], "model.device_map must be auto, cpu"),
+    "trust_remote_code a word": (recipe_with(model__trust_remote_code="sure"), [], "model.trust_remote_code must be true"),
+    "model name empty": (recipe_with(model__name=" "), [], "model.name must be a non-empty string"),
+    "missing local model": (recipe_with(model__name="./no-such-model"), [], "looks like a local path"),
+    "missing data file": (recipe_with(data__source="missing.json"), [], "not found"),
+    "csv data file": (recipe_with(data__source="data/rows.csv"), [], "unsupported file type"),
+    "data format unknown": (recipe_with(data__format="chatml"), [], "data.format must be one of"),
+    "fractions leave nothing": (recipe_with(data__val_fraction=0.6, data__test_fraction=0.5), [], "leave no training rows"),
+    "val fraction negative": (recipe_with(data__val_fraction=-0.1), [], "data.val_fraction must be in [0, 1)"),
+    "eval without validation": (recipe_with(data__val_fraction=0), [], "needs a validation split"),
+    "max_rows zero": (recipe_with(data__max_rows=0), [], "data.max_rows must be positive"),
+    "bad_fraction above one": (recipe_with(data__max_bad_fraction=2), [], "max_bad_fraction must be in"),
+    "question column empty": (recipe_with(data__question_column=""), [], "data.question_column must be a non-empty"),
+    "generations negative": (recipe_with(evaluation__generations=-1), [], "evaluation.generations must be ≥ 0"),
+    "set without equals": (BASE, ["--set", "training.learning_rate"], "is not key=value"),
+    "set three parts": (BASE, ["--set", "training.a.b=1"], "must be section.key"),
+    "set unknown section": (BASE, ["--set", "lorra.rank=4"], "did you mean 'lora'"),
+    "set wrong type": (BASE, ["--set", "lora.rank=big"], "lora.rank must be an integer"),
+    "set with a hash kept literally": (BASE, ["--set", "training.report_to=none #tensorboard"],
+                                       "training.report_to 'none #tensorboard' is not an integration"),
+    "report_to not installed": (recipe_with(training__report_to="wandb"), [], "training.report_to 'wandb' is not installed"),
+    "output dir is a file": (recipe_with(output__dir="README.md"), [], "is a file"),
+    "output dir inside a file": (recipe_with(output__dir="README.md/run"), [], "which is a file"),
+    "output dir is the project": (recipe_with(output__dir="."), [], "holds files medsft did not write"),
+    "output dir is a user folder": (recipe_with(output__dir="mine"), [], "holds files medsft did not write"),
+    "adapter dir is a user folder": (recipe_with(output__adapter_dir="notes"), [],
+                                     "output.adapter_dir 'notes' holds files medsft did not write"),
+    "adapter dir above output dir": (recipe_with(output__dir="runs/new", output__adapter_dir="runs"), [],
+                                     "would contain output.dir"),
+    "adapter dir is output dir": (recipe_with(output__dir="runs/new", output__adapter_dir="runs/new"), [],
+                                  "would contain output.dir"),
+    "adapter dir is here": (recipe_with(output__adapter_dir="."), [], "would contain output.dir or the current"),
+    "resume path not a checkpoint": (BASE, ["--resume", "nowhere"], "not a complete checkpoint"),
+    "resume path without weights": (BASE, ["--resume", "ckpt"], "not a complete checkpoint"),
+}
+RECIPE_FILES = {"resume path without weights": {"ckpt/trainer_state.json": "{}"}}
 
+# launch environments (as accelerate exports them) that cannot work with the recipe
+LAUNCH_CASES = {
+    "8-bit under ZeRO-3": (recipe_with(quantization__bits=8),
+                           {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"},
+                           "ZeRO-3 with quantization.bits: 8"),
+    "device_map auto under DDP": (recipe_with(model__device_map="auto"),
+                                  {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}, "tensors on different"),
+    "FSDP1": (BASE, {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, "FSDP1 is not supported"),
+    "8-bit under FSDP": (recipe_with(quantization__bits=8), {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"},
+                         "FSDP with quantization.bits: 8"),
+    "mixed precision contradicts": (BASE, {"ACCELERATE_MIXED_PRECISION": "bf16"}, "says mixed_precision: bf16 but"),
+    "deepspeed accumulation contradicts": (recipe_with(training__gradient_accumulation_steps=4),
+                                           {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2",
+                                            "ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "1"},
+                                           "sets deepspeed_config.gradient_accumulation_steps: 1"),
+}
 
-def test_hub_dataset_offline(tmp_path):
-    recipe = recipe_with(data__source="FreedomIntelligence/medical-o1-reasoning-SFT", output__dir=str(tmp_path / "o"))
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
-    res = run_cli("train", tmp_path / "r.yaml", timeout=300)
-    check_one_line_error(res, "is not available offline")
+# Cases that get past the recipe and fail on the data (torch is imported for these).
+DATA_CASES = {
+    "empty dataset": (b"[]", {}, "no rows"),
+    "empty file": (b"", {}, "no rows"),
+    "rows missing a column": (json.dumps([{"Question": "q", "Response": "r"}] * 20).encode(), {},
+                              "column 'Complex_CoT' not found"),
+    "rows with wrong types": (json.dumps(ROWS_OK[:30] + [{"Question": "q", "Complex_CoT": "c", "Response": ""}] * 10)
+                              .encode(), {}, "10 of 40 rows are malformed"),
+    "numbers for text": (json.dumps(ROWS_OK[:30] + [{"Question": 1, "Complex_CoT": "c", "Response": "r"}] * 10).encode(),
+                         {}, "of 40 rows are malformed"),
+    "undecodable bytes": (b'[{"Question": "caf\xe9", "Complex_CoT": "c", "Response": "r"}]', {}, "not valid UTF-8"),
+    "not json": (b"{this is not json", {}, "cannot read"),
+    "too few rows": (json.dumps(ROWS_OK[:5]).encode(), {}, "at least 10"),
+    "max_length below every prompt": (json.dumps(ROWS_OK).encode(), {"training__max_length": 8},
+                                      "longer than training.max_length=8"),
+}
 
-
-def test_base_model_offline(tmp_path):
-    recipe = recipe_with(model__name="example-org/not-downloaded-7b", output__dir=str(tmp_path / "o"))
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
-    res = run_cli("train", tmp_path / "r.yaml", timeout=300)
-    check_one_line_error(res, "is not available offline")
-
-
-def test_lora_targets_match_nothing(tmp_path):
-    recipe = recipe_with(lora__target_modules=["no_such_proj"], output__dir=str(tmp_path / "o"))
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
-    res = run_cli("train", tmp_path / "r.yaml", timeout=300)
-    check_one_line_error(res, "match no module")
-
-
-# Other commands' bad input: (args, expected). Paths are relative to a fresh temporary directory.
+# Other commands: (args, expected, files to create)
+FAKE = "adapter/"
 COMMAND_CASES = {
-    "preflight: accelerate config missing": (["preflight", REPO / "recipes" / "tiny-cpu.yaml", "--gpu-memory", "8GiB",
-                                              "--accelerate-config", "nope.yaml"], "accelerate config 'nope.yaml' not found"),
-    "preflight: memory not a size": (["preflight", REPO / "recipes" / "tiny-cpu.yaml", "--gpu-memory", "lots"],
-                                     "is not a size"),
-    "infer: adapter dir missing": (["infer", "no-such-dir", "--question", "q"], "not found"),
-    "infer: no adapter files": (["infer", ".", "--question", "q"], "has no adapter_config.json"),
-    "eval: adapter dir missing": (["eval", "no-such-dir"], "not found"),
-    "merge: adapter dir missing": (["merge", "no-such-dir", "out"], "not found"),
+    "preflight: accelerate config missing": (["preflight", "RECIPE", "--gpu-memory", "8GiB", "--accelerate-config",
+                                              "nope.yaml"], "accelerate config 'nope.yaml' not found", {}),
+    "preflight: accelerate config not yaml": (["preflight", "RECIPE", "--gpu-memory", "8GiB", "--accelerate-config",
+                                               "acc.yaml"], "is not valid YAML", {"acc.yaml": b"a: [\n"}),
+    "preflight: accelerate config unsupported": (["preflight", "RECIPE", "--gpu-memory", "8GiB", "--accelerate-config",
+                                                  "acc.yaml"], "is not supported by medsft",
+                                                 {"acc.yaml": b"distributed_type: MEGATRON_LM\n"}),
+    "preflight: accelerate config processes": (["preflight", "RECIPE", "--gpu-memory", "8GiB", "--accelerate-config",
+                                                "acc.yaml"], "num_processes is 'eight'",
+                                               {"acc.yaml": b"distributed_type: MULTI_GPU\nnum_processes: eight\n"}),
+    "preflight: memory not a size": (["preflight", "RECIPE", "--gpu-memory", "lots"], "is not a positive size", {}),
+    "preflight: memory zero": (["preflight", "RECIPE", "--gpu-memory", "0GiB"], "is not a positive size", {}),
+    "preflight: memory two dots": (["preflight", "RECIPE", "--gpu-memory", "1.2.3"], "is not a positive size", {}),
+    "preflight: no gpus": (["preflight", "RECIPE", "--gpu-memory", "8GiB", "--num-gpus", "0"], "--num-gpus must be", {}),
+    "preflight: no GPU and no size": (["preflight", "RECIPE"], "pass --gpu-memory SIZE", {}),
+    "infer: adapter dir missing": (["infer", "no-such-dir", "--question", "q"], "not found", {}),
+    "infer: no adapter files": (["infer", "notes", "--question", "q"], "has no adapter_config.json", {}),
+    "infer: corrupt weights": (["infer", FAKE, "--question", "q"], "holds a corrupted adapter",
+                               {"adapter/adapter_model.safetensors": b"\x00garbage" * 10}),
+    "infer: not a LoRA adapter": (["infer", FAKE, "--question", "q"], "is not a LoRA adapter",
+                                  {"adapter/adapter_config.json": b'{"peft_type": "PREFIX_TUNING"}'}),
+    "infer: broken recipe.yaml": (["infer", FAKE, "--question", "q"], "recipe.yaml' is not valid YAML",
+                                  {"adapter/recipe.yaml": b"model: [\n"}),
+    "infer: recipe.yaml of another version": (["infer", FAKE, "--question", "q"], "unknown key 'lora.rnk'",
+                                              {"adapter/recipe.yaml": b"lora:\n  rnk: 8\n"}),
+    "infer: sampling at temperature 0": (["infer", FAKE, "--question", "q", "--sample", "--temperature", "0"],
+                                         "--temperature must be a positive number", {}),
+    "infer: negative temperature": (["infer", FAKE, "--question", "q", "--sample", "--temperature", "-1"],
+                                    "--temperature must be a positive number", {}),
+    "infer: top-p above one": (["infer", FAKE, "--question", "q", "--sample", "--top-p", "2"], "--top-p must be", {}),
+    "infer: no new tokens": (["infer", FAKE, "--question", "q", "--max-new-tokens", "0"], "--max-new-tokens", {}),
+    "infer: questions file missing": (["infer", FAKE, "--file", "q.jsonl"], "not found", {}),
+    "infer: questions file empty": (["infer", FAKE, "--file", "q.jsonl"], "has no questions", {"q.jsonl": b"\n"}),
+    "infer: questions not json": (["infer", FAKE, "--file", "q.jsonl"], "line 1 is not JSON", {"q.jsonl": b"hello\n"}),
+    "infer: question missing": (["infer", FAKE, "--file", "q.jsonl"], "has no 'question' string",
+                                {"q.jsonl": b'{"prompt": "x"}\n'}),
+    "infer: questions not utf-8": (["infer", FAKE, "--file", "q.jsonl"], "is not UTF-8", {"q.jsonl": b'\xff\xfe{"'}),
+    "infer: output exists": (["infer", FAKE, "--file", "q.jsonl", "--output", "README.md"], "already exists",
+                             {"q.jsonl": b'{"question": "q"}\n'}),
+    "infer: output is a directory": (["infer", FAKE, "--file", "q.jsonl", "--output", "notes"], "is a directory",
+                                     {"q.jsonl": b'{"question": "q"}\n'}),
+    "infer: output in a missing directory": (["infer", FAKE, "--file", "q.jsonl", "--output", "nope/a.jsonl"],
+                                             "is not a writable directory", {"q.jsonl": b'{"question": "q"}\n'}),
+    "eval: adapter dir missing": (["eval", "no-such-dir"], "not found", {}),
+    "eval: negative generations": (["eval", FAKE, "--max-generations", "-1"], "--max-generations must be ≥ 0", {}),
+    "merge: adapter dir missing": (["merge", "no-such-dir", "out"], "not found", {}),
+    "merge: into the adapter": (["merge", FAKE, FAKE], "would contain or sit inside its input", {}),
+    "merge: into the run holding it": (["merge", "run/adapter", "run"], "would contain or sit inside its input", {}),
+    "merge: inside the adapter": (["merge", FAKE, "adapter/merged"], "would contain or sit inside its input", {}),
+    "merge: into a user folder": (["merge", FAKE, "mine"], "holds files medsft did not write", {}),
+    "merge: onto a file": (["merge", FAKE, "README.md"], "is a file", {}),
+    "launch: no command": (["launch", "--config_file", str(REPO / "accelerate_configs" / "ddp.yaml")],
+                           "no medsft command", {}),
+    "launch: bad recipe": (["launch", "--config_file", str(REPO / "accelerate_configs" / "ddp.yaml"), "train", "RECIPE",
+                            "--set", "lora.rank=0"], "lora.rank must be a positive integer", {}),
+    "launch: config drops its distribution": (["launch", "--config_file", "acc.yaml", "--num_processes", "2", "train",
+                                               "RECIPE"], "use_cpu: true",
+                                              {"acc.yaml": b"distributed_type: DEEPSPEED\nuse_cpu: true\nnum_processes: 2\n"
+                                                           b"deepspeed_config:\n  zero_stage: 2\n"}),
 }
 
 
+def fake_adapter(directory: Path) -> None:
+    """A well-formed adapter directory (medsft's files, a one-tensor LoRA), for input checks that come first."""
+    import torch
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({"base_model.model.layers.0.lora_A.weight": torch.zeros(2, 2)}, str(directory / "adapter_model.safetensors"))
+    (directory / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2}))
+    (directory / "tokenizer_config.json").write_text("{}")
+    (directory / "recipe.yaml").write_text(yaml.safe_dump(recipe_with(output__dir="run")))
+    (directory / ".medsft.json").write_text(json.dumps({"kind": "adapter"}))
+
+
+@pytest.mark.parametrize("name", RECIPE_CASES)
+def test_bad_recipe(name, workspace):
+    recipe, extra, expected = RECIPE_CASES[name]
+    if isinstance(recipe, dict) and "output" not in recipe or isinstance(recipe, dict) and \
+            "dir" not in recipe.get("output", {}):
+        recipe = {**recipe, "output": {**recipe.get("output", {}), "dir": "out"}}
+    files = {"recipe.yaml": recipe_file(recipe), **RECIPE_FILES.get(name, {})}
+    run_case(workspace, ["train", "recipe.yaml", *extra], expected, files=files)
+
+
+@pytest.mark.parametrize("name", LAUNCH_CASES)
+def test_bad_launch(name, workspace):
+    recipe, env, expected = LAUNCH_CASES[name]
+    recipe = {**recipe, "output": {"dir": "out"}}
+    run_case(workspace, ["train", "recipe.yaml"], expected, env=env, files={"recipe.yaml": recipe_file(recipe)})
+
+
+@pytest.mark.parametrize("name", DATA_CASES)
+def test_bad_data(name, workspace):
+    content, changes, expected = DATA_CASES[name]
+    recipe = recipe_with(data__source="rows.json", output__dir="out", **changes)
+    run_case(workspace, ["train", "recipe.yaml"], expected, files={"rows.json": content, "recipe.yaml": recipe_file(recipe)})
+
+
 @pytest.mark.parametrize("name", COMMAND_CASES)
-def test_bad_command_input(name, tmp_path):
-    args, expected = COMMAND_CASES[name]
-    res = run_cli(*args, cwd=tmp_path, timeout=120)
-    check_one_line_error(res, expected)
+def test_bad_command_input(name, workspace):
+    args, expected, files = COMMAND_CASES[name]
+    fake_adapter(workspace / "adapter")
+    fake_adapter(workspace / "run" / "adapter")
+    (workspace / "run" / ".medsft.json").write_text(json.dumps({"kind": "run"}))
+    for name_, content in files.items():  # a case's own file replaces the fake adapter's
+        (workspace / name_).parent.mkdir(parents=True, exist_ok=True)
+        (workspace / name_).write_bytes(content)
+    args = [str(REPO / "recipes" / "tiny-cpu.yaml") if a == "RECIPE" else a for a in args]
+    run_case(workspace, args, expected)
+
+
+def test_recipe_file_not_found(workspace):
+    run_case(workspace, ["train", "nope.yaml"], "recipe file not found")
+
+
+def test_recipe_file_not_utf8(workspace):
+    run_case(workspace, ["train", "r.yaml"], "is not UTF-8", files={"r.yaml": "model:\n  name: x\n".encode("utf-16")})
+
+
+def test_hub_dataset_offline(workspace):
+    recipe = recipe_with(data__source="FreedomIntelligence/medical-o1-reasoning-SFT", output__dir="o")
+    run_case(workspace, ["train", "r.yaml"], "is not available offline", files={"r.yaml": recipe_file(recipe)})
+
+
+def test_base_model_offline(workspace):
+    recipe = recipe_with(model__name="example-org/not-downloaded-7b", output__dir="o")
+    run_case(workspace, ["train", "r.yaml"], "is not available offline", files={"r.yaml": recipe_file(recipe)})
+
+
+def test_lora_targets_match_nothing(workspace):
+    recipe = recipe_with(lora__target_modules=["no_such_proj"], output__dir="o")
+    run_case(workspace, ["train", "r.yaml"], "match no module", files={"r.yaml": recipe_file(recipe)})
+
+
+def test_run_directory_in_use(workspace):
+    """A second training into a directory a live run holds refuses with one line naming the first."""
+    (workspace / "busy").mkdir()
+    (workspace / "busy" / ".medsft.json").write_text(json.dumps({"kind": "run"}))
+    (workspace / "busy" / ".medsft.lock").write_text(json.dumps({"pid": os.getpid(), "host": os.uname().nodename,
+                                                                  "since": "now", "command": "medsft train"}))
+    recipe = recipe_with(output__dir="busy")
+    run_case(workspace, ["train", "r.yaml"], f"is in use by another medsft run (pid {os.getpid()}",
+             files={"r.yaml": recipe_file(recipe)})
 
 
 def test_gpu_only_features_fall_back_on_cpu(tmp_path):

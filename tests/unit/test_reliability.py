@@ -146,3 +146,111 @@ def test_tokens_never_written(tmp_path, tiny_dir):
     assert len(files) > 10
     for p in files:
         assert secret.encode() not in p.read_bytes(), f"token found in {p}"
+
+
+def train_cmd(out, *extra) -> list[str]:
+    return [sys.executable, "-m", "medsft", "train", str(REPO / "recipes" / "tiny-cpu.yaml"), "--set", f"output.dir={out}",
+            "--set", "training.max_steps=6", "--set", "training.save_steps=2", "--set", "training.eval_strategy=no",
+            "--set", "data.max_rows=120", *extra]
+
+
+def cli(cmd, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, tiny_dir):
+    out = tmp_path_factory.mktemp("finished") / "run"
+    res = cli(train_cmd(out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out
+
+
+def test_rerunning_a_finished_run_trains_nothing(finished):
+    before = digest(finished / "adapter")
+    res = cli(train_cmd(finished))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "already complete" in res.stdout and "step " not in res.stdout
+    assert digest(finished / "adapter") == before
+
+
+@pytest.mark.parametrize("change,named", [
+    (["--set", "training.learning_rate=1e-3"], "training.learning_rate 0.002 → 0.001"),
+    (["--set", "lora.rank=8"], "lora.rank 16 → 8"),
+    (["--set", "data.source=" + str(REPO.parent / "shared" / "data" / "medical-o1-demo.json")], "data.source"),
+])
+def test_resuming_a_changed_recipe_refuses_naming_the_change(finished, change, named):
+    before = {p: digest(p) for p in [finished / "adapter", *finished.glob("checkpoint-*")]}
+    res = cli(train_cmd(finished, *change))
+    assert res.returncode == 2, res.stderr[-3000:]
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "holds a checkpoint of a different run" in errors[0] and named in errors[0], res.stderr
+    assert "--resume never" in errors[0] and "Traceback" not in res.stderr
+    assert {p: digest(p) for p in before} == before
+
+
+def test_explicit_resume_continues_anyway_and_never_starts_over(finished, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    (run / "adapter").rename(tmp_path / "old-adapter")  # as if the run had stopped after its last checkpoint
+    (run / ".medsft.json").unlink()
+    res = cli(train_cmd(run, "--set", "training.max_steps=8", "--resume", str(run / "checkpoint-6")))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "continuing from" in res.stderr and "training.max_steps 6 → 8" in res.stderr
+    assert json.loads((run / "adapter" / "manifest.json").read_text())["train"]["global_step"] == 8
+    res = cli(train_cmd(run, "--set", "training.learning_rate=1e-3", "--resume", "never"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "starting over: removed 4 checkpoint(s)" in res.stderr and "resuming from" not in res.stdout
+
+
+def test_a_second_training_into_the_same_directory_refuses(tmp_path, tiny_dir):
+    out = tmp_path / "run"
+    first = subprocess.Popen(train_cmd(out, "--set", "training.max_steps=200"), cwd=REPO,
+                             env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in first.stdout:  # the first run is training (it holds the lock) once it reports a step
+            if line.startswith("step "):
+                break
+        second = cli(train_cmd(out))
+        assert second.returncode == 2, second.stderr[-3000:]
+        assert f"is in use by another medsft run (pid {first.pid}" in second.stderr
+        assert second.stderr.count("\n") == 1
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_generation_errors_reach_the_main_thread(tiny_dir):
+    """A failure inside the streaming generation thread ends `infer` with that error instead of a hang."""
+    import threading
+
+    from rich.console import Console
+    from transformers import AutoTokenizer
+
+    from medsft.generate import Settings, stream_one
+
+    class Broken:
+        device = "cpu"
+        generation_config = None
+
+        def generate(self, **kwargs):
+            raise ValueError("generation failed inside its thread")
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
+    outcome = {}
+
+    def call():
+        try:
+            stream_one(Broken(), tokenizer, "q?", Settings(max_new_tokens=4), Console(quiet=True))
+        except ValueError as err:
+            outcome["error"] = str(err)
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "stream_one hung after its generation thread failed"
+    assert outcome.get("error") == "generation failed inside its thread"

@@ -25,3 +25,40 @@ def test_never_and_explicit(tmp_path):
     assert resume_point("auto", str(tmp_path / "missing")) is None
     with pytest.raises(MedsftError, match="not a complete checkpoint"):
         resume_point(str(tmp_path), str(tmp_path))
+
+
+def complete_checkpoint(path, weights: bytes | None = None):
+    """A checkpoint as Trainer writes it: state, adapter weights, optimizer (a torch zip archive)."""
+    import torch
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True)
+    (path / "trainer_state.json").write_text('{"global_step": 1}')
+    save_file({"w": torch.zeros(2)}, str(path / "adapter_model.safetensors"))
+    torch.save({"state": 1}, path / "optimizer.pt")
+    if weights is not None:
+        (path / "adapter_model.safetensors").write_bytes(weights)
+
+
+def test_damaged_checkpoints_are_skipped(tmp_path, capsys):
+    from medsft.checkpoints import is_complete
+
+    complete_checkpoint(tmp_path / "checkpoint-2")
+    complete_checkpoint(tmp_path / "checkpoint-4", weights=b"\x00" * 20)  # truncated weights
+    complete_checkpoint(tmp_path / "checkpoint-6")
+    (tmp_path / "checkpoint-6" / "optimizer.pt").write_bytes((tmp_path / "checkpoint-6" / "optimizer.pt").read_bytes()[:40])
+    complete_checkpoint(tmp_path / "checkpoint-8")
+    (tmp_path / "checkpoint-8" / "adapter_model.safetensors").unlink()  # no weights at all
+    assert is_complete(tmp_path / "checkpoint-2")
+    assert resume_point("auto", str(tmp_path)) == str(tmp_path / "checkpoint-2")
+    assert capsys.readouterr().err.count("skipping incomplete checkpoint") == 3
+
+
+def test_changed_run_is_refused_with_what_changed(tmp_path):
+    import json
+
+    complete_checkpoint(tmp_path / "checkpoint-2")
+    (tmp_path / "checkpoint-2" / "medsft-run.json").write_text(json.dumps({"lora": {"rank": 16}, "model": {"name": "a"}}))
+    with pytest.raises(MedsftError, match="changed: lora.rank 16 → 8"):
+        resume_point("auto", str(tmp_path), {"lora": {"rank": 8}, "model": {"name": "a"}})
+    assert resume_point("auto", str(tmp_path), {"lora": {"rank": 16}, "model": {"name": "a"}}) == str(tmp_path / "checkpoint-2")

@@ -1,0 +1,58 @@
+"""bench/gpu_run.sh, the one command for an offline GPU machine, checked here with --dry-run: what it would
+install (never torch) and run, and where everything goes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+from tests.conftest import REPO
+
+SCRIPT = REPO / "bench" / "gpu_run.sh"
+
+
+def gpu_run(*args, wheelhouse, env=None) -> subprocess.CompletedProcess:
+    full = {k: v for k, v in os.environ.items() if k != "MEDSFT_BENCH_RESULTS"}
+    full.update(MEDSFT_WHEELHOUSE=str(wheelhouse), MEDSFT_SITE="/tmp/site-x", PYTHON="python3", **(env or {}))
+    return subprocess.run(["bash", str(SCRIPT), *map(str, args)], cwd=REPO, env=full, capture_output=True, text=True,
+                          timeout=60)
+
+
+def wheelhouse(tmp_path, *names):
+    folder = tmp_path / "wh"
+    folder.mkdir()
+    for name in names:
+        (folder / name).write_bytes(b"")
+    return folder
+
+
+def test_tests_dry_run(tmp_path):
+    wh = wheelhouse(tmp_path, "trl-1.16.0-py3-none-any.whl", "medsft-0.1.0-py3-none-any.whl")
+    res = gpu_run("--dry-run", "tests", tmp_path / "out", wheelhouse=wh, env={"MEDSFT_BENCH_RESULTS": "/elsewhere"})
+    assert res.returncode == 0, res.stderr
+    install, mkdir, command = res.stdout.splitlines()
+    assert install.startswith("python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site-x ")
+    assert f"{wh}/medsft-0.1.0-py3-none-any.whl" in install and f"{wh}/trl-1.16.0-py3-none-any.whl" in install
+    out = tmp_path / "out"  # the argument wins over MEDSFT_BENCH_RESULTS
+    assert mkdir == f"mkdir -p {out}"
+    assert command == (f"PYTHONPATH={REPO}:/tmp/site-x MEDSFT_BENCH_RESULTS={out} python3 -m pytest -m gpu tests/gpu -q "
+                       f"--junitxml={out}/gpu-tests.xml 2>&1 | tee {out}/gpu-tests.log")
+    assert not out.exists()  # a dry run writes nothing
+
+
+def test_bench_phase_dry_run_results_from_env(tmp_path):
+    wh = wheelhouse(tmp_path, "trl-1.16.0-py3-none-any.whl")
+    res = gpu_run("--dry-run", "maxlen", wheelhouse=wh, env={"MEDSFT_BENCH_RESULTS": str(tmp_path / "r")})
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines()[-1].endswith(
+        f"MEDSFT_BENCH_RESULTS={tmp_path}/r python3 bench/gpu.py --phase maxlen 2>&1 | tee {tmp_path}/r/gpu-maxlen.log")
+
+
+def test_refuses_torch_wheels_and_unknown_commands(tmp_path):
+    wh = wheelhouse(tmp_path, "trl-1.16.0-py3-none-any.whl", "nvidia_cublas-13.0-py3-none-manylinux_2_27_x86_64.whl")
+    res = gpu_run("--dry-run", "tests", wheelhouse=wh)
+    assert res.returncode == 2 and "torch's wheels are never installed" in res.stderr
+    res = gpu_run("--dry-run", "tests", wheelhouse=tmp_path / "empty")
+    assert res.returncode == 2 and "no wheels in" in res.stderr
+    res = gpu_run("bogus", wheelhouse=wh)
+    assert res.returncode == 2 and "bench/gpu_run.sh tests [RESULTS]" in res.stderr
