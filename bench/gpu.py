@@ -1,5 +1,5 @@
 """GPU benchmark: 4-bit QLoRA throughput, achieved TFLOP/s, peak memory, and the memory preflight's
-accuracy, for random-weight models of real architectures (bench/configs), fully offline.
+accuracy, for random-weight models of real architectures (medsft/architectures), fully offline.
 
     python bench/gpu.py                      # on a GPU: qwen3-0.6b and llama3.1-8b at 2048 and 4096
     python bench/gpu.py --smoke              # anywhere (CI): the tiny model, a few steps, same code paths
@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import run_overrides, save  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = Path(__file__).resolve().parent / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "medsft" / "architectures"
 PROBE_OOM = 3  # exit status of a --probe run that ran out of GPU memory
 
 
@@ -75,7 +75,7 @@ def one(model_name: str, max_length: int, steps: int, out_dir: Path, batch: int)
         f"training.max_length={max_length}", "training.packing=true", "training.packing_strategy=bfd",
         f"training.per_device_train_batch_size={batch}", "training.learning_rate=1e-4",
         *run_overrides(steps, str(out_dir))])
-    arch = Arch.from_config(read_config(recipe.model.name))
+    arch = Arch.from_config(read_config(recipe.model.name)[0])
     predicted = estimate(arch, setup_from(resolve(recipe, detect(), kernels="off"))).allocated
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()

@@ -1,36 +1,74 @@
 """Reading which multiple-choice option a reasoning model chose, out of its free-text answer.
 
 Why: a model trained on medical-o1 answers in prose ("The most likely diagnosis is parvovirus B19
-infection"), not with a bare letter, so MC accuracy needs a careful extractor. It prefers explicit
-statements ("the answer is C", "Option C:"), ignores negated mentions ("not A but C", "A is wrong"),
-never reads the article "A" or a letter inside a word, and falls back to the option's own text.
+infection"), not with a bare letter, and its reasoning weighs every option ("option A fits the anemia,
+but…"), so MC accuracy needs a careful extractor. It reads only the answer after the reasoning
+(`</think>` or `## Final Response`, formats.split_reasoning); an output whose reasoning never closed
+has no answer. In the answer it reads, in three tiers:
+1. explicit statements ("the answer is C", "Answer: (C)", "I would choose C", "not A but C",
+   "\\boxed{C}"): the FIRST one counts, unless a later one revises it ("…but on reflection the answer
+   is E"). HuatuoGPT-o1's scorer reports the better of its first- and last-match accuracies, which is
+   optimistic; one fixed rule is not. The last statement is kept too, to compute their number;
+2. letters used as labels ("(C)", "**C**", "C.", "Option C: …");
+3. the text of an option ("…is parvovirus B19 infection"), whole words only.
+Negated mentions ("not A", "A is wrong", "rather than B") never count, nor the article "A", the
+pronoun "I" or a letter inside a word. Letters are the item's own option letters (A–Z, any count).
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from functools import lru_cache
 
-from medsft.formats import THINK_CLOSE
+from medsft.formats import HUATUO_FINAL, HUATUO_THINKING, THINK_CLOSE, THINK_OPEN, split_reasoning
 
-LETTERS = "ABCDE"
-_L = f"[{LETTERS}]"
-# explicit statements of the choice (words case-insensitive; the letter may be lower case here)
-_STRONG = [
-    rf"(?i:answer|choice|option|diagnosis)[\s\*]*(?i:is|would be|:|=|-)?[\s\*]*(?i:option|choice)?[\s\(\[\*]*({_L}|[a-e])[\)\]\*]*(?![A-Za-z0-9])",
-    rf"(?i:choose|chose|pick|select|go with)\s*(?i:option|choice)?[\s\(\[\*]*({_L})[\)\]\*]*(?![A-Za-z0-9])",
-    rf"(?i:\bbut|\binstead|\bit is|\bit's|\bthis is)\s*(?i:option|choice)?[\s\(\[\*]*({_L})[\)\]\*]*(?![A-Za-z0-9-])",
-]
-# weaker marks of a letter used as a label
-_MEDIUM = [
-    rf"\(({_L})\)",
-    rf"\*\*({_L})\*\*",
-    rf"(?m)^\s*[\*#>-]*\s*({_L})\s*[\.\):](?:\s|$)",
-    rf"(?<![A-Za-z0-9])({_L})\s*[\.\)]\s*$",
-]
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"  # an item's options are any of these; without options, A–E
+DEFAULT_LETTERS = "ABCDE"
+HOW = ("statement", "label", "text", "none", "unclosed")  # how a reading was made; the last two: no answer
+
+
+@dataclass(frozen=True)
+class Reading:
+    first: str | None  # the choice (first explicit statement, unless revised): the reported metric
+    last: str | None  # the last statement of the same tier, for HuatuoGPT-o1's best-of-first-and-last
+    how: str  # one of HOW
+
+
 _NEG_BEFORE = re.compile(r"(?i)(?:\bnot|n't|\bnor|rather than|instead of|exclud\w*|rule[sd]? out|\bunlike|\bno)"
                          r"\s*(?:option|choice|answer)?\s*[\(\[\*]*$")
 _NEG_AFTER = re.compile(r"(?i)^[\)\]\*]*\s*(?:is|seems|would be|are)?\s*(?:incorrect|wrong|unlikely|false|ruled out|"
                         r"excluded|not)")
+_REVISION = re.compile(r"(?i)on (?:second thought|reflection|further (?:thought|reflection|review))|\bactually\b|"
+                       r"\bwait\b|\bcorrection\b|\bi was wrong\b|\bupon (?:review|reflection)\b|\bre-?consider")
+
+
+@lru_cache(maxsize=64)
+def _patterns(letters: str) -> tuple[list[str], list[str]]:
+    """(statements, labels) for one set of option letters."""
+    L = f"[{letters}]"
+    low = f"[{letters.lower()}]"
+    end = r"(?![A-Za-z0-9])"
+    # a capital after "but"/"it is" must end the phrase, else "but I think…", "it is A common…" would count
+    phrase_end = r"(?=\s*(?:[^\sA-Za-z0-9-]|$)|\s+(?:is|was|would|seems|as|because|since)\b)"
+    lower_end = r"(?=\s*(?:[\.\)\]:,;!]|$))"  # "the answer is c." counts, "the answer is a rare…" does not
+    keyword = r"(?i:\b(?:answer|choice|option|diagnosis|response))"
+    verb = r"(?i:is|would be|:|=|-)"
+    statements = [
+        rf"{keyword}[\s\*]*{verb}[\s\*]*(?i:option|choice)?[\s\(\[\*]*(?:({L})[\)\]\*]*{end}|({low}){lower_end})",
+        rf"(?i:\b(?:choose|chose|pick|select|go with))\s*(?i:option|choice)?[\s\(\[\*]*({L})[\)\]\*]*{end}",
+        rf"(?i:\bbut|\binstead|\bit is|\bit's|\bthis is)\s*(?i:option|choice)?[\s\(\[\*]*({L})[\)\]\*]*{phrase_end}",
+        rf"(?<![A-Za-z0-9])({L})\)?\s+(?i:is|would be)\s+(?i:the\s+)?(?i:correct|right|best|most likely)\b",
+        rf"\\boxed\{{\s*(?:\\text\{{\s*)?({L}){end}",
+    ]
+    labels = [
+        rf"(?i:\boption)\s*[\(\[\*]*({L})[\)\]\*]*{end}",
+        rf"\(({L})\)",
+        rf"\*\*({L})\*\*",
+        rf"(?m)^\s*[\*#>-]*\s*({L})\s*[\.\):](?:\s|$)",
+        rf"(?<![A-Za-z0-9])({L})\s*[\.\)]\s*$",
+    ]
+    return statements, labels
 
 
 def _negated(text: str, start: int, end: int) -> bool:
@@ -39,32 +77,64 @@ def _negated(text: str, start: int, end: int) -> bool:
     return bool(_NEG_BEFORE.search(before) or _NEG_AFTER.search(after))
 
 
-def _candidates(text: str, patterns) -> list[tuple[int, str]]:
-    found = []
+def _candidates(text: str, patterns) -> list[tuple[int, int, str]]:
+    """(start, end, letter) of every non-negated match, in reading order."""
+    found = set()
     for pattern in patterns:
         for m in re.finditer(pattern, text):
-            if not _negated(text, m.start(1), m.end(1)):
-                found.append((m.start(1), m.group(1).upper()))
+            group = next(g for g in range(1, (m.lastindex or 1) + 1) if m.group(g) is not None)
+            if not _negated(text, m.start(group), m.end(group)):
+                found.add((m.start(group), m.end(group), m.group(group).upper()))
     return sorted(found)
+
+
+def _first_unrevised(text: str, found: list[tuple[int, int, str]]) -> str:
+    """The first statement, replaced by a later one only where the text between them revises it."""
+    chosen = found[0]
+    for later in found[1:]:
+        if _REVISION.search(text[chosen[1]:later[0]]):
+            chosen = later
+    return chosen[2]
+
+
+def read_choice(answer: str, options: dict[str, str] | None = None) -> Reading:
+    """How the text of an answer (reasoning already removed) chooses among `options`."""
+    text = answer.replace(THINK_CLOSE, " ").strip()
+    if not text:
+        return Reading(None, None, "none")
+    letters = "".join(sorted(k for k in options if len(k) == 1 and k in LETTERS)) if options else DEFAULT_LETTERS
+    bare = re.sub(r"[\s\*\.\)\(\[\]:]", "", text)
+    if len(bare) == 1 and bare.upper() in letters:
+        return Reading(bare.upper(), bare.upper(), "statement")
+    statements, labels = _patterns(letters)
+    for how, patterns in (("statement", statements), ("label", labels)):
+        found = _candidates(text, patterns)
+        if found:
+            return Reading(_first_unrevised(text, found) if how == "statement" else found[0][2], found[-1][2], how)
+    chosen = _by_option_text(text, options) if options else None
+    return Reading(chosen, chosen, "text") if chosen else Reading(None, None, "none")
 
 
 def extract_choice(answer: str, options: dict[str, str] | None = None) -> str | None:
     """The letter the text chooses, or None."""
-    text = answer.replace(THINK_CLOSE, " ").strip()
-    if not text:
-        return None
-    bare = re.sub(r"[\s\*\.\)\(\[\]:]", "", text)
-    if len(bare) == 1 and bare.upper() in LETTERS:
-        return bare.upper()
-    strong = _candidates(text, _STRONG)
-    if strong:
-        return strong[-1][1]
-    medium = _candidates(text, _MEDIUM)
-    if medium:
-        return medium[-1][1]
-    if options:
-        return _by_option_text(text, options)
-    return None
+    return read_choice(answer, options).first
+
+
+def reasoning_unclosed(text: str, fmt: str = "think") -> bool:
+    """The output opened a reasoning block and never closed it (it ran out of tokens): no answer."""
+    s = text.strip()
+    if THINK_CLOSE in s or HUATUO_FINAL in s:
+        return False
+    return THINK_OPEN in s or s.startswith(HUATUO_THINKING) or (fmt == "huatuo" and bool(s))
+
+
+def read_output(text: str, options: dict[str, str] | None, fmt: str = "think") -> Reading:
+    """The choice in a whole generated output: only the answer after the reasoning is read."""
+    if not text.strip():
+        return Reading(None, None, "none")
+    if reasoning_unclosed(text, fmt):
+        return Reading(None, None, "unclosed")
+    return read_choice(split_reasoning(text, fmt).answer, options)
 
 
 def _by_option_text(text: str, options: dict[str, str]) -> str | None:
@@ -74,7 +144,8 @@ def _by_option_text(text: str, options: dict[str, str]) -> str | None:
         opt = option.lower().strip().rstrip(".")
         if not opt:
             continue
-        for m in re.finditer(re.escape(opt), low):
+        # whole words: PubMedQA's "no" must not match inside "diagnosis"
+        for m in re.finditer(rf"(?<![a-z0-9]){re.escape(opt)}(?![a-z0-9])", low):
             if not _negated(low, m.start(), m.end()):
                 hits.append((m.start(), -len(opt), letter))
     if not hits:

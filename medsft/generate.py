@@ -1,13 +1,17 @@
-"""Chat-templated generation that stops at the end-of-turn token, batched or streamed.
+"""Chat-templated generation that stops at the end-of-turn token: batched, data-parallel, or streamed.
 
-Why: both `infer` and `eval` need the prompt built exactly as in training (the chat template saved with
-the adapter), greedy by default, stopping at end-of-turn, and the `<think>` part split from the answer.
+Why: `infer`, `eval` and `eval --benchmark` need the prompt built exactly as in training (the chat
+template saved with the adapter), greedy by default, stopping at end-of-turn, and the `<think>` part
+split from the answer. Reasoning traces are long (~700 tokens, up to 2,048), so batches are cut from
+prompts sorted by length (little left padding) and, under `accelerate launch`, whole batches are dealt
+to the ranks: a batch holds the same prompts whatever the number of processes, so greedy answers do not
+depend on it, and a sampled batch is seeded by its number, so sampled answers do not either.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from medsft.formats import prompt_messages, split_reasoning
 
@@ -19,6 +23,7 @@ class Settings:
     temperature: float = 0.7
     top_p: float = 0.95
     batch_size: int = 8
+    seed: int | None = None  # transformers.set_seed before generating (sampling reproducibility)
 
 
 def stop_ids(tokenizer, model) -> list[int]:
@@ -42,37 +47,152 @@ def _decode(tokenizer, ids: list[int], stops: list[int]) -> tuple[str, bool]:
     return tokenizer.decode(ids, skip_special_tokens=False), stopped
 
 
+def _record(question: str, text: str, stopped: bool, tokens: int, seconds: float, fmt: str) -> dict:
+    parsed = split_reasoning(text, fmt)
+    return {"question": question, "text": text, "reasoning": parsed.reasoning, "answer": parsed.answer,
+            "well_formed": parsed.well_formed, "stopped": stopped, "tokens": tokens, "seconds": seconds}
+
+
+def chat_prompts(tokenizer, questions: list[str], system_prompt=None) -> list[str]:
+    return [tokenizer.apply_chat_template(prompt_messages(q, system_prompt), add_generation_prompt=True,
+                                          tokenize=False) for q in questions]
+
+
+def _prompts_and_lengths(tokenizer, questions: list[str], system_prompt=None) -> tuple[list[str], list[int]]:
+    texts = chat_prompts(tokenizer, questions, system_prompt)
+    return texts, [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices cut into batches of similar length, longest first (an out-of-memory shows at once)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])  # stable: ties keep their order
+    return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+
+
 def generate_batch(model, tokenizer, questions: list[str], settings: Settings, system_prompt=None,
                    fmt: str = "think") -> list[dict]:
-    """One record per question: question, text, reasoning, answer, well_formed, stopped, tokens, seconds."""
+    """One record per question, in the questions' order: question, text, reasoning, answer, well_formed,
+    stopped, tokens, seconds. Batches are length-sorted and left-padded."""
     import torch
 
+    if settings.seed is not None:
+        from transformers import set_seed
+
+        set_seed(settings.seed)
     stops = stop_ids(tokenizer, model)
+    texts, lengths = _prompts_and_lengths(tokenizer, questions, system_prompt)
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # decoder-only batched generation pads on the left
-    out = []
+    out: list[dict | None] = [None] * len(questions)
     try:
-        for start in range(0, len(questions), settings.batch_size):
-            chunk = questions[start:start + settings.batch_size]
-            texts = [tokenizer.apply_chat_template(prompt_messages(q, system_prompt), add_generation_prompt=True,
-                                                   tokenize=False) for q in chunk]
-            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        for batch in length_sorted_batches(lengths, settings.batch_size):
+            enc = tokenizer([texts[i] for i in batch], return_tensors="pt", padding=True,
+                            add_special_tokens=False).to(model.device)
             t0 = time.perf_counter()
             with torch.no_grad():
                 gen = model.generate(**enc, max_new_tokens=settings.max_new_tokens, do_sample=settings.do_sample,
                                      temperature=settings.temperature if settings.do_sample else None,
                                      top_p=settings.top_p if settings.do_sample else None,
                                      eos_token_id=stops, pad_token_id=tokenizer.pad_token_id)
-            seconds = (time.perf_counter() - t0) / len(chunk)
-            for q, row in zip(chunk, gen[:, enc["input_ids"].shape[1]:].tolist()):
+            seconds = (time.perf_counter() - t0) / len(batch)
+            for i, row in zip(batch, gen[:, enc["input_ids"].shape[1]:].tolist()):
                 text, stopped = _decode(tokenizer, row, stops)
-                parsed = split_reasoning(text, fmt)
-                out.append({"question": q, "text": text, "reasoning": parsed.reasoning, "answer": parsed.answer,
-                            "well_formed": parsed.well_formed, "stopped": stopped,
-                            "tokens": len([t for t in row if t != tokenizer.pad_token_id]), "seconds": seconds})
+                out[i] = _record(questions[i], text, stopped, len([t for t in row if t != tokenizer.pad_token_id]),
+                                 seconds, fmt)
     finally:
         tokenizer.padding_side = side
     return out
+
+
+def generate_parallel(model, tokenizer, questions: list[str], settings: Settings, system_prompt=None,
+                      fmt: str = "think", label: str = "generating") -> list[dict]:
+    """generate_batch over every process of an `accelerate launch` (one process works too): the
+    length-sorted batches are dealt round-robin, batch k seeded with seed + k, and the records gathered
+    back into the questions' order on every rank. A progress bar (items/s, ETA) on the main rank."""
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    state = PartialState()
+    _, lengths = _prompts_and_lengths(tokenizer, questions, system_prompt)
+    batches = list(enumerate(length_sorted_batches(lengths, settings.batch_size)))
+    mine = batches[state.process_index::state.num_processes]
+    where = f" (rank 0 of {state.num_processes}: its shard)" if state.num_processes > 1 else ""
+    done = []
+    with item_progress(f"{label}{where}", sum(len(b) for _, b in mine)) as advance:
+        for number, batch in mine:
+            seeded = replace(settings, batch_size=len(batch),
+                             seed=None if settings.seed is None else settings.seed + number)
+            records = generate_batch(model, tokenizer, [questions[i] for i in batch], seeded, system_prompt, fmt)
+            done.extend(zip(batch, records))
+            advance(len(batch))
+    out: list[dict | None] = [None] * len(questions)
+    for i, record in gather_object(done):
+        out[i] = record
+    return out
+
+
+class item_progress:
+    """A rich progress bar on the main rank's stderr: items done, items/s, ETA. `with … as advance`."""
+
+    def __init__(self, label: str, total: int):
+        self.label, self.total = label, total
+
+    def __enter__(self):
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+        from rich.text import Text
+
+        from medsft.console import rich_console
+
+        class Rate(ProgressColumn):
+            def render(self, task):
+                return Text(f"{task.speed:.2f} items/s" if task.speed else "– items/s")
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(),
+                                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                                 console=rich_console(stderr=True))
+        self.progress.start()
+        task = self.progress.add_task(self.label, total=self.total)
+        return lambda n: self.progress.advance(task, n)
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+        return False
+
+
+def load_vllm(recipe, adapter_dir, seed: int | None):
+    """A vLLM engine on the recipe's base model (unquantized, in the model dtype) with LoRA enabled.
+    The GPU-only optional path of `eval --benchmark --engine vllm`; cli.py checks that vllm imports."""
+    from vllm import LLM
+
+    from medsft.model import resolve_model_path
+
+    m = recipe.model
+    rank = next((r for r in (8, 16, 32, 64, 128, 256, 320, 512) if r >= recipe.lora.rank), recipe.lora.rank)
+    return LLM(model=resolve_model_path(m.name), tokenizer=str(adapter_dir), dtype=m.dtype, revision=m.revision,
+               trust_remote_code=m.trust_remote_code, enable_lora=True, max_lora_rank=rank,  # vLLM's allowed ranks
+               seed=0 if seed is None else seed)
+
+
+def generate_vllm(llm, tokenizer, questions: list[str], settings: Settings, system_prompt=None, fmt: str = "think",
+                  adapter_dir=None) -> list[dict]:
+    """The records of generate_batch, from vLLM (its own batching and progress bar); the adapter as a
+    LoRA request, or the base alone when adapter_dir is None. Prompt tokens are exactly medsft's."""
+    from vllm import SamplingParams
+    from vllm.lora.request import LoRARequest
+
+    stops = stop_ids(tokenizer, None)
+    ids = tokenizer(chat_prompts(tokenizer, questions, system_prompt), add_special_tokens=False)["input_ids"]
+    params = [SamplingParams(max_tokens=settings.max_new_tokens, temperature=settings.temperature if settings.do_sample
+                             else 0.0, top_p=settings.top_p if settings.do_sample else 1.0, stop_token_ids=stops,
+                             skip_special_tokens=False,
+                             seed=None if settings.seed is None else settings.seed + i) for i in range(len(ids))]
+    lora = LoRARequest("adapter", 1, str(adapter_dir)) if adapter_dir else None
+    t0 = time.perf_counter()
+    outs = llm.generate([{"prompt_token_ids": p} for p in ids], params, lora_request=lora, use_tqdm=True)
+    seconds = (time.perf_counter() - t0) / max(len(ids), 1)
+    return [_record(q, o.outputs[0].text, o.outputs[0].finish_reason == "stop", len(o.outputs[0].token_ids), seconds,
+                    fmt) for q, o in zip(questions, outs)]
 
 
 def stream_one(model, tokenizer, question: str, settings: Settings, console, system_prompt=None,
@@ -120,7 +240,4 @@ def stream_one(model, tokenizer, question: str, settings: Settings, console, sys
         raise result["error"]
     console.print()
     text, stopped = _decode(tokenizer, result["ids"], stops)
-    parsed = split_reasoning(text, fmt)
-    return {"question": question, "text": text, "reasoning": parsed.reasoning, "answer": parsed.answer,
-            "well_formed": parsed.well_formed, "stopped": stopped, "tokens": len(result["ids"]),
-            "seconds": time.perf_counter() - t0}
+    return _record(question, text, stopped, len(result["ids"]), time.perf_counter() - t0, fmt)

@@ -1,5 +1,6 @@
-"""Memory preflight: weight rows against hand computation for three real architectures, ZeRO-3
-partitioning, the checkpointing factor, and the won't-fit → suggestions → fits loop through the CLI."""
+"""Memory preflight: weight rows against hand computation for three real architectures, ZeRO-3/FSDP
+sharding and offload, the checkpointing terms, offline architectures, the launch seen by the command and the
+training gate, and the won't-fit → suggestions → fits loop through the CLI."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ import json
 
 import pytest
 
-from medsft.preflight import Arch, Setup, estimate
+from medsft.memory_model import Arch, Setup, estimate, layer_activation_bytes
 from tests.conftest import REPO, run_cli
 
-CONFIGS = REPO / "bench" / "configs"
+CONFIGS = REPO / "medsft" / "architectures"
 DQ = 0.5 + 1 / 64 + 4 / (64 * 256)  # NF4 + double-quantized absmax, bytes per weight
 
 
@@ -50,24 +51,43 @@ def test_known_sizes():
 
 
 @pytest.mark.parametrize("name", HAND)
-def test_zero3_divides_by_world_size(name):
+def test_sharding_divides_what_is_partitioned(name):
     a = arch(name)
-    one = estimate(a, Setup(world_size=8, zero_stage=None))
-    z3 = estimate(a, Setup(world_size=8, zero_stage=3))
+    one = estimate(a, Setup(world_size=8))
+    z3 = estimate(a, Setup(world_size=8, shard_params=True, zero_stage=3, optimizer="deepspeed"))
     for row in ("base weights (quantized)", "embeddings, lm_head, norms", "LoRA parameters", "LoRA gradients"):
         assert z3.get(row) == pytest.approx(one.get(row) / 8), row
-    assert z3.get("optimizer (AdamW)") == pytest.approx(one.get("LoRA parameters") / 2 * 12 / 8)
-    assert z3.get("activations") == one.get("activations")  # ZeRO does not shard activations
+    assert z3.get("optimizer states") == pytest.approx(one.get("LoRA parameters") / 2 * 12 / 8)
+    assert z3.get("gathered layers") > 0 and z3.get("gathered lm_head") == a.vocab * a.hidden * 2
+    assert z3.phase_bytes("layer backward") == one.phase_bytes("layer backward")  # activations are not sharded
 
 
 @pytest.mark.parametrize("name", HAND)
-def test_checkpointing_factor(name):
+def test_checkpointing_keeps_only_layer_inputs(name):
     a = arch(name)
-    on = estimate(a, Setup(checkpointing=True, micro_batch=2, max_length=1024)).get("activations")
-    off = estimate(a, Setup(checkpointing=False, micro_batch=2, max_length=1024)).get("activations")
-    h, n_heads, kv, d, i, layers = a.hidden, a.heads, a.kv_heads, a.head_dim, a.intermediate, a.layers
-    e = 4 * h + 2 * n_heads * d + 2 * kv * d + 4 * i + 7 * 16 + 2 * n_heads  # the docstring's E, all-linear r=16
-    assert off / on == pytest.approx(layers * e / (layers * h + e))
+    on = estimate(a, Setup(checkpointing=True, micro_batch=2, max_length=1024)).get("kept activations")
+    off = estimate(a, Setup(checkpointing=False, micro_batch=2, max_length=1024)).get("kept activations")
+    t, e = 2 * 1024, layer_activation_bytes(a, Setup())
+    assert on == pytest.approx(t * (a.layers * 2 * a.hidden + 4 * a.hidden + 8))
+    assert off == pytest.approx(t * (a.layers * e + 4 * a.hidden + 8))
+
+
+def test_llama_8b_layer_terms():
+    """The per-layer activation formula for Llama-3.1-8B, by hand (bf16, bf16 LoRA r=16 on all seven linears)."""
+    a = arch("llama3.1-8b")
+    h, ad, kd, i = 4096, 4096, 1024, 14336
+    by_hand = 8 * h + 8 + 4 * 32 + 2 * (2 * h + 2 * ad + 2 * kd + 4 * i + ad) + 16 * 7 * 2
+    assert layer_activation_bytes(a, Setup()) == by_hand
+    ins = 3 * h + ad + 2 * h + i  # inputs of q, k, v, o, gate, up, down
+    assert layer_activation_bytes(a, Setup(dropout=0.05)) == by_hand + ins * 3  # bf16 copy + bool mask
+
+
+def test_loss_phase_is_a_tile_not_the_logits():
+    a = arch("qwen3-0.6b")
+    est = estimate(a, Setup(micro_batch=8, max_length=2048))
+    assert est.get("head tile") == 4096 * 32768 * 2  # 256 MiB, whatever the number of tokens
+    full = estimate(a, Setup(micro_batch=8, max_length=2048, head="full")).get("logits and loss")
+    assert full == 8 * 2048 * a.vocab * 12 and full > 40 * est.get("head tile")
 
 
 def put_in_hub_cache(home, repo_id: str, config: dict) -> None:
@@ -108,7 +128,7 @@ ZERO3_X8 = {"WORLD_SIZE": "8", "RANK": "0", "LOCAL_RANK": "0", "ACCELERATE_USE_D
 
 @pytest.fixture
 def llama70b_recipe(tmp_path):
-    """A Llama-3.1-70B-shaped QLoRA recipe at micro-batch 1 × 2048 (the architecture from bench/configs)."""
+    """A Llama-3.1-70B-shaped QLoRA recipe at micro-batch 1 × 2048 (the architecture medsft ships)."""
     model = tmp_path / "llama-70b"
     model.mkdir()
     (model / "config.json").write_text((CONFIGS / "llama3.1-70b.json").read_text())
@@ -158,5 +178,30 @@ def test_offload_lowers_the_estimate_by_the_offloaded_bytes(llama70b_recipe):
     offload = estimate(a, setup_from(resolve(recipe, from_accelerate_config(str(configs / "zero3_offload.yaml"), 8),
                                              "off")))
     offloaded = sum(plain.get(row) for row in ("base weights (quantized)", "embeddings, lm_head, norms",
-                                               "LoRA parameters", "optimizer (AdamW)"))
+                                               "LoRA parameters", "optimizer states"))
     assert plain.allocated - offload.allocated == pytest.approx(offloaded)
+    assert offload.get("gathered layers") == plain.get("gathered layers") > 0  # still gathered on the device
+
+
+def test_fsdp2_is_sharded_like_zero3(llama70b_recipe):
+    from medsft.launch import from_accelerate_config
+    from medsft.preflight import setup_from
+    from medsft.recipe_files import load_recipe
+    from medsft.runspec import resolve
+
+    recipe = load_recipe(llama70b_recipe)
+    configs = REPO / "accelerate_configs"
+    a = arch("llama3.1-70b")
+    fsdp = estimate(a, setup_from(resolve(recipe, from_accelerate_config(str(configs / "fsdp2.yaml"), 8), "off")))
+    zero3 = estimate(a, setup_from(resolve(recipe, from_accelerate_config(str(configs / "zero3.yaml"), 8), "off")))
+    assert fsdp.get("base weights (quantized)") == zero3.get("base weights (quantized)")
+    assert fsdp.get("gathered layers") == zero3.get("gathered layers")
+
+
+def test_shipped_recipe_preflights_offline(tmp_path):
+    """No network, no hub cache: the architectures medsft ships for its recipes are used, and said so."""
+    res = run_cli("preflight", REPO / "recipes" / "llama3.1-8b.yaml", "--gpu-memory", "24GiB",
+                  env={"HF_HOME": str(tmp_path / "empty-hf"), "COLUMNS": "200"}, timeout=120)
+    assert res.returncode in (0, 2), res.stderr
+    assert "from medsft's shipped architecture (no hub cache)" in res.stdout
+    assert "verdict:" in res.stdout and "largest term:" in res.stdout

@@ -9,7 +9,8 @@ from medsft.checkpoints import resume_point
 
 
 def test_incomplete_checkpoints_are_skipped(tmp_path, capsys):
-    for step, state in ((2, "{}"), (4, None), (6, '{"global_step": 6, "trunc')):
+    complete_checkpoint(tmp_path / "checkpoint-2")
+    for step, state in ((4, None), (6, '{"global_step": 6, "trunc')):
         d = tmp_path / f"checkpoint-{step}"
         d.mkdir()
         if state is not None:

@@ -1,0 +1,82 @@
+"""The memory model's activation terms against what PyTorch really allocates, on this CPU.
+
+torch.profiler with profile_memory=True records every CPU tensor allocation and free; summed in time order
+they give the live bytes through a forward and backward. A small Qwen3-shaped model (bf16, 4-bit NF4 base,
+LoRA in bf16 as TRL trains it, SDPA) is run at two sequence lengths; the difference per token is the
+activation cost, free of weights and other constant terms. It must agree with medsft/memory_model.py within
+15% with checkpointing on and off, and LoRA dropout on and off (the same formula, `device="cpu"`: the CPU
+SDPA kernel returns its output already in the layout o_proj reads, so there is no transposing copy)."""
+
+from __future__ import annotations
+
+import pytest
+
+from medsft.memory_model import Arch, Setup, layer_activation_bytes
+
+pytestmark = pytest.mark.slow
+CONFIG = dict(model_type="qwen3", hidden_size=256, intermediate_size=768, num_attention_heads=4, num_key_value_heads=2,
+              head_dim=64, num_hidden_layers=4, vocab_size=1024, max_position_embeddings=4096, tie_word_embeddings=True)
+LENGTHS = (256, 512)
+
+
+def qlora_model(tmp_path, dropout: float, checkpointing: bool):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
+
+    from medsft.upstream import keep_4bit_trainable_layout
+
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model(**CONFIG)
+    AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).save_pretrained(tmp_path / "m")
+    bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                             bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "m", quantization_config=bnb, dtype=torch.bfloat16,
+                                                 attn_implementation="sdpa")
+    keep_4bit_trainable_layout(model)
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=dropout, target_modules="all-linear"))
+    for param in model.parameters():  # TRL trains a quantized model's adapters in bf16
+        if param.requires_grad:
+            param.data = param.data.to(torch.bfloat16)
+    return model.train()
+
+
+def peak_live_bytes(model, length: int) -> int:
+    """Highest live CPU bytes during one forward and backward of the decoder stack."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    ids = torch.randint(0, 1000, (1, length), generator=torch.Generator().manual_seed(1))
+    backbone = model.base_model.model.model
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        hidden = backbone(input_ids=ids).last_hidden_state
+        hidden.float().pow(2).mean().backward()  # a reduction in place of the LM head: 4H per token, fp32
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    live = top = 0
+    for _, nbytes in events:
+        live += nbytes
+        top = max(top, live)
+    model.zero_grad(set_to_none=True)
+    return top
+
+
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["checkpointing off", "checkpointing on"])
+@pytest.mark.parametrize("dropout", [0.0, 0.1], ids=["no dropout", "dropout"])
+def test_activation_bytes_per_token(tmp_path, checkpointing, dropout):
+    model = qlora_model(tmp_path, dropout, checkpointing)
+    peak_live_bytes(model, 64)  # first-call allocations (caches, lazily built buffers) out of the way
+    short, long = (peak_live_bytes(model, n) for n in LENGTHS)
+    measured = (long - short) / (LENGTHS[1] - LENGTHS[0])
+    arch = Arch.from_config(CONFIG)
+    s = Setup(rank=8, dropout=dropout, checkpointing=checkpointing, device="cpu")
+    e, h, i = layer_activation_bytes(arch, s), arch.hidden, arch.intermediate
+    backward = 2 * h + 4 * i  # bf16
+    final_norm, probe_loss = 4 * h + 8, 4 * h
+    layers = arch.layers * (2 * h if checkpointing else e) + (e if checkpointing else 0)
+    predicted = layers + backward + final_norm + probe_loss
+    print(f"checkpointing={checkpointing} dropout={dropout}: measured {measured:,.0f} B/token, "
+          f"predicted {predicted:,.0f} (E = {e:,.0f} B/token/layer)")
+    assert predicted == pytest.approx(measured, rel=0.15)
