@@ -68,3 +68,135 @@ def steady_step_seconds(times: list[float], warmup: int = 3) -> float:
     """Median interval between consecutive steps after `warmup` steps: robust to one slow step."""
     gaps = [b - a for a, b in zip(times[warmup:], times[warmup + 1:])]
     return median(gaps)
+
+
+# ---------------------------------------------------------------- GPU benchmark and tests/gpu (bench/gpu.py)
+
+SUMMARY = "gpu-summary.md"  # the one markdown file every GPU phase appends its table to
+
+
+def results_dir() -> Path:
+    """Where benchmark results go: $MEDSFT_BENCH_RESULTS, else bench/results."""
+    import os
+
+    return Path(os.environ.get("MEDSFT_BENCH_RESULTS") or RESULTS)
+
+
+def gpu_environment() -> dict:
+    """The accelerator beside environment(): driver (nvidia-smi), CUDA build of torch, device properties,
+    the optional GPU packages, and the commit ($MEDSFT_GIT_COMMIT where the copy has no .git)."""
+    import os
+    import subprocess
+    from importlib import metadata
+
+    info: dict = {"git_commit_env": os.environ.get("MEDSFT_GIT_COMMIT"), "packages": {}}
+    for name in ("flash-attn", "liger-kernel", "triton", "kernels", "deepspeed", "bitsandbytes"):
+        try:
+            info["packages"][name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    try:
+        res = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,power.limit,clocks.max.sm",
+                              "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
+        if res.returncode == 0 and res.stdout.strip():
+            name, driver, memory, power, clock = [x.strip() for x in res.stdout.splitlines()[0].split(",")][:5]
+            info["nvidia_smi"] = {"name": name, "driver": driver, "memory": memory, "power_limit": power,
+                                  "max_sm_clock": clock}
+    except (OSError, subprocess.SubprocessError, ValueError):
+        pass
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_cuda"] = torch.version.cuda
+        if torch.cuda.is_available():
+            p = torch.cuda.get_device_properties(0)
+            info["device"] = {"name": p.name, "total_memory_gib": round(p.total_memory / 2**30, 2),
+                              "capability": f"{p.major}.{p.minor}", "multiprocessors": p.multi_processor_count,
+                              "count": torch.cuda.device_count()}
+    except Exception as err:  # the record still says what was found
+        info["torch_error"] = f"{type(err).__name__}: {err}"
+    return info
+
+
+def describe_gpu(gpu: dict) -> str:
+    """One line: device · driver · CUDA · torch."""
+    device = (gpu.get("device") or {}).get("name") or (gpu.get("nvidia_smi") or {}).get("name") or "cpu"
+    driver = (gpu.get("nvidia_smi") or {}).get("driver")
+    parts = [device, f"driver {driver}" if driver else None,
+             f"CUDA {gpu['torch_cuda']}" if gpu.get("torch_cuda") else None, f"torch {gpu.get('torch')}"]
+    return " · ".join(p for p in parts if p)
+
+
+def append_summary(title: str, note: str, columns: list[str], rows: list[list], name: str = SUMMARY) -> Path:
+    """Append one markdown section (a title line, a note, a table) to the results summary file."""
+    results = results_dir()
+    results.mkdir(parents=True, exist_ok=True)
+    path = results / name
+
+    def cell(v) -> str:
+        if v is None:
+            return "–"
+        if isinstance(v, float):
+            return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
+        return str(v)
+
+    lines = [f"## {title}", "", note, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    with path.open("a", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n\n")
+    return path
+
+
+def random_model_dir(config_path: Path, root: Path, seed: int = 0) -> Path:
+    """Random-weight model of a real architecture (medsft/architectures/NAME.json) in the model dtype,
+    initialised on the GPU (on the CPU without one), saved as safetensors with medsft's built-in tokenizer
+    (its ids are below every real vocabulary size). Built once into root/NAME (an existing complete build
+    is reused), atomically: a build that dies leaves nothing behind."""
+    import json
+    import shutil
+    import tempfile
+
+    out = Path(root) / Path(config_path).stem
+    if (out / ".complete").is_file():
+        return out
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from medsft.tiny_model import build_tokenizer
+
+    config = json.loads(Path(config_path).read_text())
+    dtype = getattr(torch, config.get("torch_dtype", "bfloat16"))
+    cfg = AutoConfig.for_model(**config)
+    torch.manual_seed(seed)
+    Path(root).mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=root))
+    try:
+        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+            model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+        model.save_pretrained(tmp, safe_serialization=True)
+        build_tokenizer().save_pretrained(tmp)
+        del model
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        (tmp / ".complete").write_text("")
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def synthetic_rows(path: Path, rows: int, seed: int = 0) -> Path:
+    """`rows` generated medical rows (medsft's builtin:tiny-medical generator, the dataset's columns) as JSONL:
+    enough tokens for long packed sequences (about 105 tokens a row with the built-in tokenizer)."""
+    import json
+
+    from medsft.tiny_data import generate
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for row in generate(rows, seed=seed):
+            f.write(json.dumps({k: row[k] for k in ("Question", "Complex_CoT", "Response")}) + "\n")
+    return path

@@ -1,24 +1,34 @@
 #!/usr/bin/env bash
 # One command on a GPU machine with no network: install the wheels carried beside the repo into a private
 # folder on PYTHONPATH (site-packages may be read-only; torch is never installed: the node's CUDA torch
-# runs), then run the GPU tests or a phase of bench/gpu.py. Everything it writes goes to RESULTS.
-#   bash bench/gpu_run.sh tests [RESULTS]                                # pytest -m gpu tests/gpu (junit xml + log)
-#   bash bench/gpu_run.sh throughput|memory|maxlen|notebook|all [RESULTS]  # python bench/gpu.py --phase NAME
-#   bash bench/gpu_run.sh --dry-run tests                                # print the commands, run nothing
+# runs), then run the GPU tests or a phase of bench/gpu.py. Every result and log goes to RESULTS.
+#   bash bench/gpu_run.sh tests [RESULTS]                              # pytest -m gpu tests/gpu (~9 min)
+#   bash bench/gpu_run.sh throughput|memory|maxlen|notebook [RESULTS]  # python bench/gpu.py --phase NAME (<9 min)
+#   bash bench/gpu_run.sh all [RESULTS]                                # the four phases in sequence (~25 min)
+#   bash bench/gpu_run.sh tests RESULTS -k "attention or memory"       # words after RESULTS go to pytest / gpu.py
+#   bash bench/gpu_run.sh --dry-run tests                              # print the commands, run nothing
 # WHEELHOUSE: $MEDSFT_WHEELHOUSE, else wheelhouse/ (made by launch/offline_bundle.sh). RESULTS: the second
-# argument, else $MEDSFT_BENCH_RESULTS, else bench/results. Install folder: $MEDSFT_SITE, else /tmp/medsft-site.
+# argument, else $MEDSFT_BENCH_RESULTS, else bench/results (relative paths: from the repository root). Install
+# folder: $MEDSFT_SITE, else /tmp/medsft-site. Random-weight models (not results: 17 GB): $MEDSFT_BENCH_MODELS,
+# else /tmp/medsft-bench-models, built once per machine and shared by the tests and every phase.
+# RESULTS receives: gpu-tests.xml, gpu-tests.log, gpu-attention-DATE.json, gpu-tests-memory-DATE.json (tests);
+# gpu-PHASE-DATE.json, gpu-PHASE.log and gpu-summary.md (a table appended per phase).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 run=()
 if [ "${1:-}" = --dry-run ]; then run=(echo); shift; fi
 what=${1:-}
 results=${2:-${MEDSFT_BENCH_RESULTS:-bench/results}}
+extra=("${@:3}")
 wheelhouse=${MEDSFT_WHEELHOUSE:-wheelhouse}
 site=${MEDSFT_SITE:-/tmp/medsft-site}
+models=${MEDSFT_BENCH_MODELS:-/tmp/medsft-bench-models}
 PYTHON=${PYTHON:-python3}
 case $what in
-  tests) cmd=("$PYTHON" -m pytest -m gpu tests/gpu -q --junitxml="$results/gpu-tests.xml") log=$results/gpu-tests.log ;;
-  throughput|memory|maxlen|notebook|all) cmd=("$PYTHON" bench/gpu.py --phase "$what") log=$results/gpu-$what.log ;;
+  tests) cmd=("$PYTHON" -m pytest -m gpu tests/gpu -q -raP -p no:cacheprovider --junitxml="$results/gpu-tests.xml"
+               ${extra[@]+"${extra[@]}"}) log=$results/gpu-tests.log ;;
+  throughput|memory|maxlen|notebook|all) cmd=("$PYTHON" bench/gpu.py --phase "$what" ${extra[@]+"${extra[@]}"})
+                                         log=$results/gpu-$what.log ;;
   *) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2 ;;
 esac
 
@@ -29,10 +39,11 @@ for w in "${wheels[@]}"; do
 done
 "${run[@]}" "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$site" "${wheels[@]}"
 # The checkout first (its medsft is the one under test), then the wheels, then whatever was there.
-export PYTHONPATH="$PWD:$site${PYTHONPATH:+:$PYTHONPATH}" MEDSFT_BENCH_RESULTS=$results PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD:$site${PYTHONPATH:+:$PYTHONPATH}" MEDSFT_BENCH_RESULTS=$results MEDSFT_BENCH_MODELS=$models \
+  PYTHONUNBUFFERED=1
 "${run[@]}" mkdir -p "$results"
 if [ ${#run[@]} -gt 0 ]; then
-  echo "PYTHONPATH=$PYTHONPATH MEDSFT_BENCH_RESULTS=$results ${cmd[*]} 2>&1 | tee $log"
+  echo "PYTHONPATH=$PYTHONPATH MEDSFT_BENCH_RESULTS=$results MEDSFT_BENCH_MODELS=$models ${cmd[*]} 2>&1 | tee $log"
   exit 0
 fi
 "${cmd[@]}" 2>&1 | tee "$log"

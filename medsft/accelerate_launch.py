@@ -84,6 +84,11 @@ def run(argv: list[str]) -> int:
     if problem:
         what, _, fix = problem.partition(" — ")
         raise MedsftError(what, fix)
+    import importlib.util
+
+    if str(config.get("distributed_type", "")).upper() == "DEEPSPEED" and importlib.util.find_spec("deepspeed") is None:
+        raise MedsftError(f"{where} uses DeepSpeed, which is not installed",
+                          "pip install -e '.[deepspeed]' (or pip install 'medsft[deepspeed]')")
     env = accelerate_env(config, asked, path=where)
     launch = from_env(env, cuda=cuda, num_gpus=gpus, source=where)
     resolve(recipe, launch, kernels="off")  # placement, precision and DeepSpeed values, before any worker starts

@@ -1,7 +1,11 @@
 """Load a trained adapter directory the way it was trained: base model, quantization, dtype, tokenizer.
 
 Why: inference and evaluation must see the model training saw. The adapter directory carries the
-resolved recipe (recipe.yaml) and the manifest, so nothing has to be remembered or passed again.
+resolved recipe (recipe.yaml) and the manifest, so nothing has to be remembered or passed again. The
+tokenizer is the adapter's own (chat template as trained); when training added tokens for
+`model.chat_template`, the base's embeddings are grown to the same size before the adapter is loaded
+(`attach`), and the trained rows come from the adapter (PEFT's trainable tokens; the whole matrices too
+when PEFT saved them because the vocabulary grew).
 Bad directories (missing, no adapter files, corrupted weights) are one-line errors.
 """
 
@@ -58,7 +62,31 @@ def recipe_of(adapter_dir: Path):
         raise MedsftError(f"{str(path)!r} is not valid YAML", "restore the recipe.yaml the training wrote") from None
     if not isinstance(raw, dict):
         raise MedsftError(f"{str(path)!r} is not a recipe", "restore the recipe.yaml the training wrote")
+    carried_template(raw, adapter_dir)
     return build({k: v for k, v in raw.items() if v is not None}, str(path))
+
+
+def carried_template(raw: dict, adapter_dir: Path) -> None:
+    """A template file named by model.chat_template need not exist where the adapter is used: the adapter
+    carries the template (chat_template.jinja), so that copy stands in for a missing file."""
+    model = raw.get("model")
+    value = model.get("chat_template") if isinstance(model, dict) else None
+    carried = adapter_dir / "chat_template.jinja"
+    if isinstance(value, str) and not Path(value).expanduser().exists() and carried.is_file():
+        from medsft.chat_templates import is_path
+
+        if is_path(value):
+            model["chat_template"] = str(carried)
+
+
+def attach(base, tokenizer, adapter_dir):
+    """The adapter on `base`, embeddings first grown to the adapter's vocabulary (a chat template's tokens)."""
+    from peft import PeftModel
+
+    from medsft.model import fit_embeddings
+
+    fit_embeddings(base, tokenizer, training=False)
+    return PeftModel.from_pretrained(base, str(adapter_dir))
 
 
 def load_for_inference(adapter_dir, *, use_adapter: bool = True):
@@ -80,8 +108,6 @@ def load_for_inference(adapter_dir, *, use_adapter: bool = True):
     base, _ = model_mod.load_model(recipe, placement, cuda)
     base.config.use_cache = True
     if not use_adapter:
+        model_mod.fit_embeddings(base, tokenizer, training=False)  # the template's tokens must have rows
         return base.eval(), tokenizer, recipe
-    from peft import PeftModel
-
-    model = PeftModel.from_pretrained(base, str(adapter_dir))
-    return model.eval(), tokenizer, recipe
+    return attach(base, tokenizer, adapter_dir).eval(), tokenizer, recipe

@@ -50,7 +50,7 @@ def _patterns(letters: str) -> tuple[list[str], list[str]]:
     low = f"[{letters.lower()}]"
     end = r"(?![A-Za-z0-9])"
     # a capital after "but"/"it is" must end the phrase, else "but I think…", "it is A common…" would count
-    phrase_end = r"(?=\s*(?:[^\sA-Za-z0-9-]|$)|\s+(?:is|was|would|seems|as|because|since)\b)"
+    phrase_end = r"(?=\s*(?:[^\sA-Za-z0-9-]|$)|\s+(?:is|seems|because|since)\b)"
     lower_end = r"(?=\s*(?:[\.\)\]:,;!]|$))"  # "the answer is c." counts, "the answer is a rare…" does not
     keyword = r"(?i:\b(?:answer|choice|option|diagnosis|response))"
     verb = r"(?i:is|would be|:|=|-)"

@@ -106,7 +106,8 @@ def _item(raw, where: str, default_source: str) -> Item:
     bad = [k for k in options if not (isinstance(k, str) and len(k) == 1 and k in LETTERS)]
     if bad:
         raise MedsftError(f"{where} has option key {bad[0]!r} (option keys are single capital letters A–Z)", ITEM_FIX)
-    if not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) and str(v).strip() for v in options.values()):
+    if not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) and str(v).strip()
+               for v in options.values()):
         raise MedsftError(f"{where} has an empty or non-text option", "give every option its text")
     answer = raw.get("answer_idx")
     if answer not in options:
@@ -197,15 +198,12 @@ def bucket(records: list[dict]) -> dict:
     }
 
 
-def run_score(files, predictions, output_dir=None, *, items=None, outputs=None) -> dict:
+def run_score(items: list[Item], outputs: list[list[str]], *, files, predictions: Path, output_dir) -> dict:
     """`medsft score FILE --predictions PRED.jsonl`: score generations made elsewhere, report and write."""
     from medsft.benchmark_report import report
 
-    items = items if items is not None else read_benchmarks(files)
-    outputs = outputs if outputs is not None else read_predictions(predictions, items)
     summary, records = score(items, outputs)
     settings = {"predictions": str(predictions), "files": [str(f) for f in files], "format": "auto (think or huatuo)",
                 "samples": len(outputs[0]), "metric": "first answer statement after the reasoning"}
     result = {**summary, "settings": settings}
-    report({Path(predictions).stem: result}, items, output_dir, per_item={"scores": records}, single=True)
-    return result
+    return report({predictions.stem: result}, items, output_dir, per_item={"scores": records}, single=True)

@@ -67,12 +67,25 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--no-adapter", action="store_true", help="answer with the base model alone")
     add_generation_args(i)
 
-    e = sub.add_parser("eval", help="evaluate an adapter on its run's held-out test split", formatter_class=fmt,
-                       epilog="example:\n  medsft eval runs/tiny-cpu/adapter --max-generations 40")
+    e = sub.add_parser("eval", help="evaluate an adapter on its run's held-out test split, or on benchmark files",
+                       formatter_class=fmt,
+                       epilog="examples:\n  medsft eval runs/tiny-cpu/adapter --max-generations 40\n"
+                              "  medsft eval runs/x/adapter --benchmark eval_data.json   # MedQA, MedMCQA, ...\n"
+                              "  accelerate launch --config_file accelerate_configs/ddp.yaml -m medsft eval "
+                              "runs/x/adapter --benchmark eval_data.json")
     e.add_argument("adapter_dir")
     e.add_argument("--max-generations", type=int, default=20, help="test rows to generate for (default 20)")
     e.add_argument("--no-base", action="store_true", help="skip the base-model comparison")
     add_generation_args(e)
+    add_benchmark_args(e)
+
+    sc = sub.add_parser("score", help="score generations made elsewhere (vLLM, SGLang, …) on a benchmark file",
+                        formatter_class=fmt,
+                        epilog="example:\n  medsft score eval_data.json --predictions vllm_outputs.jsonl\n(PRED.jsonl: "
+                               "one {\"output\": \"<full generated text>\"} per benchmark item, in the file's order)")
+    sc.add_argument("files", nargs="+", metavar="FILE", help="benchmark file(s): JSON list, JSONL or {source: [items]}")
+    sc.add_argument("--predictions", required=True, metavar="PRED.jsonl", help="the generations, one per item")
+    sc.add_argument("--output-dir", metavar="DIR", help="where the report goes (default: PRED-score/ beside PRED)")
 
     m = sub.add_parser("merge", help="merge the adapter into bf16 base weights (plain transformers checkpoint)",
                        formatter_class=fmt, epilog="example:\n  medsft merge runs/tiny-cpu/adapter runs/tiny-cpu/merged")
@@ -94,6 +107,68 @@ def add_generation_args(p) -> None:
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--top-p", type=float, default=0.95)
+
+
+def add_benchmark_args(e) -> None:
+    b = e.add_argument_group("benchmarks (with --benchmark; the papers' sampling: T 0.5, top-p 0.9, 2,048 new tokens)")
+    b.add_argument("--benchmark", action="append", metavar="FILE",
+                   help="MC items {question, options, answer_idx, source} as a JSON list, JSONL or {source: [items]} "
+                        "(repeatable)")
+    b.add_argument("--greedy", action="store_true", help="greedy decoding instead of the papers' sampling")
+    b.add_argument("--seed", type=int, help="sampling seed (default 42; batch k uses seed + k)")
+    b.add_argument("--samples", type=int, help="generations per item (default 1; accuracy averages them)")
+    b.add_argument("--prompt", choices=("huatuo", "huatuo-strict", "medsft"),
+                   help="how items are posed (default huatuo: HuatuoGPT-o1's evaluation prompt)")
+    b.add_argument("--engine", choices=("transformers", "vllm"), help="default transformers; vllm needs a GPU")
+    b.add_argument("--batch-size", type=int, help="prompts per generate call (default 8)")
+    b.add_argument("--limit", type=int, metavar="N", help="only the first N items of each source")
+    b.add_argument("--output-dir", metavar="DIR", help="where the report goes (default ADAPTER/benchmark)")
+    # the test split keeps its defaults (512 tokens, greedy, --sample's 0.7/0.95); benchmarks take the papers'
+    e.set_defaults(max_new_tokens=None, temperature=None, top_p=None)
+
+
+BENCHMARK_ONLY = ("greedy", "seed", "samples", "prompt", "engine", "batch_size", "limit", "output_dir")
+
+
+def benchmark_settings(args):
+    """`eval --benchmark` flags, checked before any model loads. Defaults are HuatuoGPT-o1's."""
+    import dataclasses
+    import importlib.util
+
+    if args.greedy and (args.sample or args.temperature is not None or args.top_p is not None):
+        raise MedsftError("--greedy cannot be combined with --sample, --temperature or --top-p",
+                          "leave out --greedy to sample (default T 0.5, top-p 0.9)")
+    for flag, value, least in (("--samples", args.samples, 1), ("--batch-size", args.batch_size, 1),
+                               ("--limit", args.limit, 1), ("--seed", args.seed, 0)):
+        if value is not None and value < least:
+            raise MedsftError(f"{flag} must be at least {least} (got {value})", f"e.g. {flag} {max(least, 1)}")
+    if args.greedy and (args.samples or 1) > 1:
+        raise MedsftError(f"--samples {args.samples} with --greedy gives {args.samples} identical answers",
+                          "sample (leave out --greedy), or use --samples 1")
+    if args.engine == "vllm":
+        if importlib.util.find_spec("vllm") is None:
+            raise MedsftError("--engine vllm: vLLM is not installed",
+                              "pip install vllm on a CUDA machine (GPU only), or leave out --engine")
+        if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+            raise MedsftError("--engine vllm runs in one process (vLLM batches and parallelizes itself)",
+                              "run medsft eval without accelerate launch")
+    args.sample = not args.greedy
+    args.max_new_tokens = 2048 if args.max_new_tokens is None else args.max_new_tokens
+    args.temperature = 0.5 if args.temperature is None else args.temperature
+    args.top_p = 0.9 if args.top_p is None else args.top_p
+    return dataclasses.replace(generation_settings(args), seed=42 if args.seed is None else args.seed,
+                               batch_size=args.batch_size or 8)
+
+
+def test_split_settings(args):
+    """`eval` without --benchmark: the held-out split's generation defaults (512 tokens, greedy)."""
+    given = [f"--{name.replace('_', '-')}" for name in BENCHMARK_ONLY if getattr(args, name) not in (None, False)]
+    if given:
+        raise MedsftError(f"{given[0]} applies to benchmarks only", "add --benchmark FILE, or leave it out")
+    for name, default in (("max_new_tokens", 512), ("temperature", 0.7), ("top_p", 0.95)):
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    return generation_settings(args)
 
 
 def generation_settings(args):
@@ -147,10 +222,24 @@ def dispatch(args) -> int:
             quiet_libraries()
             run_infer(adapter, question=args.question, questions=questions, output=output,
                       use_adapter=not args.no_adapter, settings=settings)
+        elif args.command == "eval" and args.benchmark:
+            from pathlib import Path
+
+            from medsft.benchmark import DEFAULT_PROMPT, read_benchmarks
+            from medsft.benchmark_report import check_output_dir
+            from medsft.evaluate import run_benchmark
+
+            settings = benchmark_settings(args)
+            items = read_benchmarks(args.benchmark, args.limit)
+            output_dir = check_output_dir(args.output_dir or Path(adapter) / "benchmark")
+            quiet_libraries()
+            run_benchmark(adapter, items, settings=settings, prompt=args.prompt or DEFAULT_PROMPT,
+                          samples=args.samples or 1, engine=args.engine or "transformers", with_base=not args.no_base,
+                          output_dir=output_dir, files=args.benchmark)
         elif args.command == "eval":
             from medsft.evaluate import run_eval
 
-            settings = generation_settings(args)
+            settings = test_split_settings(args)
             if args.max_generations < 0:
                 raise MedsftError(f"--max-generations must be ≥ 0 (got {args.max_generations})", "use e.g. 20")
             quiet_libraries()
@@ -161,6 +250,19 @@ def dispatch(args) -> int:
             check_merge_output(adapter, args.out_dir)
             quiet_libraries()
             say(f"merged model saved to {run_merge(adapter, args.out_dir)}")
+        return 0
+
+    if args.command == "score":
+        from pathlib import Path
+
+        from medsft.benchmark import read_benchmarks, read_predictions, run_score
+        from medsft.benchmark_report import check_output_dir
+
+        items = read_benchmarks(args.files)
+        outputs = read_predictions(args.predictions, items)
+        pred = Path(args.predictions).expanduser()
+        output_dir = check_output_dir(args.output_dir or pred.with_name(f"{pred.stem}-score"))
+        run_score(items, outputs, files=args.files, predictions=pred, output_dir=output_dir)
         return 0
 
     from medsft.recipe_files import load_recipe

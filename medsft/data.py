@@ -1,10 +1,19 @@
-"""Rows → conversational prompt/completion → seeded 80/10/10 split.
+"""Rows → training examples in the recipe's format → seeded 80/10/10 split, from one source or a mixture.
 
-Why prompt/completion and not `messages`: TRL applies `completion_only_loss` only to prompt/completion
-datasets; with a `messages` column (the notebook's format) the question is trained too. The prompt is
-the user's Question; the completion is the assistant turn in the recipe's format (medsft/formats.py).
+Why prompt/completion and not `messages` for single-turn rows: TRL applies `completion_only_loss` only to
+prompt/completion datasets; with a `messages` column (the notebook's format) the question is trained too.
+The prompt is the user's Question; the completion is the assistant turn in the recipe's format
+(medsft/formats.py: `think`, `huatuo`). Conversations (`data.format: messages`, OpenAI or ShareGPT turns,
+any number of them) stay `messages`: their loss is on every assistant turn and nothing else, through TRL's
+`assistant_only_loss` (medsft/tokenized.py, medsft/chat_templates.py).
 Malformed rows are dropped and counted, and too many of them stop the run. The split reproduces the
 notebook's two `train_test_split` calls with seed 816, so a migrating user gets the same test rows.
+
+A mixture (`data.sources`, medsft/mixture.py) formats every source its own way and splits each source on
+its own with the seed, so validation and test hold every source in its natural share and never a row that
+is also trained; weights then sample the training split only. Row ids index the sources' rows
+concatenated in recipe order (what `load_raw` returns), so `test_ids.json` still names rows evaluation
+can reload.
 """
 
 from __future__ import annotations
@@ -14,11 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medsft.errors import MedsftError
-from medsft.formats import completion_text, prompt_messages
+from medsft.formats import completion_text, conversation, prompt_messages
+from medsft.mixture import (SOURCE_COLUMN, Source, check_columns, combine, reading_sources, sources_of,  # noqa: F401
+                            weigh)
 
 TINY_DATASET = "builtin:tiny-medical"
 TINY_ROWS = 800
 MIN_ROWS = 10
+SPLITS = ("train", "validation", "test")
 
 
 @dataclass
@@ -26,6 +38,7 @@ class DropReport:
     total: int = 0
     kept: int = 0
     reasons: Counter = field(default_factory=Counter)
+    sources: list = field(default_factory=list)  # SourceReport per source, in recipe order
 
     @property
     def dropped(self) -> int:
@@ -36,49 +49,106 @@ class DropReport:
         if self.dropped:
             why = ", ".join(f"{n} {reason}" for reason, n in self.reasons.most_common())
             text += f"; {self.dropped} dropped ({why})"
+        if len(self.sources) > 1:
+            text += " — " + "; ".join(s.summary() for s in self.sources)
+        return text
+
+    def source_of(self, row_id: int) -> str:
+        for s in self.sources:
+            if s.start <= row_id < s.end:
+                return s.name
+        return "?"
+
+    def source_counts(self, splits) -> dict:
+        """Per source: rows read, kept, dropped (why), weight, and examples per split of `splits` (any
+        DatasetDict with row ids: the formatted split or the tokenized one, after long rows are dropped)."""
+        out = {}
+        for s in self.sources:
+            out[s.name] = {"source": s.source, "config": s.config, "format": s.format, "weight": s.weight,
+                           "max_rows": s.max_rows, "rows": s.total, "kept": s.kept, "dropped": dict(s.reasons),
+                           **{name: 0 for name in splits}}
+        for name, ds in splits.items():
+            for row_id in (list(ds["row_id"]) if len(ds) else []):
+                entry = out.get(self.source_of(row_id))
+                if entry is not None:
+                    entry[name] += 1
+        return out
+
+
+@dataclass
+class SourceReport:
+    name: str
+    source: str
+    config: str | None
+    format: str
+    weight: float | None
+    max_rows: int | None
+    start: int  # row ids [start, end) are this source's rows
+    end: int
+    total: int = 0
+    kept: int = 0
+    reasons: Counter = field(default_factory=Counter)
+
+    def summary(self) -> str:
+        text = f"{self.name}: {self.kept} of {self.total}"
+        if self.weight is not None:
+            text += f" (weight {self.weight:g})"
         return text
 
 
 def load_raw(d):
-    """The dataset as published: hub id + config, a local file, or the built-in generated rows."""
+    """The rows as published: one source (hub id + config, a local file, the built-in generated rows), or a
+    mixture's sources concatenated in recipe order (each capped to its max_rows, its columns renamed to
+    the data section's, a `medsft_source` column saying which source a row came from)."""
+    sources = sources_of(d)
+    if not d.sources:
+        return load_source(sources[0])
+    parts = [load_source(src) for src in sources]
+    return combine([ds.select(range(min(src.max_rows, len(ds)))) if src.max_rows is not None else ds
+                    for ds, src in zip(parts, sources)], d)
+
+
+def load_source(src: Source):
+    """One source's rows as published (a mixture's `max_rows` is applied by the caller)."""
     from datasets import Dataset, load_dataset
 
-    source = d.source
+    source, where = src.source, src.where
     if source == TINY_DATASET:
         from medsft.tiny_data import generate
+        from medsft.tiny_model import TINY_BUILD_VERSION
 
-        return Dataset.from_list(generate(TINY_ROWS))
+        ds = Dataset.from_list(generate(TINY_ROWS))  # a fixed fingerprint: the generator is deterministic
+        return Dataset(ds.data, info=ds.info, fingerprint=f"builtin-tiny-medical-{TINY_ROWS}-v{TINY_BUILD_VERSION}")
     if source.startswith("builtin:"):
-        raise MedsftError(f"unknown built-in dataset {source!r}", f"use {TINY_DATASET!r}", "data.source")
+        raise MedsftError(f"unknown built-in dataset {source!r}", f"use {TINY_DATASET!r}", where)
     suffix = Path(source).suffix.lower()
     if suffix in (".json", ".jsonl", ".parquet") and Path(source).stat().st_size == 0:
-        raise MedsftError(f"{source!r} has no rows (the file is empty)", "point data.source at a file with rows",
-                          "data.source")
+        raise MedsftError(f"{source!r} has no rows (the file is empty)", f"point {where} at a file with rows", where)
     try:
         if suffix in (".json", ".jsonl"):
-            check_utf8(source)
+            check_utf8(source, where)
             ds = load_dataset("json", data_files=source, split="train")
         elif suffix == ".parquet":
             ds = load_dataset("parquet", data_files=source, split="train")
         else:
-            ds = load_dataset(source, d.config, split=d.split, revision=d.revision)
+            ds = load_dataset(source, src.config, split=src.split, revision=src.revision)
     except MedsftError:
         raise
     except Exception as err:  # datasets raises many types; the user needs one line
-        raise MedsftError(*describe_load_error(source, err), "data.source") from None
+        raise MedsftError(*describe_load_error(source, err), where) from None
     if len(ds) == 0:
-        raise MedsftError(f"{source!r} has no rows", "point data.source at a file with rows", "data.source")
+        raise MedsftError(f"{source!r} has no rows", f"point {where} at a file with rows", where)
     return ds
 
 
-def check_utf8(path: str) -> None:
+def check_utf8(path: str, where: str = "data.source") -> None:
     with open(path, "rb") as fh:
         for number, line in enumerate(fh, 1):
             try:
                 line.decode("utf-8")
             except UnicodeDecodeError as err:
                 raise MedsftError(f"{path} line {number} is not valid UTF-8 (byte {err.start})",
-                                  "re-encode the file as UTF-8", "data.source") from None
+                                  "re-encode the file as UTF-8", where) from None
 
 
 def describe_load_error(source: str, err: Exception) -> tuple[str, str]:
@@ -97,61 +167,128 @@ def describe_load_error(source: str, err: Exception) -> tuple[str, str]:
     return (f"cannot load dataset {source!r} ({name}: {text})", "check data.source, data.config and data.split")
 
 
-def check_columns(ds, d) -> None:
-    for key in ("question_column", "reasoning_column", "response_column"):
-        col = getattr(d, key)
-        if col not in ds.column_names:
-            raise MedsftError(f"column {col!r} not found; the dataset has {', '.join(ds.column_names)}",
-                              f"set data.{key} to the right column", "data")
+# ---------------------------------------------------------------- rows → examples
 
 
-def row_problem(row: dict, d) -> str | None:
+def row_problem(row: dict, d, src: Source | None = None) -> str | None:
     """Why a row is unusable, or None."""
+    src = src or reading_sources(d, list(row))[0]
+    if src.format == "messages":
+        return conversation(row.get(src.messages_column), src.roles)[1]
     for key in ("question_column", "reasoning_column", "response_column"):
-        value = row.get(getattr(d, key))
+        value = row.get(getattr(src, key))
         if value is None:
-            return f"missing {getattr(d, key)}"
+            return f"missing {getattr(src, key)}"
         if not isinstance(value, str):
-            return f"non-string {getattr(d, key)}"
+            return f"non-string {getattr(src, key)}"
         if not value.strip():
-            return f"empty {getattr(d, key)}"
+            return f"empty {getattr(src, key)}"
     return None
 
 
 def to_prompt_completion(ds, d):
-    """Keep good rows as prompt/completion with their original `row_id`; report what was dropped."""
-    check_columns(ds, d)
-    report = DropReport(total=len(ds))
-    keep = []
+    """Keep good rows as training examples with their original `row_id`; report what was dropped (per source
+    too). Single-turn formats become prompt/completion, `messages` rows a `messages` column (both columns,
+    one of them empty per row, when a mixture has both kinds)."""
+    from datasets import Dataset, Features, List, Value
+
+    sources = reading_sources(d, ds.column_names)
+    owner = list(ds[SOURCE_COLUMN]) if SOURCE_COLUMN in ds.column_names else [0] * len(ds)
+    if not d.sources:
+        check_columns(ds, d, sources[0])
+    bounds = source_bounds(owner, len(sources))
+    report = DropReport(total=len(ds), sources=[
+        SourceReport(s.name, s.source, s.config, s.format, s.weight, s.max_rows, *bounds[i])
+        for i, s in enumerate(sources)])
+    rows = []
     for i, row in enumerate(ds):
-        problem = row_problem(row, d)
+        src, sr = sources[owner[i]], report.sources[owner[i]]
+        sr.total += 1
+        problem = row_problem(row, d, src)
         if problem:
             report.reasons[problem] += 1
-        else:
-            keep.append(i)
-    report.kept = len(keep)
-    if report.total and report.dropped / report.total > d.max_bad_fraction:
-        raise MedsftError(f"{report.dropped} of {report.total} rows are malformed "
-                          f"({', '.join(f'{n} {r}' for r, n in report.reasons.most_common(3))}), "
-                          f"more than data.max_bad_fraction={d.max_bad_fraction}",
-                          "fix the data or raise data.max_bad_fraction", "data")
-    good = ds.select(keep)
-
-    def fmt(row, idx):
-        text = completion_text(row[d.reasoning_column], row[d.response_column], d.format)
-        return {"row_id": keep[idx], "prompt": prompt_messages(row[d.question_column], d.system_prompt),
-                "completion": [{"role": "assistant", "content": text}]}
-
-    formatted = good.map(fmt, with_indices=True, remove_columns=good.column_names)
+            sr.reasons[problem] += 1
+            continue
+        sr.kept += 1
+        rows.append(example(row, i, src, d))
+    report.kept = len(rows)
+    for sr in report.sources:
+        check_bad_fraction(sr.total, sr.total - sr.kept, sr.reasons, d, sr.name if len(sources) > 1 else None)
+    kinds = {src.format == "messages" for src, sr in zip(sources, report.sources) if sr.total}
+    turn = List({"role": Value("string"), "content": Value("string")})
+    columns = {"row_id": Value("int64")}
+    if False in kinds:
+        columns.update(prompt=turn, completion=turn)
+    if True in kinds:
+        columns["messages"] = turn
+    features = Features(columns)
+    formatted = Dataset.from_list([{k: r.get(k, []) for k in columns} for r in rows], features=features)
     return formatted, report
 
 
-def split(ds, d):
+def example(row: dict, index: int, src: Source, d) -> dict:
+    if src.format == "messages":
+        messages, _ = conversation(row[src.messages_column], src.roles)
+        if d.system_prompt and messages[0]["role"] != "system":
+            messages = prompt_messages("", d.system_prompt)[:1] + messages
+        return {"row_id": index, "messages": messages}
+    text = completion_text(row[src.reasoning_column], row[src.response_column], src.format)
+    return {"row_id": index, "prompt": prompt_messages(row[src.question_column], d.system_prompt),
+            "completion": [{"role": "assistant", "content": text}]}
+
+
+def source_bounds(owner: list[int], n: int) -> list[tuple[int, int]]:
+    """[start, end) of each source's rows (rows are in source order)."""
+    bounds = []
+    for k in range(n):
+        where = [i for i, o in enumerate(owner) if o == k]
+        bounds.append((where[0], where[-1] + 1) if where else (0, 0))
+    return bounds
+
+
+def check_bad_fraction(total: int, dropped: int, reasons: Counter, d, name: str | None) -> None:
+    if total and dropped / total > d.max_bad_fraction:
+        top = reasons.most_common(1)[0][0] if reasons else ""
+        fix = ("map it with data.roles (e.g. roles: {bot: assistant})" if top.startswith("unknown role")
+               else "fix the data or raise data.max_bad_fraction")
+        of = f" of {name}" if name else ""
+        raise MedsftError(f"{dropped} of {total} rows{of} are malformed "
+                          f"({', '.join(f'{n} {r}' for r, n in reasons.most_common(3))}), "
+                          f"more than data.max_bad_fraction={d.max_bad_fraction}", fix, "data")
+
+
+def eval_questions(ds, n: int) -> list[str]:
+    """The questions of the first `n` examples of a formatted split (the last prompt turn, or a conversation's
+    first user turn), for generation during training."""
+    out = []
+    for row in ds.select(range(min(n, len(ds)))) if n else []:
+        if row.get("prompt"):
+            out.append(row["prompt"][-1]["content"])
+        else:
+            out.append(next(m["content"] for m in row["messages"] if m["role"] == "user"))
+    return out
+
+
+def question_of(row: dict, d) -> str | None:
+    """A raw row's question as evaluation poses it: the question column, or a conversation's first user turn."""
+    sources = reading_sources(d, list(row))
+    src = sources[row.get(SOURCE_COLUMN) or 0] if d.sources else sources[0]
+    if src.format != "messages":
+        return row.get(src.question_column)
+    messages, _ = conversation(row.get(src.messages_column), src.roles)
+    return next((m["content"] for m in messages or [] if m["role"] == "user"), None)
+
+
+# ---------------------------------------------------------------- split and weights
+
+
+def split(ds, d, name: str | None = None):
     """train/validation/test exactly as the notebook: 80/20 with the seed, then the 20 halved."""
     from datasets import DatasetDict
 
     if len(ds) < MIN_ROWS:
-        raise MedsftError(f"only {len(ds)} usable rows; at least {MIN_ROWS} are needed for a train/validation/test "
+        of = f" in {name}" if name else ""
+        raise MedsftError(f"only {len(ds)} usable rows{of}; at least {MIN_ROWS} are needed for a train/validation/test "
                           "split", "use a larger dataset", "data")
     held = d.val_fraction + d.test_fraction
     if held == 0:
@@ -168,7 +305,17 @@ def split(ds, d):
 def load_splits(d):
     """Everything above in order: (DatasetDict, DropReport, raw dataset)."""
     raw = load_raw(d)
-    if d.max_rows is not None:
-        raw = raw.select(range(min(d.max_rows, len(raw))))
+    if not d.sources:
+        rows = raw.select(range(min(d.max_rows, len(raw)))) if d.max_rows is not None else raw
+        formatted, report = to_prompt_completion(rows, d)
+        return split(formatted, d), report, raw
+    from datasets import DatasetDict, concatenate_datasets
+
     formatted, report = to_prompt_completion(raw, d)
-    return split(formatted, d), report, raw
+    ids = list(formatted["row_id"])
+    parts = []
+    for sr in report.sources:
+        positions = [i for i, r in enumerate(ids) if sr.start <= r < sr.end]
+        parts.append(split(formatted.select(positions), d, sr.name))
+    weigh(parts, [sr.weight for sr in report.sources], d)
+    return DatasetDict({name: concatenate_datasets([p[name] for p in parts]) for name in SPLITS}), report, raw

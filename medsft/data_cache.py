@@ -3,7 +3,9 @@ and every other rank loads the result.
 
 Why: tokenizing 25k long reasoning rows on every rank wastes minutes per launch and, done eight times
 at once, can outlast a collective's timeout. The key covers everything the tokens depend on: the raw
-data's fingerprint and the data section, the tokenizer (vocabulary, special tokens, chat template),
+data's fingerprint and the data section (format, sources, weights, seed), the tokenizer (vocabulary and
+added tokens, special tokens, chat template — `model.chat_template` applied — which also fixes the
+training variant `messages` rows are tokenized with),
 max_length/packing/loss settings and the TRL and medsft versions. Entries are written atomically under
 `$MEDSFT_HOME/datasets/<key>`; a second run with the same inputs starts training without tokenizing.
 """
@@ -27,6 +29,7 @@ def cache_key(spec, raw_fingerprint: str, tokenizer) -> str:
         "trl": versions.get("trl"),
         "medsft": versions.get("medsft", "dev"),
         "data": spec.recipe.data.model_dump(mode="json"),
+        "chat_template": spec.recipe.model.chat_template,
         "raw": raw_fingerprint,
         "training": spec.cache_inputs(),
     }
@@ -39,8 +42,9 @@ def cache_key(spec, raw_fingerprint: str, tokenizer) -> str:
 
 
 def raw_fingerprint(data_section, raw) -> str:
-    """datasets' own fingerprint for files and hub data; the generator's identity for built-in rows."""
-    if data_section.source.startswith("builtin:"):
+    """datasets' own fingerprint for files and hub data; the generator's identity for built-in rows (a mixture's
+    is derived by datasets from its sources', the built-in one fixed by medsft/data.py)."""
+    if data_section.sources is None and data_section.source.startswith("builtin:"):
         from medsft.data import TINY_ROWS
         from medsft.tiny_model import TINY_BUILD_VERSION
 

@@ -9,7 +9,8 @@ trained format, stops, and gets multiple-choice items right, compared with the b
   with lettered options and the letter extracted by medsft.answers;
 - the same for the base model (adapter disabled) and the difference. Written to eval.json.
 The scoring functions take a plain `generate(questions) -> texts` function, so they are tested with
-scripted outputs.
+scripted outputs. `medsft eval --benchmark FILE` (run_benchmark) measures published benchmarks instead:
+medsft/benchmark.py reads and scores them, medsft/benchmark_report.py reports.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import math
 from statistics import mean
 from typing import Callable
 
-from medsft.answers import extract_choice, mc_prompt
+from medsft.answers import mc_prompt, read_output
 from medsft.formats import split_reasoning
 
 Generate = Callable[[list[str]], list[dict]]  # records as generate.generate_batch returns them
@@ -52,7 +53,7 @@ def mc_accuracy(items: list[dict], generate: Generate, question_column: str = "Q
         return {}
     prompts = [mc_prompt(item.get("question") or item[question_column], item["options"]) for item in items]
     records = generate(prompts)
-    chosen = [extract_choice(split_reasoning(r["text"], fmt).answer, item["options"]) for r, item in zip(records, items)]
+    chosen = [read_output(r["text"], item["options"], fmt).first for r, item in zip(records, items)]
     correct = [c == item["answer_idx"] for c, item in zip(chosen, items)]
     return {"n": len(items), "accuracy": mean(correct), "unparsed": mean(c is None for c in chosen)}
 
@@ -111,7 +112,7 @@ def run_eval(adapter_dir, *, max_generations: int = 20, settings=None, with_base
     d = recipe.data
     formatted, _ = data.to_prompt_completion(Dataset.from_list(rows), d)
     prepared = tokenized.prepare_split(formatted, tokenizer, name="test")
-    questions = [r[d.question_column] for r in rows][:max_generations]
+    questions = [data.question_of(r, d) for r in rows][:max_generations]
     items = mc_items(rows)[:max_generations]
 
     def gen(prompts):
@@ -146,3 +147,104 @@ def run_eval(adapter_dir, *, max_generations: int = 20, settings=None, with_base
             table.add_row(f"{section}: {key}", *cells)
     rich_console().print(table)
     return results
+
+
+def run_benchmark(adapter_dir, items, *, settings, prompt: str, samples: int = 1, engine: str = "transformers",
+                  with_base: bool = True, output_dir=None, files=()) -> dict | None:
+    """`medsft eval ADAPTER --benchmark FILE`: adapter and base on the same prompts, `samples` generations
+    per item, data-parallel under `accelerate launch`. The main rank scores, reports and returns the
+    benchmark.json document; the other ranks return None."""
+    import time
+    from contextlib import nullcontext
+    from pathlib import Path
+
+    from accelerate import PartialState
+
+    from medsft import benchmark
+    from medsft.benchmark_report import report
+    from medsft.console import is_main, say
+    from medsft.generate import generate_parallel
+
+    adapter_dir = Path(adapter_dir)
+    questions = [benchmark.pose(item, prompt) for item in items for _ in range(samples)]  # item-major
+    if engine == "vllm":
+        from transformers import AutoTokenizer
+
+        from medsft.adapter import recipe_of
+        from medsft.generate import generate_vllm, load_vllm
+        from medsft.model import ready_tokenizer
+
+        recipe = recipe_of(adapter_dir)
+        tokenizer = ready_tokenizer(AutoTokenizer.from_pretrained(adapter_dir), recipe.model.name)
+        llm = load_vllm(recipe, adapter_dir, settings.seed)
+
+        def generate(name: str) -> list[dict]:
+            return generate_vllm(llm, tokenizer, questions, settings, recipe.data.system_prompt, recipe.data.format,
+                                 adapter_dir if name == "adapter" else None)
+    else:
+        model, tokenizer, recipe = load_replica(adapter_dir)
+
+        def generate(name: str) -> list[dict]:
+            with nullcontext() if name == "adapter" else model.disable_adapter():
+                return generate_parallel(model, tokenizer, questions, settings, recipe.data.system_prompt,
+                                         recipe.data.format, name)
+
+    runs = {}
+    for name in ("adapter", "base") if with_base else ("adapter",):
+        t0 = time.perf_counter()
+        records = generate(name)
+        runs[name] = (records, time.perf_counter() - t0)
+        say(f"{name}: {len(records)} generations in {runs[name][1]:.1f}s")
+    if not is_main():
+        return None
+    shared = {"engine": engine, "prompt": prompt, "prompt_template": benchmark.PROMPTS[prompt],
+              "system_prompt": recipe.data.system_prompt, "format": recipe.data.format,
+              "do_sample": settings.do_sample, "temperature": settings.temperature if settings.do_sample else None,
+              "top_p": settings.top_p if settings.do_sample else None, "max_new_tokens": settings.max_new_tokens,
+              "seed": settings.seed, "samples": samples, "batch_size": settings.batch_size,
+              "processes": PartialState().num_processes, "files": [str(f) for f in files], "adapter": str(adapter_dir),
+              "base_model": recipe.model.name, "metric": "first answer statement after the reasoning"}
+    results, per_item = {}, {}
+    for name, (records, seconds) in runs.items():
+        per = [records[i * samples:(i + 1) * samples] for i in range(len(items))]  # each item's samples
+        outputs = [[r["text"] for r in rs] for rs in per]
+        summary, scored = benchmark.score(items, outputs, recipe.data.format)
+        results[name] = {**summary, "settings": {**shared, "model": name},
+                         "generation": {"seconds": seconds, "items_per_second": len(records) / max(seconds, 1e-9),
+                                        "mean_new_tokens": mean(r["tokens"] for r in records),
+                                        "hit_max_new_tokens": sum(not r["stopped"] for r in records)},
+                         "predictions": f"predictions-{name}.jsonl"}
+        # one line per item, in the benchmark's order: `medsft score FILE --predictions` reads it back
+        per_item[f"predictions-{name}"] = [{**s, "question": item.question, "outputs": out,
+                                            "tokens": [r["tokens"] for r in rs]}
+                                           for s, item, out, rs in zip(scored, items, outputs, per)]
+    return report(results, items, output_dir or adapter_dir / "benchmark", per_item=per_item)
+
+
+def load_replica(adapter_dir):
+    """(model, tokenizer, recipe) for this process. One process, or CPUs: adapter.load_for_inference.
+    Under a multi-GPU `accelerate launch` each rank holds a whole replica on its own GPU, placement's
+    DDP row whatever the accelerate config (load_for_inference, which places one lone process, would
+    spread every rank's copy over all visible GPUs)."""
+    import torch
+
+    from medsft.adapter import load_for_inference
+    from medsft.launch import Launch, from_env
+
+    launch = from_env(cuda=torch.cuda.is_available(), num_gpus=torch.cuda.device_count())
+    if launch.world_size == 1 or not launch.cuda:
+        return load_for_inference(adapter_dir)
+    from transformers import AutoTokenizer
+
+    from medsft import model as model_mod
+    from medsft.adapter import attach, recipe_of
+    from medsft.placement import decide
+
+    recipe = recipe_of(adapter_dir)
+    replica = Launch(world_size=launch.world_size, rank=launch.rank, local_rank=launch.local_rank, distributed="ddp",
+                     cuda=True, num_gpus=launch.num_gpus)
+    placement = decide(replica, bits=recipe.quantization.bits, dtype=recipe.model.dtype)
+    tokenizer = model_mod.ready_tokenizer(AutoTokenizer.from_pretrained(adapter_dir), recipe.model.name)
+    base, _ = model_mod.load_model(recipe, placement, True)
+    base.config.use_cache = True
+    return attach(base, tokenizer, adapter_dir).eval(), tokenizer, recipe

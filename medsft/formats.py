@@ -4,8 +4,10 @@ Why: training (medsft/data.py), `medsft data`, inference, evaluation and the ans
 on how a question becomes a prompt and how reasoning and answer are laid out in the completion; when
 they were written in two places they drifted. A format is the assistant turn's layout:
 
-    think   <think>{Complex_CoT}</think>{Response}                  (medsft's default, Qwen3-style)
-    huatuo  ## Thinking\\n\\n{Complex_CoT}\\n\\n## Final Response\\n\\n{Response}   (HuatuoGPT-o1's own)
+    think     <think>{Complex_CoT}</think>{Response}                  (medsft's default, Qwen3-style)
+    huatuo    ## Thinking\\n\\n{Complex_CoT}\\n\\n## Final Response\\n\\n{Response}   (HuatuoGPT-o1's own)
+    messages  a conversation as the dataset wrote it (OpenAI role/content or ShareGPT from/value turns);
+              its assistant turns are read like `think` (a `## Final Response` text like `huatuo`)
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from dataclasses import dataclass
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 HUATUO_THINKING, HUATUO_FINAL = "## Thinking", "## Final Response"
-FORMATS = ("think", "huatuo")
+FORMATS = ("think", "huatuo", "messages")
+# Dataset role names -> chat roles: OpenAI's own and ShareGPT's (`data.roles` adds to / overrides these).
+ROLES = {"system": "system", "user": "user", "assistant": "assistant", "human": "user", "gpt": "assistant"}
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,44 @@ def prompt_messages(question: str, system_prompt: str | None = None) -> list[dic
     """The conversation the model sees before it answers."""
     return ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
         {"role": "user", "content": question}]
+
+
+def conversation(turns, roles: dict | None = None) -> tuple[list[dict] | None, str | None]:
+    """A dataset's conversation as chat messages ({role, content}), or why it cannot be trained on.
+
+    Accepts OpenAI turns ({role, content}) and ShareGPT turns ({from, value}); roles are mapped through
+    ROLES updated with `roles`. A trainable conversation has a user turn and an assistant turn, non-empty
+    text in every turn, and a system turn only first (templates put it there)."""
+    names = {**ROLES, **(roles or {})}
+    if not isinstance(turns, (list, tuple)):
+        return None, "conversation not a list"
+    if not turns:
+        return None, "empty conversation"
+    out = []
+    for turn in turns:
+        if not isinstance(turn, dict):
+            return None, "turn not a mapping"
+        if turn.get("role") is not None or "content" in turn:
+            role, content = turn.get("role"), turn.get("content")
+        elif turn.get("from") is not None or "value" in turn:
+            role, content = turn.get("from"), turn.get("value")
+        else:
+            return None, "turn without role/content (or from/value)"
+        if not isinstance(role, str) or role not in names:
+            return None, f"unknown role {role!r}"
+        if not isinstance(content, str):
+            return None, f"non-string {names[role]} turn"
+        if not content.strip():
+            return None, f"empty {names[role]} turn"
+        out.append({"role": names[role], "content": content})
+    roles_seen = [m["role"] for m in out]
+    if "system" in roles_seen[1:]:
+        return None, "system turn after the first"
+    if "assistant" not in roles_seen:
+        return None, "no assistant turn"
+    if "user" not in roles_seen:
+        return None, "no user turn"
+    return out, None
 
 
 def completion_text(reasoning: str, response: str, fmt: str = "think") -> str:

@@ -11,6 +11,7 @@ depend on it, and a sampled batch is seeded by its number, so sampled answers do
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from medsft.formats import prompt_messages, split_reasoning
@@ -109,14 +110,15 @@ def generate_parallel(model, tokenizer, questions: list[str], settings: Settings
     """generate_batch over every process of an `accelerate launch` (one process works too): the
     length-sorted batches are dealt round-robin, batch k seeded with seed + k, and the records gathered
     back into the questions' order on every rank. A progress bar (items/s, ETA) on the main rank."""
+    import torch
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
-    state = PartialState()
+    state = PartialState(cpu=not torch.cuda.is_available())  # without CUDA, accelerate needs cpu=True for gloo
     _, lengths = _prompts_and_lengths(tokenizer, questions, system_prompt)
     batches = list(enumerate(length_sorted_batches(lengths, settings.batch_size)))
     mine = batches[state.process_index::state.num_processes]
-    where = f" (rank 0 of {state.num_processes}: its shard)" if state.num_processes > 1 else ""
+    where = f" [rank 0/{state.num_processes}]" if state.num_processes > 1 else ""
     done = []
     with item_progress(f"{label}{where}", sum(len(b) for _, b in mine)) as advance:
         for number, batch in mine:
@@ -131,33 +133,28 @@ def generate_parallel(model, tokenizer, questions: list[str], settings: Settings
     return out
 
 
-class item_progress:
-    """A rich progress bar on the main rank's stderr: items done, items/s, ETA. `with … as advance`."""
+@contextmanager
+def item_progress(label: str, total: int):
+    """A rich progress bar on the main rank's stderr (items done, items/s, ETA); yields `advance(n)`."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+    from rich.text import Text
 
-    def __init__(self, label: str, total: int):
-        self.label, self.total = label, total
+    from medsft.console import rich_console
 
-    def __enter__(self):
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
-        from rich.text import Text
+    class Rate(ProgressColumn):
+        def render(self, task):
+            return Text(f"{task.speed:.2f} items/s" if task.speed else "– items/s")
 
-        from medsft.console import rich_console
-
-        class Rate(ProgressColumn):
-            def render(self, task):
-                return Text(f"{task.speed:.2f} items/s" if task.speed else "– items/s")
-
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(),
-                                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                                 console=rich_console(stderr=True))
-        self.progress.start()
-        task = self.progress.add_task(self.label, total=self.total)
-        return lambda n: self.progress.advance(task, n)
-
-    def __exit__(self, *exc):
-        self.progress.stop()
-        return False
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(),
+                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                        console=rich_console(stderr=True))
+    task = progress.add_task(label, total=total)
+    progress.start()
+    try:
+        yield lambda n: progress.advance(task, n)
+    finally:
+        progress.stop()
 
 
 def load_vllm(recipe, adapter_dir, seed: int | None):

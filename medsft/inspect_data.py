@@ -2,7 +2,9 @@
 
 Why: the notebook silently trained the question too. This command shows rows kept and dropped, token
 length statistics against max_length, and each example with the trained span highlighted; `--json`
-prints `input_ids` and `labels` exactly as the trainer receives them (the same prepared dataset).
+prints `input_ids` and `labels` exactly as the trainer receives them (the same prepared dataset). Every
+format shows its own trained spans (a conversation: each assistant turn); a mixture also gets a table of
+rows per source and split, and its examples start with one from each source.
 """
 
 from __future__ import annotations
@@ -49,20 +51,51 @@ def show(recipe, *, limit: int | None, split: str, as_json: bool) -> None:
             table.add_row(name, str(st["count"]), str(st["min"]), f"{st['median']:g}", str(st["p95"]),
                           str(st["max"]), str(st["over_max_length"]), str(dropped.get(name, 0)))
     console.print(table)
+    mixture = len(report.sources) > 1
+    if mixture:
+        console.print(source_table(report, prepared))
 
     if as_json:
         n = len(ds) if limit is None else min(limit, len(ds))
         out = sys.stdout
         for row in ds.select(range(n)):
-            out.write(json.dumps({"row_id": row["row_id"], "input_ids": row["input_ids"],
+            source = {"source": report.source_of(row["row_id"])} if mixture else {}
+            out.write(json.dumps({"row_id": row["row_id"], **source, "input_ids": row["input_ids"],
                                   "labels": row["labels"]}) + "\n")
         out.flush()
         return
     n = min(3 if limit is None else limit, len(ds))
-    for row in ds.select(range(n)):
+    for row in ds.select(example_rows(ds, report, n)):
         text = Text()
         for trained, ids in spans(row["input_ids"], row["labels"]):
             text.append(tokenizer.decode(ids), style="bold green" if trained else "dim")
         trained_count = sum(lab != -100 for lab in row["labels"])
-        console.rule(f"{split} row {row['row_id']}: {len(row['input_ids'])} tokens, {trained_count} trained (green)")
+        where = f" ({report.source_of(row['row_id'])})" if mixture else ""
+        console.rule(f"{split} row {row['row_id']}{where}: {len(row['input_ids'])} tokens, "
+                     f"{trained_count} trained (green)")
         console.print(text)
+
+
+def example_rows(ds, report, n: int) -> list[int]:
+    """Positions of the examples to show: the first of each source (a mixture shows every source and format),
+    then the first rows in order, `n` in all."""
+    ids = list(ds["row_id"]) if len(ds) else []
+    first = {}
+    for pos, row_id in enumerate(ids):
+        first.setdefault(report.source_of(row_id), pos)
+    picks = list(first.values())[:n] if len(report.sources) > 1 else []
+    picks += [pos for pos in range(len(ids)) if pos not in picks][:n - len(picks)]
+    return sorted(picks)
+
+
+def source_table(report, prepared):
+    """Rows read, kept, and examples per split for each source of a mixture."""
+    from rich.table import Table
+
+    table = Table(title="sources")
+    for col in ("source", "format", "weight", "rows", "kept", *prepared):
+        table.add_column(col, justify="left" if col in ("source", "format") else "right", overflow="fold")
+    for name, c in report.source_counts(prepared).items():
+        table.add_row(name, c["format"], "-" if c["weight"] is None else f"{c['weight']:g}", str(c["rows"]),
+                      str(c["kept"]), *(str(c[s]) for s in prepared))
+    return table

@@ -34,6 +34,8 @@ bitsandbytes 4-bit, SDPA; read from what autograd saves, see tests/unit/test_mem
                                the input cast to the adapter dtype
       + A·S·(b + 4)            eager attention only: scores and fp32 softmax
   With checkpointing (non-reentrant) a layer keeps only its input (2H); one layer is recomputed at a time.
+  Padding-free batches under SDPA or eager attention also hold a dense bool mask over the flattened batch,
+  T² bytes (transformers' masking_utils; flash-attention and flex_attention need none).
 Backward working set of one layer, per token: B = 2H + 4I (the incoming gradient, and at the MLP's peak the
 gradients of its gate and up outputs; the product's gradient is consumed as they are made), plus
 bitsandbytes' dequantized weight of the largest linear (out·in·b, one at a time).
@@ -110,6 +112,7 @@ class Setup:
     trained_share: float = 1.0  # tokens with labels: the fused head scores only those
     checkpointing: bool = True
     attention: str = "sdpa"  # sdpa | flash_attention_2 | flex_attention | eager
+    padding_free: bool = False  # sequences flattened into one row (TRL's padding-free collator or packing)
     device: str = "cuda"  # cuda | cpu (the CPU SDPA output needs no transposing copy)
     head: str = "chunked"  # chunked (TRL's fused head) | full (transformers' logits + cross-entropy)
     head_bytes: int = 12  # full head: bytes per token × vocabulary entry at its peak (depends on the version)
@@ -246,6 +249,8 @@ def estimate(arch: Arch, s: Setup) -> Estimate:
     deq = max(o * inp for inp, o in shapes.values()) * b if s.bits else 0
     final_norm = 4 * h + 8  # the last RMSNorm's fp32 input
     kept_act = (arch.layers * (h * b if s.checkpointing else e) + final_norm) * t
+    if s.padding_free and s.attention in ("sdpa", "eager"):  # a dense bool mask over the flattened batch
+        kept_act += t * t
     kept_how = (f"{t:,} tokens × (L × 2H (each layer's input) + 4H final norm)" if s.checkpointing
                 else f"{t:,} tokens × (L × E ({e / 1024:.0f} KiB/token/layer) + 4H final norm)")
     one_layer = ("one layer recomputed", e * t, f"{t:,} tokens × E ({e / 1024:.0f} KiB)")

@@ -2,7 +2,9 @@
 
 Why: serving stacks (vLLM, TGI, llama.cpp converters) want one ordinary checkpoint, loadable with
 transformers alone. The base is loaded unquantized in bf16 (merging into 4-bit weights would round the
-update away), the adapter applied and merged, and the result written atomically with the tokenizer.
+update away), the adapter applied and merged, and the result written atomically with the tokenizer. With a
+`model.chat_template`, the merged model holds the grown embeddings with the template's trained token
+rows, and its generation config stops at the template's end-of-turn token as well as at the base's eos.
 """
 
 from __future__ import annotations
@@ -14,10 +16,9 @@ from medsft.errors import MedsftError
 
 def run_merge(adapter_dir, out_dir) -> Path:
     import torch
-    from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from medsft.adapter import check_adapter_dir, recipe_of
+    from medsft.adapter import attach, check_adapter_dir, recipe_of
     from medsft.model import offline_error, resolve_model_path
     from medsft.outputs import atomic_dir, write_json
 
@@ -30,13 +31,25 @@ def run_merge(adapter_dir, out_dir) -> Path:
                                                     trust_remote_code=recipe.model.trust_remote_code)
     except OSError as err:
         raise offline_error(recipe.model.name, err) from None
-    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+    merged = attach(base, tokenizer, adapter_dir).merge_and_unload()
+    if recipe.model.chat_template:
+        stop_at_end_of_turn(merged, tokenizer)
     with atomic_dir(out, kind="merged") as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         write_json(tmp / ".medsft.json", {"kind": "merged", "adapter": str(adapter_dir)})
     return out
+
+
+def stop_at_end_of_turn(model, tokenizer) -> None:
+    """Serving stacks stop at generation_config.eos_token_id: add the template's end-of-turn token (the
+    tokenizer's eos after medsft/chat_templates.apply) to the base's."""
+    config = model.generation_config
+    ids = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
+    ids = [i for i in ids if i is not None]
+    if tokenizer.eos_token_id not in ids:
+        config.eos_token_id = [tokenizer.eos_token_id, *ids]
 
 
 def check_merge_output(adapter_dir: Path, out_dir) -> Path:

@@ -4,7 +4,8 @@ Why: quantization, attention kernel and placement are where QLoRA runs fail firs
 implementation is decided here before loading (flash-attention-2 only when `flash_attn` imports and the
 GPU is Ampere or newer, otherwise SDPA with a one-line notice), so transformers never tries to fetch a
 kernel from the hub. `trust_remote_code` is off unless the recipe turns it on, and then it is announced.
-The tokenizer rules (chat template required, pad token) live here for training and inference alike.
+The tokenizer rules (chat template required, pad token) live here for training and inference alike, with
+the recipe's `model.chat_template` applied (medsft/chat_templates.py) and the embedding rows its tokens need.
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ def ready_tokenizer(tok, name: str):
     pad = eos is safe because TRL masks labels by position, not by pad id: the closing end-of-turn token
     stays trained (tests/unit/test_labels.py), so generation stops."""
     if not getattr(tok, "chat_template", None):
-        raise MedsftError(f"the tokenizer of {name!r} has no chat template",
-                          "use an instruct/chat model (e.g. Qwen/Qwen3-0.6B)", "model.name")
+        raise MedsftError(f"the tokenizer of {name!r} has no chat template (a base model's usually has none)",
+                          "set model.chat_template: chatml (or llama3, or the path of a .jinja file), or use an "
+                          "instruct/chat model (e.g. Qwen/Qwen3-0.6B)", "model.name")
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -57,21 +59,77 @@ def load_tokenizer(model_cfg):
                                             trust_remote_code=model_cfg.trust_remote_code)
     except (OSError, ValueError) as err:
         raise offline_error(model_cfg.name, err) from None
+    if model_cfg.chat_template:
+        from medsft.chat_templates import apply
+
+        apply(tok, model_cfg.chat_template)
     return ready_tokenizer(tok, model_cfg.name)
 
 
+def fit_embeddings(model, tokenizer, *, training: bool = True) -> int:
+    """Grow the embedding matrix (and an untied output layer) to hold every token of the tokenizer; returns the
+    rows added. Only when the vocabulary outgrew it: most models keep spare rows (Qwen: 151936 for 151669
+    tokens), and a matrix is never shrunk. New rows start at the mean embedding in training (transformers'
+    `mean_resizing`); for inference their trained values come from the adapter (medsft/chat_templates.py)."""
+    import torch
+
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) <= rows:
+        return 0
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(0)  # mean resizing samples the new rows: the same on every rank and every run
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=training)
+    return len(tokenizer) - rows
+
+
+def trainable_tokens(model, tokenizer, model_cfg) -> dict[str, list[int]] | None:
+    """PEFT `trainable_token_indices` for a run with `model.chat_template`: the rows of the tokens the template
+    writes, in the input embedding and, when it is not tied to it, in the output layer. A base model never
+    trained them (new, or reserved like Llama 3's `<|eot_id|>`); LoRA alone would leave them as they are.
+    Cost: 2 × tokens × hidden parameters (Llama-3.1-8B with llama3: 4 tokens, 32k), saved in the adapter."""
+    if not model_cfg.chat_template:
+        return None
+    from medsft.chat_templates import template_token_ids
+
+    ids = template_token_ids(tokenizer)
+    if not ids:
+        return None
+    names = {id(module): name.rsplit(".", 1)[-1] for name, module in model.named_modules()}
+    out = {names[id(model.get_input_embeddings())]: ids}
+    output = model.get_output_embeddings()
+    tied = getattr(model.config.get_text_config(), "tie_word_embeddings", False)
+    if output is not None and not tied:
+        out[names[id(output)]] = ids
+    return out
+
+
+def flash_attn_imports() -> bool:
+    """flash-attn installed AND loadable (a wheel built for another torch/CUDA fails only at import)."""
+    if importlib.util.find_spec("flash_attn") is None:
+        return False
+    try:
+        import flash_attn  # noqa: F401
+    except Exception:  # an ABI mismatch raises ImportError, OSError or RuntimeError
+        return False
+    return True
+
+
 def choose_attention(requested: str, cuda: bool) -> str:
-    """flash_attention_2 when usable, else sdpa; never crash for a missing flash-attn."""
+    """flash_attention_2 when usable, else sdpa; never crash for a missing or broken flash-attn."""
+    if requested == "flex_attention" and not cuda:
+        notice("flex_attention cannot train on a CPU (no backward there); falling back to sdpa")
+        return "sdpa"
     if requested in ("sdpa", "eager", "flex_attention"):
         return requested
-    usable = cuda and importlib.util.find_spec("flash_attn") is not None
+    usable = cuda and flash_attn_imports()
     if usable:
         import torch
 
         usable = torch.cuda.get_device_capability()[0] >= 8
     if usable:
         return "flash_attention_2"
-    why = "no CUDA device" if not cuda else "flash-attn is not installed or the GPU is older than Ampere"
+    why = "no CUDA device" if not cuda else "flash-attn is not installed (or does not import), or the GPU is older than Ampere"
     if requested == "flash_attention_2":
         notice(f"flash_attention_2 requested but unusable ({why}); falling back to sdpa")
     else:

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from medsft.checks import Float, Fraction, Int, Label, PathText, PositiveInt, Text, rule
 from medsft.errors import MedsftError, did_you_mean
@@ -49,7 +49,11 @@ class ModelSection(Section):
     dtype: DType = "bfloat16"
     device_map: Annotated[Any, rule(device_map_ok, "must be auto, cpu, a GPU index or a {module: device} mapping "
                                     "— remove it: medsft places the model from the launch")] = None
-    kernels: Literal["auto", "liger", "hub", "off"] = "auto"  # medsft/kernels.py
+    # medsft/kernels.py; YAML 1.1 reads a bare `off` as false
+    kernels: Annotated[Literal["auto", "liger", "hub", "off"], BeforeValidator(lambda v: "off" if v is False else v)] = "auto"
+    # chatml | llama3 | a .jinja file: the chat template to train with (medsft/chat_templates.py); null = the
+    # tokenizer's own. A base model's tokenizer has none.
+    chat_template: PathText | None = None
 
 
 class QuantizationSection(Section):
@@ -70,18 +74,44 @@ class LoraSection(Section):
     bias: Literal["none", "all", "lora_only"] = "none"
 
 
+Format = Literal["think", "huatuo", "messages"]  # medsft/formats.py
+Role = Literal["system", "user", "assistant"]
+Weight = Annotated[Float, rule(lambda v: 0 < v <= 1, "must be in (0, 1] — weights are shares of the training "
+                                                     "split, e.g. 0.75 and 0.25")]
+MaxRows = Annotated[Int, rule(lambda v: v > 0, "must be positive — use null for all rows")]
+
+
+class SourceSection(Section):
+    """One entry of data.sources; a key left out takes the data section's value (columns, format)."""
+    source: PathText  # hub id, local .json/.jsonl/.parquet, or builtin:tiny-medical
+    config: Label | None = None  # hub dataset config name (null: the dataset's default)
+    split: Text = "train"
+    revision: Label | None = None
+    weight: Weight | None = None  # share of the training split (all sources weighted, or none)
+    max_rows: MaxRows | None = None  # the source's first N rows
+    format: Format | None = None
+    question_column: Text | None = None
+    reasoning_column: Text | None = None
+    response_column: Text | None = None
+    messages_column: Text | None = None
+
+
 class DataSection(Section):
     source: PathText = DEFAULT_DATASET  # hub id, local .json/.jsonl/.parquet, or builtin:tiny-medical
     config: Label | None = "en"  # hub dataset config name
     split: Text = "train"
     revision: Label | None = None
-    format: Literal["think", "huatuo"] = "think"  # the assistant turn's layout (medsft/formats.py)
+    format: Format = "think"  # the assistant turn's layout, or conversations (medsft/formats.py)
     question_column: Text = "Question"
     reasoning_column: Text = "Complex_CoT"
     response_column: Text = "Response"
+    messages_column: Text | None = None  # format messages: null = `messages`, else `conversations`
+    roles: dict[Text, Role] | None = None  # format messages: dataset role -> system/user/assistant (+ ShareGPT's)
+    sources: list[SourceSection] | None = None  # a mixture, instead of source/config/split/revision/max_rows
+    weighting: Literal["downsample", "upsample"] = "downsample"  # how weights shape the training split
     system_prompt: str | None = None
     max_bad_fraction: Annotated[Float, rule(lambda v: 0 <= v <= 1, "must be in [0, 1]")] = 0.05
-    max_rows: Annotated[Int | None, rule(lambda v: v > 0, "must be positive — use null for all rows")] = None
+    max_rows: MaxRows | None = None
     split_seed: Int = 816  # the notebook's seed
     val_fraction: Fraction = 0.1
     test_fraction: Fraction = 0.1
@@ -153,7 +183,14 @@ def one_line(err: ValidationError, training_keys: bool = False) -> MedsftError:
         if err.title == "training":
             return MedsftError(f"unknown key '{name}' (not a trl.SFTConfig field)", did_you_mean(key, sft_config_fields()))
         known = SECTIONS[section].model_fields if section in SECTIONS else SECTIONS
+        if loc[:2] == ["data", "sources"]:
+            known = SourceSection.model_fields
         return MedsftError(f"unknown key '{name}'", did_you_mean(key, known))
+    if kind == "missing":
+        return MedsftError(f"{name} is required", f"add `{key}: ...`")
+    if kind == "model_type" and loc[:2] == ["data", "sources"]:
+        return MedsftError(f"each entry of data.sources must be a mapping (got {got!r})",
+                           "write `- source: <hub id or file>` with optional config, weight, max_rows")
     if kind == "model_type":
         return MedsftError(f"section '{name}' must be a mapping (got {type(got).__name__})",
                            f"write `{name}:` followed by indented keys")
@@ -171,6 +208,8 @@ def one_line(err: ValidationError, training_keys: bool = False) -> MedsftError:
         "bool_parsing": ("must be true or false", f"write `{key}: true` or `{key}: false`"),
         "bool_type": ("must be true or false", f"write `{key}: true` or `{key}: false`"),
         "string_type": ("must be a string", f"write `{key}: \"...\"`"),
+        "list_type": ("must be a list", f"write `{key}:` followed by `- ...` items"),
+        "dict_type": ("must be a mapping", f"write `{key}:` followed by indented `name: value` pairs"),
     }
     if kind in messages:
         what, fix = messages[kind]
@@ -193,14 +232,14 @@ def check_cross_fields(recipe: Recipe) -> None:
     if d.val_fraction + d.test_fraction >= 1:
         raise MedsftError("data.val_fraction + data.test_fraction leave no training rows",
                           "keep their sum below 1 (the notebook uses 0.1 + 0.1)", where)
-    suffix = Path(d.source).suffix.lower()
-    if looks_local(d.source) or suffix in DATA_SUFFIXES + OTHER_FILE_SUFFIXES or Path(d.source).is_file():
-        if suffix not in DATA_SUFFIXES:
-            raise MedsftError(f"data.source {d.source!r} has an unsupported file type",
-                              "use a .json, .jsonl or .parquet file, or a hub dataset id", where)
-        if not Path(d.source).is_file():
-            raise MedsftError(f"data.source file {d.source!r} not found",
-                              "check the path (relative paths are read from the current directory)", where)
+    if m.chat_template is not None:
+        from medsft.chat_templates import check_value
+
+        check_value(m.chat_template, where)
+    if d.sources is None:
+        check_data_file(d.source, "data.source", where)
+    else:
+        check_sources(d, where)
     if t.get("eval_strategy") != "no" and d.val_fraction == 0:
         raise MedsftError("training.eval_strategy needs a validation split but data.val_fraction is 0",
                           "set data.val_fraction above 0 or training.eval_strategy: no", where)
@@ -213,3 +252,40 @@ def check_cross_fields(recipe: Recipe) -> None:
         raise MedsftError(f"training.gradient_checkpointing ({gc}) and training.activation_checkpointing ({ac}) "
                           "disagree", "set one of them (activation_checkpointing is transformers 5's name)", where)
 
+
+def check_data_file(source: str, key: str, where: str) -> None:
+    """A data source that names a file must be an existing .json/.jsonl/.parquet file."""
+    suffix = Path(source).suffix.lower()
+    if looks_local(source) or suffix in DATA_SUFFIXES + OTHER_FILE_SUFFIXES or Path(source).is_file():
+        if suffix not in DATA_SUFFIXES:
+            raise MedsftError(f"{key} {source!r} has an unsupported file type",
+                              "use a .json, .jsonl or .parquet file, or a hub dataset id", where)
+        if not Path(source).is_file():
+            raise MedsftError(f"{key} file {source!r} not found",
+                              "check the path (relative paths are read from the current directory)", where)
+
+
+SINGLE_SOURCE_KEYS = {"source": DEFAULT_DATASET, "config": "en", "split": "train", "revision": None, "max_rows": None}
+
+
+def check_sources(d: DataSection, where: str) -> None:
+    """data.sources: every file exists, single-source keys are not set beside it, weights are all-or-none shares
+    that sum to 1 (within 0.01, then normalized)."""
+    if not d.sources:
+        raise MedsftError("data.sources is empty", "list at least one source, or remove data.sources and use "
+                          "data.source", where)
+    for key, default in SINGLE_SOURCE_KEYS.items():
+        if getattr(d, key) != default:
+            raise MedsftError(f"data.{key} is set beside data.sources", f"move it into each entry of data.sources "
+                              f"(`- source: ...` with `{key}:`), or remove data.sources", where)
+    for i, s in enumerate(d.sources):
+        check_data_file(s.source, f"data.sources[{i}].source", where)
+    weights = [s.weight for s in d.sources]
+    given = [w for w in weights if w is not None]
+    if given and len(given) != len(weights):
+        missing = ", ".join(f"data.sources[{i}]" for i, w in enumerate(weights) if w is None)
+        raise MedsftError(f"only some sources have a weight ({missing} has none)",
+                          "give every source a weight (shares that sum to 1), or none", where)
+    if given and abs(sum(given) - 1) > 0.01:
+        raise MedsftError(f"data.sources weights sum to {sum(given):g}, not 1",
+                          "weights are shares of the training split: make them sum to 1, e.g. 0.75 and 0.25", where)

@@ -99,7 +99,7 @@ class RunSpec:
         training = {k: v for k, v in r.training.items() if k not in NOT_TRAJECTORY}
         training.update(precision=self.precision, micro_batch=self.micro_batch, grad_accum=self.grad_accum,
                         max_grad_norm=self.max_grad_norm, drop_longer_than=self.drop_longer_than)
-        model = r.model.model_dump(mode="json", include={"name", "revision", "dtype"})
+        model = r.model.model_dump(mode="json", include={"name", "revision", "dtype", "chat_template"})
         return {"model": model, "quantization": r.quantization.model_dump(mode="json"),
                 "lora": r.lora.model_dump(mode="json"), "data": r.data.model_dump(mode="json"),
                 "training": json.loads(json.dumps(training, default=str)),

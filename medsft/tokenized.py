@@ -5,6 +5,10 @@ the trainer must not tokenize twice. So medsft runs TRL's preparation (medsft/up
 hands the prepared dataset to `SFTTrainer`, which then skips its own. Over-long rows are dropped rather
 than truncated: a truncated reasoning trace loses its answer and end-of-turn token, and would teach the
 model never to stop (axolotl drops them too). Dropped rows are counted and reported.
+Conversations (`messages`) are prepared with TRL's `assistant_only_loss`: labels on every assistant turn
+and its end-of-turn token, -100 on every system/user token, through a template with `{% generation %}`
+markers (medsft/chat_templates.py `training_template`). A mixture holding both kinds is prepared kind by
+kind and put back in its order.
 """
 
 from __future__ import annotations
@@ -19,8 +23,48 @@ def prepare_split(ds, tokenizer, *, name: str, num_proc: int | None = None, comp
     """input_ids + labels (+ row_id) for one split, via TRL."""
     if len(ds) == 0:
         return ds
-    prepared = prepare_dataset(ds, tokenizer, name=name, num_proc=num_proc, completion_only_loss=completion_only_loss)
-    return prepared.select_columns(["row_id", "input_ids", "labels"])
+    columns = ds.column_names
+    if "messages" not in columns:
+        return prepare_kind(ds, tokenizer, "prompt", name=name, num_proc=num_proc,
+                            completion_only_loss=completion_only_loss)
+    if "prompt" not in columns:
+        return prepare_kind(ds, tokenizer, "messages", name=name, num_proc=num_proc,
+                            completion_only_loss=completion_only_loss)
+    from datasets import concatenate_datasets
+
+    is_conversation = [bool(m) for m in list(ds["messages"])]
+    ds = ds.add_column("position", list(range(len(ds))))
+    parts = []
+    for kind, wanted in (("prompt", False), ("messages", True)):
+        rows = [i for i, conv in enumerate(is_conversation) if conv == wanted]
+        if rows:
+            keep = ["row_id", "position", "messages"] if wanted else ["row_id", "position", "prompt", "completion"]
+            parts.append(prepare_kind(ds.select(rows).select_columns(keep), tokenizer, kind, name=name,
+                                      num_proc=num_proc, completion_only_loss=completion_only_loss,
+                                      extra=("position",)))
+    joined = concatenate_datasets(parts)
+    positions = list(joined["position"])
+    order = sorted(range(len(joined)), key=positions.__getitem__)
+    return joined.select(order).remove_columns("position")
+
+
+def prepare_kind(ds, tokenizer, kind: str, *, name: str, num_proc, completion_only_loss: bool, extra=()):
+    """One kind of example through TRL: prompt/completion (completion-only loss) or messages (assistant-only)."""
+    if kind == "prompt":
+        prepared = prepare_dataset(ds, tokenizer, name=name, num_proc=num_proc,
+                                   completion_only_loss=completion_only_loss)
+    else:
+        from medsft.chat_templates import training_template
+
+        try:
+            prepared = prepare_dataset(ds, tokenizer, name=name, num_proc=num_proc,
+                                       completion_only_loss=completion_only_loss, assistant_only_loss=True,
+                                       chat_template=training_template(tokenizer))
+        except RuntimeError as err:  # TRL: an example with no assistant token in the mask
+            raise MedsftError(f"a {name} conversation has no trained token ({' '.join(str(err).split())[:120]})",
+                              "check that the chat template marks assistant turns with {% generation %}",
+                              "model.chat_template") from None
+    return prepared.select_columns(["row_id", *extra, "input_ids", "labels"])
 
 
 def lengths(ds) -> list[int]:

@@ -12,12 +12,15 @@ from medsft.console import is_main, notice, say
 from medsft.errors import MedsftError
 
 
-def lora_config(recipe):
+def lora_config(recipe, trainable_tokens: dict | None = None):
+    """LoRA as the recipe says; `trainable_tokens` (medsft/model.py) also trains the rows of a chat template's
+    tokens (PEFT's trainable_token_indices: only those rows, saved in the adapter)."""
     from peft import LoraConfig
 
     lo = recipe.lora
     return LoraConfig(r=lo.rank, lora_alpha=lo.alpha, lora_dropout=lo.dropout, bias=lo.bias,
-                      target_modules=lo.target_modules, task_type="CAUSAL_LM")
+                      target_modules=lo.target_modules, task_type="CAUSAL_LM",
+                      trainable_token_indices=trainable_tokens)
 
 
 def preflight_gate(spec, force: bool, gpu_memory: str | None = None) -> None:
@@ -75,13 +78,15 @@ def already_complete(spec) -> bool:
             and (spec.recipe.adapter_dir / "adapter_model.safetensors").is_file())
 
 
-def run(recipe, resume: str = "auto", force: bool = False):
-    """Train and save the adapter. Returns the trainer (tests inspect it), or None when already complete."""
+def run(recipe, resume: str = "auto", force: bool = False, callbacks=()):
+    """Train and save the adapter. Returns the trainer (tests inspect it), or None when already complete.
+    `callbacks`: more TrainerCallbacks (benchmarks time and measure through them)."""
     from contextlib import nullcontext
     from dataclasses import replace
 
     from medsft import launch
     from medsft.accelerate_launch import check_worker_launch
+    from medsft.chat_templates import check_launch
     from medsft.checkpoints import resume_point
     from medsft.ownership import RunLock
     from medsft.runspec import resolve
@@ -90,17 +95,19 @@ def run(recipe, resume: str = "auto", force: bool = False):
     here = launch.detect()
     config_file = check_worker_launch(here)
     spec = resolve(recipe, replace(here, source=config_file) if config_file else here)
-    RunLock(Path(recipe.output.dir)).check()
+    check_launch(recipe, spec.launch)  # a chat template's token rows: not under ZeRO-3
+    if is_main():  # only the main process takes the lock; another rank could find it held by rank 0
+        RunLock(Path(recipe.output.dir)).check()
     if resume == "auto" and already_complete(spec):
         say(f"already complete: this run finished and saved {recipe.adapter_dir} — nothing to train "
             "(--resume never trains it again)")
         return None
     checkpoint = resume_point(resume, recipe.output.dir, spec.identity())  # every rank reads the same files
     with RunLock(Path(recipe.output.dir)) if is_main() else nullcontext():
-        return train(spec, checkpoint, resume, force)
+        return train(spec, checkpoint, resume, force, callbacks)
 
 
-def train(spec, checkpoint: str | None, resume: str, force: bool):
+def train(spec, checkpoint: str | None, resume: str, force: bool, callbacks=()):
     from medsft import data, data_cache, kernels, model as model_mod
     from medsft.ownership import mark
     from medsft.outputs import manifest, write_json
@@ -127,11 +134,14 @@ def train(spec, checkpoint: str | None, resume: str, force: bool):
             say(f"data: {n} {name} rows longer than training.max_length={spec.drop_longer_than} dropped")
     say("data: " + ", ".join(f"{k} {len(v)}" for k, v in prepared.items()) + " rows")
 
-    eval_questions = [p[-1]["content"] for p in splits["validation"]["prompt"][:recipe.evaluation.generations]]
+    eval_questions = data.eval_questions(splits["validation"], recipe.evaluation.generations)
     base, attn = model_mod.load_model(recipe, spec.placement, spec.launch.cuda)
+    added_rows = model_mod.fit_embeddings(base, tokenizer)  # room for a chat template's new tokens
     keep_4bit_trainable_layout(base)  # evaluation inside training must not repack trained 4-bit weights
     kernels_ran = kernels.apply(spec.kernels, base)
     trainer = build_trainer(spec, args, base, tokenizer, prepared, eval_questions)
+    for callback in callbacks:
+        trainer.add_callback(callback)
     if is_main():  # the first write into output.dir: every input has been checked by now
         if resume == "never":
             start_over(Path(recipe.output.dir))
@@ -150,7 +160,9 @@ def train(spec, checkpoint: str | None, resume: str, force: bool):
         raise SystemExit(EXIT_PREEMPTED)
 
     rows_seen = gather_rows_seen(trainer)
-    if rows_seen is not None:
+    if rows_seen is not None and not any(rows_seen.values()):
+        say("data: rows drawn per rank not recorded (packing builds new rows from several)")
+    elif rows_seen is not None:
         say("data: rows drawn per rank: " + ", ".join(f"rank {r}: {len(v)} rows" for r, v in sorted(rows_seen.items())))
         write_json(Path(recipe.output.dir) / "rows_seen.json", {str(r): v for r, v in sorted(rows_seen.items())})
     info = manifest(
@@ -160,7 +172,11 @@ def train(spec, checkpoint: str | None, resume: str, force: bool):
                       "num_processes": trainer.accelerator.num_processes}},
         data={"source": recipe.data.source, "format": recipe.data.format, "fingerprint": raw._fingerprint,
               "rows": report.total, "kept": report.kept, "dropped": dict(report.reasons), "overlong_dropped": dropped,
-              "split_sizes": {k: len(v) for k, v in prepared.items()}, "token_lengths": stats},
+              "split_sizes": {k: len(v) for k, v in prepared.items()}, "token_lengths": stats,
+              "sources": report.source_counts(prepared)},
+        chat_template={"name": recipe.model.chat_template, "embedding_rows_added": added_rows,
+                       "trainable_token_indices": getattr(getattr(trainer.model, "peft_config", {}).get("default"),
+                                                          "trainable_token_indices", None)},
         train={"global_step": trainer.state.global_step, "train_loss": result.training_loss,
                "resumed_from": checkpoint},
     )
@@ -189,15 +205,18 @@ def start_over(out: Path) -> None:
 def build_trainer(spec, args, base, tokenizer, prepared, eval_questions=()):
     from transformers.trainer_callback import PrinterCallback, ProgressCallback as TqdmCallback
 
+    from medsft import model as model_mod
     from medsft.generation_eval import GenerationEvalCallback
     from medsft.progress import IdentityCallback, MetricsFileCallback, ProgressCallback
     from medsft.trainer import trainer_class
+    from medsft.upstream import expose_lm_head_bias
 
     recipe = spec.recipe
     eval_ds = prepared["validation"] if args.eval_strategy != "no" and len(prepared["validation"]) else None
     try:
         trainer = trainer_class()(model=base, args=args, train_dataset=prepared["train"], eval_dataset=eval_ds,
-                                  processing_class=tokenizer, peft_config=lora_config(recipe))
+                                  processing_class=tokenizer, peft_config=lora_config(
+                                      recipe, model_mod.trainable_tokens(base, tokenizer, recipe.model)))
     except ValueError as err:
         text = " ".join(str(err).split())
         if "Target modules" in text or "target_modules" in text:
@@ -205,6 +224,7 @@ def build_trainer(spec, args, base, tokenizer, prepared, eval_questions=()):
                               f"{recipe.model.name!r}", "use names like q_proj, v_proj or 'all-linear'",
                               recipe.source_file) from None
         raise
+    expose_lm_head_bias(trainer.model)  # TRL's fused LM head on a PEFT trainable-tokens output layer
     trainer.rows_seen = []
     trainer.remove_callback(TqdmCallback)
     trainer.remove_callback(PrinterCallback)

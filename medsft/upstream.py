@@ -94,6 +94,63 @@ def prepare_dataset(ds, tokenizer, *, name: str, num_proc: int | None = None, co
         return SFTTrainer._prepare_dataset(trainer_like, ds, tokenizer, args, False, None, name)
 
 
+# ---------------------------------------------------------------- TRL: chat templates
+
+
+def trl_chat_template(attribute: str) -> str:
+    """A chat template TRL ships (trl/chat_templates/*.jinja), read through the module attribute TRL itself
+    reads it into (`trl.chat_template_utils.llama3_chat_template`, `llama3_training_chat_template`). These
+    are module globals, not documented API: medsft names TRL's Llama 3 template and its training variant
+    (with `{% generation %}` markers) instead of keeping copies (medsft/chat_templates.py)."""
+    import trl.chat_template_utils as templates
+
+    return getattr(templates, attribute)
+
+
+def has_generation_markers(chat_template) -> bool:
+    from trl.chat_template_utils import has_generation_markers as check
+
+    return bool(chat_template) and check(chat_template)
+
+
+def get_training_chat_template(tokenizer) -> str | None:
+    """TRL's patched template with `{% generation %}` markers for the templates TRL knows (ValueError otherwise);
+    the one SFTTrainer swaps in for `assistant_only_loss=True`."""
+    from trl.chat_template_utils import get_training_chat_template as patched
+
+    return patched(tokenizer)
+
+
+def is_stop_token_trained(tokenizer, chat_template: str | None) -> bool:
+    """TRL's check that an assistant turn's end-of-turn token falls inside the assistant mask (SFTTrainer only
+    warns; medsft refuses, as a model that never learns to stop is the notebook's failure again)."""
+    from trl.chat_template_utils import is_chat_template_stop_token_trained
+
+    return is_chat_template_stop_token_trained(tokenizer, chat_template=chat_template)
+
+
+def expose_lm_head_bias(model) -> int:
+    """Let TRL's fused LM head read an output layer that PEFT trains token rows of; returns the layers fixed.
+
+    TRL 1.16 computes the loss through its fused LM head (`trl/trainer/utils.py`, `add_fused_lm_head`), which
+    reads `lm_head.weight` and `lm_head.bias` from `get_output_embeddings()`. With `trainable_token_indices`
+    (medsft/model.py `trainable_tokens`), PEFT 0.21 wraps the output layer (tied to the embedding, or named
+    itself) in a `TrainableTokensWrapper`, which answers `weight` with the merged weight (trained rows
+    included, differentiable) but has no `bias`: the first step fails with AttributeError. The wrapper gets
+    the wrapped layer's `bias` (None for every supported model) as a plain attribute: no parameter is added,
+    nothing changes in the state dict or in the forward."""
+    from peft.utils.other import TrainableTokensWrapper
+
+    fixed = 0
+    for module in model.modules():
+        if isinstance(module, TrainableTokensWrapper) and "bias" not in module.__dict__:
+            layer = module.original_module
+            if hasattr(layer, "in_features"):  # a Linear output layer, not the input embedding
+                object.__setattr__(module, "bias", getattr(layer, "bias", None))
+                fixed += 1
+    return fixed
+
+
 # ---------------------------------------------------------------- TRL: the evaluation loss
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 
 from tests.conftest import REPO
 
@@ -12,7 +13,7 @@ SCRIPT = REPO / "bench" / "gpu_run.sh"
 
 
 def gpu_run(*args, wheelhouse, env=None) -> subprocess.CompletedProcess:
-    full = {k: v for k, v in os.environ.items() if k != "MEDSFT_BENCH_RESULTS"}
+    full = {k: v for k, v in os.environ.items() if k not in ("MEDSFT_BENCH_RESULTS", "MEDSFT_BENCH_MODELS")}
     full.update(MEDSFT_WHEELHOUSE=str(wheelhouse), MEDSFT_SITE="/tmp/site-x", PYTHON="python3", **(env or {}))
     return subprocess.run(["bash", str(SCRIPT), *map(str, args)], cwd=REPO, env=full, capture_output=True, text=True,
                           timeout=60)
@@ -35,17 +36,42 @@ def test_tests_dry_run(tmp_path):
     assert f"{wh}/medsft-0.1.0-py3-none-any.whl" in install and f"{wh}/trl-1.16.0-py3-none-any.whl" in install
     out = tmp_path / "out"  # the argument wins over MEDSFT_BENCH_RESULTS
     assert mkdir == f"mkdir -p {out}"
-    assert command == (f"PYTHONPATH={REPO}:/tmp/site-x MEDSFT_BENCH_RESULTS={out} python3 -m pytest -m gpu tests/gpu -q "
-                       f"--junitxml={out}/gpu-tests.xml 2>&1 | tee {out}/gpu-tests.log")
+    assert command == (f"PYTHONPATH={REPO}:/tmp/site-x MEDSFT_BENCH_RESULTS={out} "
+                       "MEDSFT_BENCH_MODELS=/tmp/medsft-bench-models python3 -m pytest -m gpu tests/gpu -q -raP "
+                       f"-p no:cacheprovider --junitxml={out}/gpu-tests.xml 2>&1 | tee {out}/gpu-tests.log")
     assert not out.exists()  # a dry run writes nothing
 
 
 def test_bench_phase_dry_run_results_from_env(tmp_path):
     wh = wheelhouse(tmp_path, "trl-1.16.0-py3-none-any.whl")
-    res = gpu_run("--dry-run", "maxlen", wheelhouse=wh, env={"MEDSFT_BENCH_RESULTS": str(tmp_path / "r")})
+    res = gpu_run("--dry-run", "maxlen", wheelhouse=wh, env={"MEDSFT_BENCH_RESULTS": str(tmp_path / "r"),
+                                                               "MEDSFT_BENCH_MODELS": str(tmp_path / "m")})
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines()[-1].endswith(
-        f"MEDSFT_BENCH_RESULTS={tmp_path}/r python3 bench/gpu.py --phase maxlen 2>&1 | tee {tmp_path}/r/gpu-maxlen.log")
+        f"MEDSFT_BENCH_RESULTS={tmp_path}/r MEDSFT_BENCH_MODELS={tmp_path}/m python3 bench/gpu.py --phase maxlen "
+        f"2>&1 | tee {tmp_path}/r/gpu-maxlen.log")
+
+
+def test_phase_names_are_bench_gpu_phases(tmp_path):
+    """Every phase the script accepts is one bench/gpu.py accepts (and the other way round), `all` included."""
+    import re
+
+    from tests.gpu.conftest import bench_gpu
+
+    script = SCRIPT.read_text()
+    accepted = set(re.search(r"^  throughput\|[^)]*\)", script, re.M).group(0).strip().rstrip(")").split("|"))
+    assert accepted == {*bench_gpu().PHASES, "all"}
+    wh = wheelhouse(tmp_path, "trl-1.16.0-py3-none-any.whl")
+    for phase in sorted(accepted):
+        res = gpu_run("--dry-run", phase, tmp_path / "out", wheelhouse=wh)
+        assert res.returncode == 0, res.stderr
+        assert f"bench/gpu.py --phase {phase} 2>&1 | tee {tmp_path}/out/gpu-{phase}.log" in res.stdout
+    res = gpu_run("--dry-run", "tests", tmp_path / "out", "-k", "attention or memory", wheelhouse=wh)
+    assert res.returncode == 0, res.stderr  # words after RESULTS go to the command
+    assert "--junitxml=" + f"{tmp_path}/out/gpu-tests.xml -k attention or memory 2>&1" in res.stdout
+    help_text = subprocess.run([sys.executable, "bench/gpu.py", "--help"], cwd=REPO, capture_output=True, text=True,
+                               timeout=120).stdout
+    assert "{throughput,memory,maxlen,notebook,all}" in help_text
 
 
 def test_refuses_torch_wheels_and_unknown_commands(tmp_path):

@@ -1,10 +1,11 @@
-"""The answer extractor, table-driven: plain, hedged and misleading phrasings → letter or None."""
+"""The answer extractor, table-driven: plain, hedged and misleading phrasings → letter or None, with 4-5 and
+10 options, and letters inside the reasoning that must not count."""
 
 from __future__ import annotations
 
 import pytest
 
-from medsft.answers import extract_choice, mc_prompt
+from medsft.answers import extract_choice, mc_prompt, read_choice, read_output
 from medsft.formats import split_reasoning
 
 OPTIONS = {"A": "Benign genetic carrier condition", "B": "Folate deficiency", "C": "Iron deficiency",
@@ -46,7 +47,77 @@ CASES = [
     ("Considering everything, D.", "D"),
     ("Antibodies and Bone marrow findings point to Erythroid aplasia.", None),
     ("**Answer:** E", "E"),
+    ("the diagnosis is a viral infection of red cell precursors", None),  # the article, not option A
+    ("The answer is C. Option A would be wrong because it is benign.", "C"),  # the first statement counts
+    ("Option A (a carrier state) does not explain this. The correct answer is D.", "D"),  # statements beat labels
+    ("The answer is C. However, option D is also reasonable.", "C"),
+    ("\\boxed{B}", "B"),
+    ("C is correct.", "C"),
+    ("But I think the answer is B.", "B"),  # "but I" is the pronoun
+    ("The answer is F.", None),  # not one of the options
 ]
+
+OPTIONS10 = {"A": "Hypothyroidism", "B": "Hyperthyroidism", "C": "Cushing syndrome", "D": "Addison disease",
+             "E": "Pheochromocytoma", "F": "Acromegaly", "G": "Hyperparathyroidism", "H": "Diabetes insipidus",
+             "I": "Conn syndrome", "J": "Carcinoid syndrome"}
+
+CASES10 = [
+    ("The answer is H.", "H"),
+    ("Answer: (J) Carcinoid syndrome", "J"),
+    ("the answer is g.", "G"),
+    ("Not I but H.", "H"),
+    ("I think the answer is F.", "F"),
+    ("But I would choose option J.", "J"),
+    ("I", "I"),
+    ("**G**", "G"),
+    ("H is the most likely answer.", "H"),
+    ("The most likely diagnosis is diabetes insipidus.", "H"),
+    ("Diabetes insipidus is unlikely; the answer is hyperparathyroidism.", "G"),
+    ("Conn syndrome, not Cushing syndrome.", "I"),
+    ("The correct option is E: pheochromocytoma.", "E"),
+    ("Answer: K", None),
+    ("I am not sure which one.", None),
+    ("Excluding F and G, I pick J.", "J"),
+]
+
+PUBMEDQA = {"A": "yes", "B": "no", "C": "maybe"}
+
+
+@pytest.mark.parametrize("text,expected", CASES10, ids=[f"10opt-{i:02d}" for i in range(len(CASES10))])
+def test_extract_choice_ten_options(text, expected):
+    assert extract_choice(text, OPTIONS10) == expected
+
+
+def test_option_text_matches_whole_words():
+    assert extract_choice("The diagnosis remains uncertain; maybe.", PUBMEDQA) == "C"  # "no" in "diagnosis"
+    assert extract_choice("Yes, the trial supports it.", PUBMEDQA) == "A"
+
+
+REASONING = [  # (whole output, options, choice, how): only the answer after the reasoning is read
+    ("<think>Option A looks right. The answer is A.</think>The answer is D.", OPTIONS, "D", "statement"),
+    ("<think>H? J? The answer is J.</think>Answer: (H)", OPTIONS10, "H", "statement"),
+    ("## Thinking\n\nThe answer is B, or C.\n\n## Final Response\n\nThe answer is E.", OPTIONS, "E", "statement"),
+    ("## Thinking\n\nThe answer is B.\n\n## Final Response\n\nParvovirus B19 infection.", OPTIONS, "D", "text"),
+    ("<think>The answer is C and nothing else, so", OPTIONS, None, "unclosed"),
+    ("## Thinking\n\nThe answer is C", OPTIONS, None, "unclosed"),
+    ("<think>The answer is C.</think>", OPTIONS, None, "none"),
+    ("reasoning without a start tag</think>The answer is (B).", OPTIONS, "B", "statement"),
+    ("No reasoning block at all. Answer: C", OPTIONS, "C", "statement"),
+    ("", OPTIONS, None, "none"),
+]
+
+
+@pytest.mark.parametrize("text,options,choice,how", REASONING, ids=[f"r{i}" for i in range(len(REASONING))])
+def test_read_output_reads_after_the_reasoning(text, options, choice, how):
+    reading = read_output(text, options)
+    assert (reading.first, reading.how) == (choice, how)
+
+
+def test_first_and_last_statements():
+    r = read_choice("The answer is C. Some say the answer is A.", OPTIONS)
+    assert (r.first, r.last, r.how) == ("C", "A", "statement")
+    r = read_choice("I first thought the answer is A, but on reflection the answer is E.", OPTIONS)
+    assert (r.first, r.last) == ("E", "E")
 
 
 @pytest.mark.parametrize("text,expected", CASES, ids=[f"{i:02d}" for i in range(len(CASES))])
@@ -55,8 +126,8 @@ def test_extract_choice(text, expected):
 
 
 def test_table_size():
-    print(f"answer extractor: {len(CASES)} phrasings")
-    assert len(CASES) >= 30
+    print(f"answer extractor: {len(CASES)} + {len(CASES10)} (10 options) + {len(REASONING)} (reasoning) phrasings")
+    assert len(CASES) >= 40 and len(CASES10) >= 15
 
 
 def test_split_reasoning():

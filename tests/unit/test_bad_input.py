@@ -168,8 +168,50 @@ RECIPE_CASES = {
     "adapter dir is here": (recipe_with(output__adapter_dir="."), [], "would contain output.dir or the current"),
     "resume path not a checkpoint": (BASE, ["--resume", "nowhere"], "not a complete checkpoint"),
     "resume path without weights": (BASE, ["--resume", "ckpt"], "not a complete checkpoint"),
+    "chat template unknown": (recipe_with(model__chat_template="chatm"), [], "did you mean 'chatml'"),
+    "chat template file missing": (recipe_with(model__chat_template="tpl/missing.jinja"), [],
+                                   "model.chat_template file 'tpl/missing.jinja' not found"),
+    "chat template does not render": (recipe_with(model__chat_template="bad.jinja"), [],
+                                      "model.chat_template 'bad.jinja' does not render (TemplateSyntaxError"),
+    "chat template ignores the messages": (recipe_with(model__chat_template="static.jinja"), [],
+                                           "does not render the conversation"),
+    "chat template not jinja": (recipe_with(model__chat_template="README.md"), [], "is not a .jinja file"),
+    "messages without generation markers": (recipe_with(model__chat_template="plain.jinja", data__format="messages",
+                                                        data__source="conv.json"), [],
+                                            "no {% generation %} markers"),
+    "role mapped to nothing": (recipe_with(data__roles={"bot": "robot"}), [], "data.roles.bot must be one of"),
+    "sources empty": (recipe_with(data__source=None, data__sources=[]), [], "data.sources is empty"),
+    "source not a mapping": (recipe_with(data__source=None, data__sources=["data/rows.json"]), [],
+                             "each entry of data.sources must be a mapping"),
+    "source key misspelt": (recipe_with(data__source=None, data__sources=[{"source": "data/rows.json", "wieght": 1}]),
+                            [], "did you mean 'weight'"),
+    "source without source": (recipe_with(data__source=None, data__sources=[{"weight": 1}]), [],
+                              "data.sources.source is required"),
+    "source file missing": (recipe_with(data__source=None, data__sources=[{"source": "nope.json"}]), [],
+                            "data.sources[0].source file 'nope.json' not found"),
+    "sources beside data.source": (recipe_with(data__source="data/rows.json", data__sources=[{"source": "data/rows.json"}]),
+                                   [], "data.source is set beside data.sources"),
+    "weights do not sum to one": (recipe_with(data__source=None, data__sources=[
+        {"source": "data/rows.json", "weight": 0.5}, {"source": "data/rows.json", "weight": 0.7}]), [],
+        "data.sources weights sum to 1.2, not 1"),
+    "weights on some sources": (recipe_with(data__source=None, data__sources=[
+        {"source": "data/rows.json", "weight": 0.5}, {"source": "data/rows.json"}]), [],
+        "only some sources have a weight (data.sources[1] has none)"),
+    "weight zero": (recipe_with(data__source=None, data__sources=[{"source": "data/rows.json", "weight": 0}]), [],
+                    "data.sources.weight must be in (0, 1]"),
+    "weight above one": (recipe_with(data__source=None, data__sources=[{"source": "data/rows.json", "weight": 3}]), [],
+                         "data.sources.weight must be in (0, 1]"),
 }
-RECIPE_FILES = {"resume path without weights": {"ckpt/trainer_state.json": "{}"}}
+CONVERSATIONS = json.dumps([{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]}
+                            for i in range(40)])
+RECIPE_FILES = {
+    "resume path without weights": {"ckpt/trainer_state.json": "{}"},
+    "chat template does not render": {"bad.jinja": "{% for m in messages %}{{ m['content'] }"},
+    "chat template ignores the messages": {"static.jinja": "hello"},
+    "messages without generation markers": {
+        "plain.jinja": "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '<|im_end|>' }}{% endfor %}",
+        "conv.json": CONVERSATIONS},
+}
 
 # launch environments (as accelerate exports them) that cannot work with the recipe
 LAUNCH_CASES = {
@@ -182,6 +224,9 @@ LAUNCH_CASES = {
     "8-bit under FSDP": (recipe_with(quantization__bits=8), {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"},
                          "FSDP with quantization.bits: 8"),
     "mixed precision contradicts": (BASE, {"ACCELERATE_MIXED_PRECISION": "bf16"}, "says mixed_precision: bf16 but"),
+    "chat template under ZeRO-3": (recipe_with(model__chat_template="chatml"),
+                                   {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"},
+                                   "does not run under DeepSpeed ZeRO-3"),
     "deepspeed accumulation contradicts": (recipe_with(training__gradient_accumulation_steps=4),
                                            {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2",
                                             "ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "1"},
@@ -203,6 +248,15 @@ DATA_CASES = {
     "too few rows": (json.dumps(ROWS_OK[:5]).encode(), {}, "at least 10"),
     "max_length below every prompt": (json.dumps(ROWS_OK).encode(), {"training__max_length": 8},
                                       "longer than training.max_length=8"),
+    "conversations without an assistant turn": (
+        json.dumps([{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]}
+                    for i in range(30)] + [{"messages": [{"role": "user", "content": "q"}]}] * 10).encode(),
+        {"data__format": "messages"}, "10 of 40 rows are malformed (10 no assistant turn)"),
+    "conversations with an unknown role": (
+        json.dumps([{"conversations": [{"from": "human", "value": f"q{i}"}, {"from": "bot", "value": "a"}]}
+                    for i in range(20)]).encode(), {"data__format": "messages"}, "map it with data.roles"),
+    "conversations column missing": (json.dumps(ROWS_OK).encode(), {"data__format": "messages"},
+                                     "column 'messages' not found"),
 }
 
 # Other commands: (args, expected, files to create)

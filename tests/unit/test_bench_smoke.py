@@ -1,5 +1,5 @@
-"""bench/gpu.py's CPU smoke mode runs the GPU benchmark's code paths (medsft, the notebook baseline, the
-max_length search) end to end and writes its JSON."""
+"""bench/gpu.py's CPU smoke mode runs every GPU phase's code path (throughput, memory against the preflight,
+the max_length search, the notebook baseline) end to end and writes each phase's JSON and summary table."""
 
 from __future__ import annotations
 
@@ -16,20 +16,47 @@ pytestmark = pytest.mark.slow
 
 
 def test_gpu_bench_smoke(tmp_path, tiny_dir):
+    """Every phase (throughput, memory, maxlen, notebook) on the tiny model: one JSON per phase with the
+    environment, and one markdown table per phase appended to the summary file."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "MEDSFT_BENCH_RESULTS": str(tmp_path)}
     res = subprocess.run([sys.executable, "bench/gpu.py", "--smoke"], cwd=REPO, env=env, capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
-    (result,) = tmp_path.glob("gpu-smoke-*.json")
-    data = json.loads(result.read_text())
-    assert data["environment"]["versions"]["trl"] and data["environment"]["device"] == "cpu"
-    medsft, notebook = data["rows"]
-    assert medsft["run"] == "medsft" and notebook["run"] == "notebook"
-    assert medsft["steps"] == 2 and medsft["tokens_per_second"] > 0 and medsft["tflops_per_second"] > 0
-    assert medsft["preflight_gib"] > 0 and medsft["kernels"] == "off"  # no GPU: off, with a notice
+    data = {}
+    for phase in ("throughput", "memory", "maxlen", "notebook"):
+        (result,) = tmp_path.glob(f"gpu-smoke-{phase}-*.json")
+        data[phase] = json.loads(result.read_text())
+        assert data[phase]["phase"] == phase and data[phase]["skipped"] == []
+        assert data[phase]["environment"]["versions"]["trl"] and data[phase]["environment"]["device"] == "cpu"
+        assert data[phase]["environment"]["date"]
+        assert data[phase]["git_commit"] == data[phase]["environment"]["git_commit"]
+        assert data[phase]["gpu"]["torch"]  # the accelerator's description (none here) and torch's CUDA build
+
+    (medsft,) = data["throughput"]["rows"]
+    assert medsft["run"] == "medsft" and medsft["steps"] == 3 and medsft["timed_steps"] == 1
+    assert medsft["tokens_per_second"] > 0 and medsft["tflops_per_second"] > 0 and medsft["step_seconds"] > 0
+    assert 0 < medsft["attention_context"] < 256  # rows attend within themselves, not over the packed 256
+    assert medsft["preflight_gib"] > 0 and medsft["peak_memory_gib"] is None  # no CUDA peak on the CPU
+    assert medsft["kernels"] == "off" and medsft["attention"] == "sdpa"  # no GPU: off, with a notice
     assert "kernels: off (no GPU" in res.stderr
-    assert notebook["steps"] == 4 and notebook["tokens_per_second"] > 0
-    assert data["longest"]["longest_max_length"] == 256  # nothing runs out of memory on the CPU
+
+    memory = data["memory"]["rows"]
+    assert [(r["micro_batch"], r["checkpointing"]) for r in memory] == [(1, True), (2, False)]
+    assert all(r["kernels"] == "off" and r["preflight"]["allocated_gib"] > 0 for r in memory)
+    assert memory[1]["preflight_gib"] > memory[0]["preflight_gib"]  # two rows, no checkpointing: more memory
+
+    maxlen = data["maxlen"]
+    assert maxlen["longest_max_length"] == 256 and [r["max_length"] for r in maxlen["rows"]] == [128, 256]
+    assert all(r["fits"] for r in maxlen["rows"])  # nothing runs out of memory on the CPU
+
+    ours, notebook = data["notebook"]["rows"]
+    assert ours["run"] == "medsft" and notebook["run"] == "notebook"
+    assert notebook["steps"] == 4 and notebook["tokens_per_second"] > 0 and ours["vs_notebook"] > 0
+
+    summary = (tmp_path / "gpu-smoke-summary.md").read_text()
+    titles = [line.split(" · ")[0] for line in summary.splitlines() if line.startswith("## ")]
+    assert titles == ["## throughput", "## memory", "## maxlen", "## notebook"]
+    assert "| tiny-qwen2 | 256 | off | sdpa |" in summary
 
 
 def run_bench(args, tmp_path):
@@ -65,3 +92,37 @@ def test_data_stage_bench_hits_the_cache_when_warm(tmp_path, tiny_dir):
     assert data["rows"] == 300 and data["train_rows"] > 200
     assert len(data["cold_seconds"]) == len(data["warm_seconds"]) == 1
     assert "cold" in res.stdout and "warm" in res.stdout
+
+
+def test_gpu_bench_maxlen_search_stops_at_oom_cap_and_budget(tmp_path):
+    """The doubling search's ends, which only a GPU reaches for real: an out-of-memory probe, the cap on
+    probes, and the phase budget (a probe that would not finish in time is not started)."""
+    import argparse
+
+    from tests.gpu.conftest import bench_gpu
+
+    gpu = bench_gpu()
+    args = argparse.Namespace(smoke=False, phase_budget=500, maxlen_model="llama3.1-8b", maxlen_start=8192,
+                              maxlen_limit=131072, maxlen_probes=5, maxlen_steps=2)
+
+    def search(fits_up_to, seconds=10, **changes):
+        bench = gpu.Bench(argparse.Namespace(**{**vars(args), **changes}), tmp_path)
+
+        def probe(name, length, steps):
+            bench.phase_start -= seconds  # the probe's time passes
+            return {"max_length": length, "wall_seconds": seconds, **({} if length <= fits_up_to else {"oom": True})}
+
+        bench.medsft = probe
+        return gpu.phase_maxlen(bench)
+
+    found = search(32768)
+    assert found["longest_max_length"] == 32768 and found["stopped"] == "oom"
+    assert [(r["max_length"], r["fits"]) for r in found["rows"]] == [(8192, True), (16384, True), (32768, True),
+                                                                    (65536, False)]
+    found = search(10**9, maxlen_probes=2)
+    assert found["longest_max_length"] == 16384 and found["stopped"] == "cap of 2 probes"
+    found = search(10**9, seconds=300)  # 500 s budget: after one 300 s probe, 1.5 × 300 s does not fit
+    assert found["longest_max_length"] == 8192 and found["stopped"].startswith("phase budget")
+    found = search(10**9)
+    assert found["longest_max_length"] == 131072 and found["stopped"] == "limit"
+    assert "longest max_length that trains = 131072" in found["note"]
