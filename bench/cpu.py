@@ -214,7 +214,8 @@ def token_stats(batch_size: int = 8, max_length: int = 4096) -> dict:
 
     from medsft import data, tokenized
     from medsft.model import load_tokenizer
-    from medsft.recipe import DataSection, ModelSection
+    from medsft.data_section import DataSection
+    from medsft.recipe import ModelSection
 
     tok = load_tokenizer(ModelSection())
     rows = json.loads(DEMO.read_text())

@@ -36,7 +36,7 @@ def main(argv=None) -> dict:
     from trl import SFTConfig, SFTTrainer
 
     from common import step_clock
-    from medsft.recipe import DataSection
+    from medsft.data_section import DataSection
     from medsft.data import load_raw
     from medsft.model import resolve_model_path
 

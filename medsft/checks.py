@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator, BeforeValidator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
 
 from medsft.paths import user_path
 
@@ -37,3 +37,6 @@ PathText = Annotated[Text, AfterValidator(user_path)]
 Label = Annotated[Text, BeforeValidator(lambda v: str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)]
 
 
+class Section(BaseModel):
+    """A recipe section: unknown keys refused, no NaN or infinity, immutable once built."""
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)

@@ -2,7 +2,7 @@
 
 Why: under DDP/ZeRO/FSDP every rank runs the same code, and eight copies of each notice (or eight
 half-drawn progress bars) make a Slurm log unreadable. So the main process speaks and the others are
-silent, except for errors that only one rank hit. Messages go to stdout (progress, results) or stderr
+silent; an error is said once per node, by the first rank that finds it. Messages go to stdout (progress, results) or stderr
 (notices, errors); `rich` renders on a terminal and writes plain text, with no control codes, when the
 output is a file or a pipe.
 """
@@ -38,10 +38,37 @@ def notice(message: str) -> None:
         print(f"notice: {message}", file=sys.stderr, flush=True)
 
 
-def error(line: str, *, every_rank: bool = False) -> None:
-    """`error: …` on stderr. Every rank finds the same bad input, so by default only the main one says it."""
-    if every_rank or is_main():
+def error(line: str) -> None:
+    """`error: …` on stderr, once per node. Every rank finds the same bad input; the main rank cannot be the one
+    to say it, because the launcher stops the other ranks as soon as the first one exits (and that may be
+    before rank 0 got this far). So the first local rank to get here says it, and the others stay quiet."""
+    if first_to_say(line):
         print(f"error: {line}", file=sys.stderr, flush=True)
+
+
+def first_to_say(line: str) -> bool:
+    """True in a single process; under a launcher, for the first local rank to claim `line`. The claim is a
+    file created exclusively, named after the launcher process (pid and start time, so never a stale one)."""
+    import hashlib
+    import tempfile
+
+    if int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")) or 1) <= 1:
+        return True
+    parent = os.getppid()
+    try:
+        with open(f"/proc/{parent}/stat") as f:
+            started = f.read().rsplit(")", 1)[1].split()[19]  # field 22, starttime
+    except (OSError, IndexError):
+        started = "0"
+    digest = hashlib.sha1(line.encode()).hexdigest()[:16]
+    claim = os.path.join(tempfile.gettempdir(), f"medsft-said-{parent}-{started}-{digest}")
+    try:
+        os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        return True
+    except FileExistsError:
+        return False
+    except OSError:
+        return is_main()
 
 
 def rich_console(stderr: bool = False):

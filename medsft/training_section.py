@@ -51,7 +51,7 @@ def field_type(name: str, spec: FieldSpec):
         checks.append(rule(lambda v: not isinstance(v, (int, float)) or v > 0, "must be positive"))
     if name in NON_NEGATIVE:
         checks.append(rule(lambda v: not isinstance(v, (int, float)) or v >= 0, "must be ≥ 0"))
-    return (Annotated[(base | None) if spec.optional else base, *checks] if checks
+    return (Annotated[((base | None) if spec.optional else base, *checks)] if checks
             else (base | None) if spec.optional else base), None
 
 

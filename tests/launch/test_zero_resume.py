@@ -47,6 +47,23 @@ def wait_for(path, proc, timeout=600) -> None:
         time.sleep(0.2)
 
 
+def kill_9_everything(proc) -> None:
+    """SIGKILL the launcher and every process under it, as a node failure would. Not killpg: torch elastic starts
+    each worker in a session of its own, so the workers would go on training as orphans."""
+    import psutil
+
+    root = psutil.Process(proc.pid)
+    tree = [root, *root.children(recursive=True)]
+    for p in tree:  # frozen first, so that none exits, spawns or writes while the others die
+        p.suspend()
+    tree = [root, *root.children(recursive=True)]
+    assert len(tree) >= 3, tree  # the launcher and its two workers
+    for p in tree:
+        p.kill()
+    proc.wait()
+    psutil.wait_procs(tree, timeout=30)
+
+
 def adapter(out):
     from safetensors.torch import load_file
 
@@ -70,9 +87,9 @@ def references(tmp_path_factory, tiny_dir):
 def test_kill_9_then_same_command_resumes_to_the_same_adapter(config, references, tmp_path):
     out = tmp_path / "run"
     proc = start(command(config, out))
-    wait_for(out / "checkpoint-4" / "trainer_state.json", proc)
-    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers, as a node failure would
-    proc.wait()
+    wait_for(out / "checkpoint-2" / "trainer_state.json", proc)  # the first: six steps left to be killed in
+    kill_9_everything(proc)
+    assert not (out / "adapter").exists(), "the run ended before the kill: nothing left to resume"
     status, stdout, err = finish(start(command(config, out)))
     assert status == 0, err[-3000:]
     assert "resuming from" in stdout
@@ -94,7 +111,7 @@ def test_sigterm_under_zero3_checkpoints_and_exits_75(tmp_path, tiny_dir):
     assert status == 75, err[-3000:]
     assert "checkpointing after this step" in err
     steps = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*") if (p / "trainer_state.json").exists())
-    assert steps and steps[-1] < STEPS and steps[-1] > 2, steps  # a checkpoint at the signal, not only the scheduled one
+    assert steps and 2 < steps[-1] < STEPS, steps  # a checkpoint at the signal: the run stops early
     status, stdout, err = finish(start(command("zero3.yaml", out, wrapper="medsft")))
     assert status == 0, err[-3000:]
     assert f"resuming from {out}/checkpoint-{steps[-1]}" in stdout

@@ -6,14 +6,12 @@ import json
 
 import pytest
 
-from medsft.recipe import DataSection
+from medsft.data_section import DataSection
 from medsft.data import load_splits, split, to_prompt_completion
 from medsft.errors import MedsftError
 
 
 def test_split_matches_notebook(demo_json):
-    from datasets import load_dataset
-
     d = DataSection(source=str(demo_json))
     splits, report, raw = load_splits(d)
     # the notebook: train_test_split(0.2, seed=816), then the 20% halved with the same seed

@@ -95,7 +95,7 @@ def test_bad_conversations_are_dropped_and_counted():
 
     from medsft.data import to_prompt_completion
     from medsft.errors import MedsftError
-    from medsft.recipe import DataSection
+    from medsft.data_section import DataSection
 
     good = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]}
             for i in range(39)]
@@ -111,7 +111,7 @@ def test_system_prompt_joins_conversations_without_one():
     from datasets import Dataset
 
     from medsft.data import to_prompt_completion
-    from medsft.recipe import DataSection
+    from medsft.data_section import DataSection
 
     rows = [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},
             {"messages": [{"role": "system", "content": "own"}, {"role": "user", "content": "q"},

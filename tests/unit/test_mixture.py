@@ -9,7 +9,7 @@ import pytest
 
 from medsft.data import load_splits
 from medsft.mixture import sample_rows, weighted_sizes
-from medsft.recipe import DataSection
+from medsft.data_section import DataSection
 from tests.conftest import REPO, run_cli
 from tests.unit.template_fixtures import conversations
 

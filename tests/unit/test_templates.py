@@ -206,7 +206,8 @@ def test_qwen3_tokenizer_without_template(name, tmp_path, demo_json):
     each named template (llama3 adds its four tokens to Qwen's vocabulary)."""
     from medsft import data, tokenized
     from medsft.model import load_tokenizer
-    from medsft.recipe import DataSection, ModelSection
+    from medsft.data_section import DataSection
+    from medsft.recipe import ModelSection
 
     directory = qwen3_tokenizer_dir(tmp_path / "qwen3")
     if directory is None:
@@ -230,7 +231,8 @@ def test_multi_turn_llama3_token_by_token(bare_dir, demo_json, tmp_path):
     <|eot_id|> labelled, every system/user token, header and the BOS masked."""
     from medsft import data, tokenized
     from medsft.model import load_tokenizer
-    from medsft.recipe import DataSection, ModelSection
+    from medsft.data_section import DataSection
+    from medsft.recipe import ModelSection
 
     rows = json.loads(demo_json.read_text())[:30]
     path = tmp_path / "conv.json"
