@@ -42,6 +42,15 @@ def tiny_dir(medsft_env) -> Path:
     return builtin_model_dir(TINY_MODEL)
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on now, for a launch's rendezvous (tests may run beside other launches)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def run_cli(*args, cwd=None, env=None, timeout=600) -> subprocess.CompletedProcess:
     """`python -m medsft ARGS` as a user runs it."""
     full_env = {**os.environ, **(env or {})}

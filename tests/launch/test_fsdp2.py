@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO
-from tests.launch.test_accelerate_configs import free_port
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
 STEPS = 12

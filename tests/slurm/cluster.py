@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from tests.conftest import free_port
+
 CONF = """\
 ClusterName=medsft-test
 SlurmctldHost=localhost(127.0.0.1)
@@ -46,14 +48,6 @@ NodeName=n1 NodeAddr=127.0.0.1 Port={n1_port} CPUs=2 RealMemory=8000 State=UNKNO
 NodeName=n2 NodeAddr=127.0.0.1 Port={n2_port} CPUs=2 RealMemory=8000 State=UNKNOWN
 PartitionName=debug Nodes=n1,n2 Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
 """
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Cluster:

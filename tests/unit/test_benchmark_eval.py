@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from medsft.recipe_files import load_recipe
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, free_port, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -77,7 +77,8 @@ def test_eval_benchmark_demo(adapter, bench, tmp_path):
 
 def launch(adapter, bench, out, processes: int, *extra) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(REPO / "accelerate_configs" / "ddp.yaml"), "--num_processes", str(processes), "-m", "medsft", "eval",
+           str(REPO / "accelerate_configs" / "ddp.yaml"), "--num_processes", str(processes),
+           "--main_process_port", str(free_port()), "-m", "medsft", "eval",
            str(adapter), "--benchmark", str(bench), "--limit", "20", "--max-new-tokens", "24", "--batch-size", "4",
            "--no-base", "--output-dir", str(out), *extra]
     # one thread per process in both runs: the same kernels, so the same floating-point sums
