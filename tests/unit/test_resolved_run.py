@@ -41,3 +41,21 @@ def test_eval_reads_the_recipes_question_column(run):
     assert res.returncode == 0, res.stderr[-3000:]
     results = json.loads((run / "adapter" / "eval.json").read_text())["adapter"]
     assert results["multiple_choice"]["n"] == 3 and results["completion"]["nll"] > 0
+
+
+@pytest.mark.parametrize("setting, expected", [
+    ([], True),  # the default
+    (["training.gradient_checkpointing=false"], False),  # the name recipes used before transformers 5
+    (["training.activation_checkpointing=false"], False),
+    (["training.gradient_checkpointing=true", "training.activation_checkpointing=true"], True),
+])
+def test_either_checkpointing_name_reaches_sftconfig(setting, expected):
+    """One resolved value, under either name, is what SFTConfig gets (and what the preflight and manifest read)."""
+    from medsft.launch import detect
+    from medsft.recipe_files import load_recipe
+    from medsft.runspec import resolve
+
+    spec = resolve(load_recipe(REPO / "recipes" / "tiny-cpu.yaml", setting), detect(), "off")
+    config = spec.sft_config()
+    assert spec.checkpointing is expected and spec.manifest()["checkpointing"] is expected
+    assert config.activation_checkpointing is expected
