@@ -1,7 +1,8 @@
 """A bare TRL script with medsft's exact settings for tiny-cpu: the yardstick for medsft's own overhead.
 
-Same rows, split, tokenizer, 4-bit model, LoRA and SFTConfig as `medsft train recipes/tiny-cpu.yaml`,
-but a plain SFTTrainer: no progress view, metrics file, row recording, preflight or manifest.
+Same rows, split, tokenizer, 4-bit model, LoRA and SFTConfig as `medsft train recipes/tiny-cpu.yaml` (medsft's
+own assembly up to the model: medsft/assembly.py), but a plain SFTTrainer: no progress view, metrics file,
+row recording, preflight or manifest.
 
     python bench/bare_trl.py --max-steps 40
 """
@@ -23,7 +24,7 @@ def bare_trainer(recipe, args, model, tokenizer, train_dataset, callbacks=()):
 
     from trl import SFTTrainer
 
-    from medsft.train import lora_config
+    from medsft.assembly import lora_config
 
     args = copy.deepcopy(args)
     args.disable_tqdm = True
@@ -40,22 +41,16 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
 
     from common import run_overrides, step_clock
-    from medsft import data, kernels, launch, model as model_mod, tokenized
+    from medsft import assembly, launch
     from medsft.recipe_files import load_recipe
     from medsft.runspec import resolve
-    from medsft.upstream import keep_4bit_trainable_layout
 
     recipe = load_recipe(args.recipe, run_overrides(args.max_steps, args.output, args.logging_steps))
     spec = resolve(recipe, launch.detect())
     sft_args = spec.sft_config()
-    tokenizer = model_mod.load_tokenizer(recipe.model)
-    splits, _, _ = data.load_splits(recipe.data)
-    prepared, _, _ = tokenized.prepare_all(splits, tokenizer, spec)
-    base, _ = model_mod.load_model(recipe, spec.placement, spec.launch.cuda)
-    keep_4bit_trainable_layout(base)
-    kernels.apply(spec.kernels, base)
+    built = assembly.build(spec, stop_after="model")  # the trainer is TRL's own here
     clock = step_clock()
-    trainer = bare_trainer(recipe, sft_args, base, tokenizer, prepared["train"], [clock])
+    trainer = bare_trainer(recipe, sft_args, built.model, built.tokenizer, built.prepared["train"], [clock])
     t0 = time.perf_counter()
     result = trainer.train()
     out = {"train_runtime": time.perf_counter() - t0, "steps": trainer.state.global_step,

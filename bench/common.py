@@ -200,3 +200,76 @@ def synthetic_rows(path: Path, rows: int, seed: int = 0) -> Path:
         for row in generate(rows, seed=seed):
             f.write(json.dumps({k: row[k] for k in ("Question", "Complex_CoT", "Response")}) + "\n")
     return path
+
+
+# ---------------------------------------------------------------- random weights built at load time (bench/proof.py)
+
+RANDOM_MARKER = ".random-weights"  # a model folder with config and tokenizer only: weights are drawn when loaded
+
+
+def random_weights_dir(config: dict, out: Path, seed: int = 0) -> Path:
+    """A model folder with no weight file: config.json, medsft's built-in tokenizer and RANDOM_MARKER (the seed).
+    Loaded through `install_random_weights_loader`, the weights are drawn on the load's device in memory: an
+    8B model costs seconds of GPU time instead of a 16 GB safetensors write and read per machine."""
+    import json
+
+    from transformers import AutoConfig
+
+    from medsft.tiny_model import build_tokenizer
+
+    out = Path(out)
+    if (out / RANDOM_MARKER).is_file():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = AutoConfig.for_model(**config)
+    cfg.save_pretrained(out)
+    build_tokenizer().save_pretrained(out)
+    (out / RANDOM_MARKER).write_text(json.dumps({"seed": seed}) + "\n")
+    return out
+
+
+def install_random_weights_loader() -> None:
+    """From here on, `from_pretrained` of a `random_weights_dir` folder builds the model from its config with
+    random weights (transformers' own init, seeded) on the device the load asks for (device_map's, else the
+    CPU), and hands them to the real from_pretrained as its `state_dict`: quantization, device placement,
+    dtype and attention go through transformers as for a checkpoint."""
+    import functools
+    import json
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+
+    original = PreTrainedModel.from_pretrained.__func__
+    if getattr(original, "_medsft_random", False):
+        return
+
+    @functools.wraps(original)
+    def from_pretrained(cls, path=None, *args, **kwargs):
+        marker = Path(str(path)) / RANDOM_MARKER if path is not None else None
+        if marker is None or not marker.is_file():
+            return original(cls, path, *args, **kwargs)
+        config = kwargs.pop("config", None)
+        if not hasattr(config, "to_dict"):
+            config = AutoConfig.from_pretrained(path)
+        dtype = kwargs.get("dtype")
+        dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
+        dtype = dtype if isinstance(dtype, torch.dtype) else torch.float32
+        devices = set((kwargs.get("device_map") or {}).values()) if isinstance(kwargs.get("device_map"), dict) else set()
+        device = next(iter(devices)) if len(devices) == 1 else "cpu"
+        device = f"cuda:{device}" if isinstance(device, int) else device
+        torch.manual_seed(json.loads(marker.read_text()).get("seed", 0))
+        with torch.device(device):
+            drawn = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        state = drawn.state_dict()
+        del drawn
+        for key in ("revision", "trust_remote_code"):  # about the files, and there are none
+            kwargs.pop(key, None)
+        try:
+            return original(cls, None, *args, config=config, state_dict=state, **kwargs)
+        finally:
+            del state
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    from_pretrained._medsft_random = True
+    PreTrainedModel.from_pretrained = classmethod(from_pretrained)

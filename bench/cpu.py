@@ -114,7 +114,7 @@ class Baton:
 
 
 def interleaved_ab(steps: int) -> dict:
-    """medsft's trainer (build_trainer: MedsftTrainer, its callbacks, the row recorder, the preemption
+    """medsft's trainer (assembly.make_trainer: MedsftTrainer, its callbacks, the row recorder, the preemption
     check) and a bare SFTTrainer with the same SFTConfig, data and (separately loaded) model, trained in
     one process, stepping in turns. What differs between them is exactly medsft's per-step code; start-up,
     allocator and core placement are shared, and drift is cancelled step by step.
@@ -162,27 +162,23 @@ def time_own_code(trainer) -> list[float]:
 def turns_of(kinds: list[str], steps: int) -> dict:
     """One interleaved session of two trainers (the first named leads each pair)."""
     from bare_trl import bare_trainer
-    from medsft import data, data_cache, launch, model as model_mod
+    from medsft import assembly, launch
     from medsft.preemption import PreemptionCallback
     from medsft.recipe_files import load_recipe
     from medsft.runspec import resolve
-    from medsft.train import build_trainer
-    from medsft.upstream import keep_4bit_trainable_layout
 
     with tempfile.TemporaryDirectory() as tmp:
         recipe = load_recipe(REPO / "recipes" / "tiny-cpu.yaml", run_overrides(steps, tmp))
         spec = resolve(recipe, launch.detect())
         args = spec.sft_config()
-        tokenizer = model_mod.load_tokenizer(recipe.model)
-        splits, _, raw = data.load_splits(recipe.data)
-        prepared, _, _ = data_cache.prepared_splits(spec, raw, splits, tokenizer, report=lambda m: None)
+        shared = assembly.build(spec, stop_after="data")  # one tokenizer and data for both trainers
+        tokenizer, prepared = shared.tokenizer, shared.prepared
 
-        def make(kind):
-            model = model_mod.load_model(recipe, spec.placement, spec.launch.cuda)[0]
-            keep_4bit_trainable_layout(model)
+        def make(kind):  # each its own model, as `medsft train` prepares it
+            model = assembly.prepare_model(spec, tokenizer).model
             if kind != "medsft":
                 return bare_trainer(recipe, args, model, tokenizer, prepared["train"])
-            trainer = build_trainer(spec, args, model, tokenizer, prepared)
+            trainer = assembly.make_trainer(spec, args, model, tokenizer, prepared)
             trainer.add_callback(PreemptionCallback())
             return trainer
 

@@ -4,7 +4,7 @@
 
 Rows: the demo file's real rows (reasoning traces of real length), repeated to --rows and written once as
 JSONL; generated tiny-medical rows where the demo file is absent. Each measurement runs in a fresh
-process and times only the stage (`data.load_splits` + `data_cache.prepared_splits`), after imports and
+process and times only the stage (`assembly.prepare_data`: load, split, tokenize), after imports and
 the tokenizer. Cold: a new MEDSFT_HOME and HF datasets cache (datasets caches the JSON → Arrow
 conversion too); warm: the same directories once more. Cold and warm alternate. A third, cold run with
 `training.dataset_num_proc` = --num-proc shows what parallel tokenization buys on this machine.
@@ -45,7 +45,7 @@ def write_rows(path: Path, n: int) -> str:
 
 def child(data_file: str, num_proc: int) -> None:
     """One timed data stage in this process; prints a JSON line."""
-    from medsft import data, data_cache, launch
+    from medsft import assembly, launch
     from medsft.model import load_tokenizer
     from medsft.recipe_files import load_recipe
     from medsft.runspec import resolve
@@ -55,9 +55,8 @@ def child(data_file: str, num_proc: int) -> None:
     tokenizer = load_tokenizer(recipe.model)
     messages: list[str] = []
     t0 = time.perf_counter()
-    splits, _, raw = data.load_splits(recipe.data)
     spec = resolve(recipe, launch.detect(), kernels="off")
-    prepared, _, _ = data_cache.prepared_splits(spec, raw, splits, tokenizer, report=messages.append)
+    prepared = assembly.prepare_data(spec, tokenizer, report=messages.append).prepared  # load, split, tokenize
     seconds = time.perf_counter() - t0
     print(json.dumps({"seconds": seconds, "cache_hit": any("loaded tokenized splits" in m for m in messages),
                       "train_rows": len(prepared["train"])}))

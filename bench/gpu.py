@@ -30,10 +30,12 @@ c = Σ s_i² / Σ s_i over the packed rows' lengths s_i (`attention_context` in 
 
 Memory: `torch.cuda.max_memory_allocated` over the training steps only (peak statistics reset when training
 begins, after loading; the loading peak is recorded apart), against `medsft.memory_model.estimate(arch,
-setup_from(resolve(recipe, detect(), kernels="off"))).allocated`; ratio = estimate / measured. The memory
-phase runs with kernels off (the model does not model Liger) and eval batch = micro-batch. Under SDPA a padding-free
-batch carries a dense T×T mask (T = micro-batch × max_length tokens; 4 GiB at 65536) that the memory model does
-not count: the maxlen phase's estimate/measured column shows what it costs.
+setup_from(resolve(recipe, detect()))).allocated` — the run as medsft.train.run resolves it, so the same
+kernels and the same attention (both recorded in the row's `preflight`); ratio = estimate / measured. The
+memory phase asks for kernels off and eval batch = micro-batch. The dense (ΣT)² masks are counted where one
+is really built (memory_model's "dense attention mask" term: transformers' own SDPA or eager over a
+padding-free batch); medsft's attentions (varlen, flash, row-by-row SDPA) build none.
+bench/proof.py runs the steps that matter in one call under one deadline (bench/gpu_run.sh proof OUT).
 """
 
 from __future__ import annotations
@@ -84,6 +86,8 @@ def recipe_for(spec: dict):
             f"training.activation_checkpointing={str(spec.get('checkpointing', True)).lower()}",
             f"training.learning_rate={spec.get('learning_rate', 1e-4)}", f"data.source={spec['data']}",
             *run_overrides(spec["steps"], spec["out"])]
+    if spec.get("attention"):
+        sets.append(f"model.attn_implementation={spec['attention']}")
     if spec.get("cuda", True):
         sets += ["model.dtype=bfloat16", "training.bf16=true"]
     return load_recipe(REPO / "recipes" / "tiny-cpu.yaml", sets)
@@ -141,11 +145,14 @@ def preflight(recipe) -> tuple[object, dict]:
     from medsft.runspec import resolve
 
     arch = Arch.from_config(read_config(recipe.model.name)[0])
-    est = estimate(arch, setup_from(resolve(recipe, detect(), kernels="off")))
+    spec = resolve(recipe, detect())  # kernels chosen as medsft.train.run chooses them: the same run
+    setup = setup_from(spec)
+    est = estimate(arch, setup)
     persistent = sum(b for _, b, _ in est.persistent)
     training = persistent + max(est.phase_bytes(p) for p in est.phases if p != "evaluation")
     weights = sum(b for n, b, _ in est.persistent if n not in ("LoRA gradients", "optimizer states"))
-    return arch, {"allocated_gib": est.allocated / GiB, "training_phases_gib": training / GiB,
+    return arch, {"kernels": spec.kernels, "attention": getattr(setup, "attention", None),
+                  "allocated_gib": est.allocated / GiB, "training_phases_gib": training / GiB,
                   "peak_phase": est.peak_phase, "persistent_gib": persistent / GiB, "weights_gib": weights / GiB,
                   "phases_gib": {p: est.phase_bytes(p) / GiB for p in est.phases},
                   "persistent_terms_gib": {n: b / GiB for n, b, _ in est.persistent}}
@@ -188,6 +195,7 @@ def measure(spec: dict) -> dict:
     return {"run": "medsft", "model": spec["label"], "max_length": spec["max_length"],
             "micro_batch": spec.get("micro_batch", 1), "checkpointing": spec.get("checkpointing", True),
             "steps": steps, "kernels": manifest.get("kernels"), "attention": manifest.get("attn_implementation"),
+            "attention_choice": manifest.get("attention"),
             **rate, "tflops_per_second": tps * fpt / 1e12 if tps else None,
             "tokens_per_second_overall": rate["tokens_per_step"] * steps / runtime if runtime else None,
             "flops_per_token": fpt, "attention_context": context, "lora_params": lora,
@@ -204,6 +212,9 @@ def measure(spec: dict) -> dict:
 def child_main(spec: dict) -> None:
     import torch
 
+    from common import install_random_weights_loader
+
+    install_random_weights_loader()  # a random_weights_dir model: weights drawn on the GPU, no files read
     try:
         row = measure(spec)
     except torch.OutOfMemoryError as err:
@@ -291,11 +302,13 @@ class Bench:
         return (124 if killed else code), result, time.perf_counter() - t0
 
     def medsft(self, name: str, max_length: int, steps: int, micro_batch: int = 1, checkpointing: bool = True,
-               kernels: str = "auto") -> dict:
-        """One medsft run in a fresh process; a row with `error`/`oom`/`skipped` when it did not complete."""
-        label = f"{name} S={max_length} mb={micro_batch}{'' if checkpointing else ' no-ckpt'} k={kernels}"
+               kernels: str = "auto", attention: str | None = None) -> dict:
+        """One medsft run in a fresh process; a row with `error`/`oom`/`skipped` when it did not complete.
+        `attention`: model.attn_implementation (None: the recipe's, auto)."""
+        label = (f"{name} S={max_length} mb={micro_batch}{'' if checkpointing else ' no-ckpt'} k={kernels}"
+                 + (f" attn={attention}" if attention else ""))
         base = {"run": "medsft", "model": name, "max_length": max_length, "micro_batch": micro_batch,
-                "checkpointing": checkpointing}
+                "checkpointing": checkpointing, **({"requested_attention": attention} if attention else {})}
         expected = self.durations.get(name, 0)
         if self.left() < expected:
             self.skipped.append({**base, "skipped": f"phase budget: {self.left():.0f} s left, a run of {name} "
@@ -306,7 +319,8 @@ class Bench:
         self.runs += 1
         out = self.work / f"run-{self.runs}"
         spec = {"model": model, "label": name, "max_length": max_length, "steps": steps, "micro_batch": micro_batch,
-                "checkpointing": checkpointing, "kernels": kernels, "out": str(out), "cuda": self.cuda,
+                "checkpointing": checkpointing, "kernels": kernels, "attention": attention, "out": str(out),
+                "cuda": self.cuda,
                 "data": self.data(steps * micro_batch * max_length)}
         print(f"run {label}: {steps} steps", flush=True)
         code, row, seconds = self.child(["--run", json.dumps(spec)], label, max(self.left(), 30))
@@ -314,7 +328,7 @@ class Bench:
         if code == 0 and row:
             print(f"  -> {fmt(row.get('tokens_per_second'), '.0f')} tok/s, peak {fmt(row.get('peak_memory_gib'))} GiB, "
                   f"preflight {fmt(row.get('preflight_gib'))} GiB, {seconds:.0f} s", flush=True)
-            return row
+            return {**row, **({"requested_attention": attention} if attention else {})}
         what = "oom" if code == EXIT_OOM else "timeout" if code == 124 else "error"
         print(f"  -> {what} (exit {code}) after {seconds:.0f} s", flush=True)
         return {**base, what: True, "exit_code": code, "wall_seconds": seconds, **(row or {})}
@@ -343,7 +357,7 @@ class Bench:
         times = out.get("log_times") or []  # one per step (logging_steps 1): timed as medsft's, steps 3..N
         step = (times[-1] - times[1]) / (len(times) - 2) if len(times) > 2 else None
         peak = out["peak_memory_bytes"]
-        return {**base, "steps": out["steps"], "tokens_per_step": per_step,
+        return {**base, "steps": out["steps"], "tokens_per_step": per_step, "attention": out.get("attention"),
                 "tokens_per_second": per_step / step if per_step and step else None, "step_seconds": step,
                 "tokens_per_second_overall": out["num_tokens"] / out["train_runtime"] if out.get("num_tokens")
                 else None,

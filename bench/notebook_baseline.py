@@ -35,7 +35,7 @@ def main(argv=None) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, DataCollatorWithFlattening
     from trl import SFTConfig, SFTTrainer
 
-    from common import step_clock
+    from common import install_random_weights_loader, step_clock
     from medsft.data_section import DataSection
     from medsft.data import load_raw
     from medsft.model import resolve_model_path
@@ -53,11 +53,16 @@ def main(argv=None) -> dict:
     second = first["test"].train_test_split(test_size=0.5, seed=816)
     train_dataset, eval_dataset = first["train"], second["train"]
 
+    install_random_weights_loader()  # bench/proof.py's random-weight models: drawn on the GPU, no files read
     path = resolve_model_path(args.model)
+    import importlib.util
+
+    # the notebook's flash_attention_2 where it can run here, else what transformers would give it (sdpa)
+    attn = ("flash_attention_2" if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") else "sdpa")
     bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True,
                              bnb_4bit_quant_type="nf4")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, quantization_config=bnb,
-                                                 attn_implementation="sdpa",  # flash_attention_2 on a GPU
+                                                 attn_implementation=attn,
                                                  device_map="auto" if torch.cuda.is_available() else None)
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.pad_token = tokenizer.eos_token
@@ -83,7 +88,7 @@ def main(argv=None) -> dict:
     logged = [r["num_tokens"] for r in trainer.state.log_history if "num_tokens" in r]
     out = {"train_runtime": time.perf_counter() - t0, "steps": trainer.state.global_step,
            "train_loss": result.training_loss, "first_batch_trained_token_share": trained / total,
-           "log_times": clock.times, "num_tokens": logged[-1] if logged else None,
+           "log_times": clock.times, "attention": attn, "num_tokens": logged[-1] if logged else None,
            "peak_memory_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None}
     print(json.dumps(out))
     return out

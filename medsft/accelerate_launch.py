@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
 from medsft.errors import MedsftError
 
 COMMANDS = ("train",)
 USAGE = "medsft launch [accelerate launch options] train RECIPE [--set KEY=VALUE …]"
-CONFIG_VARIABLE = "MEDSFT_ACCELERATE_CONFIG"  # tells the workers which file their launch came from
 
 
 def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -37,30 +35,10 @@ FLAGS = {"--cpu", "--multi_gpu", "--tpu", "--use_deepspeed", "--use_fsdp", "--us
          "--debug", "--same_network", "--rdzv_conf", "--no_python", "--module", "-m", "--monitor_interval"}
 
 
-def default_config_file() -> str | None:
-    from accelerate.commands.config import default_config_file as path
-
-    return path if Path(path).is_file() else None
-
-
-def launch_problem(config: dict, asked: int, *, cuda: bool, gpus: int, path: str) -> str | None:
-    """Why accelerate would not start the distributed run this config and `--num_processes` ask for."""
-    kind = str(config.get("distributed_type", "NO")).upper()
-    named = {"DEEPSPEED": "DeepSpeed", "FSDP": "FSDP"}.get(kind)
-    if named and config.get("use_cpu"):
-        return (f"{path} sets use_cpu: true, which makes accelerate start one plain process and ignore its "
-                f"{named} settings — remove use_cpu (medsft runs on CPUs without it)")
-    multi = kind in ("DEEPSPEED", "FSDP") or (kind.startswith("MULTI_") and kind != "MULTI_CPU")
-    if asked > 1 and not multi and not (cuda and gpus > 1 and kind == "NO"):
-        return (f"{path} has distributed_type: {kind}, so accelerate would start 1 process, not the {asked} asked — "
-                "use accelerate_configs/ddp.yaml (or zero2/zero3/fsdp2) for several processes")
-    return None
-
-
 def run(argv: list[str]) -> int:
     accel_argv, medsft_argv = split_argv(argv)
+    from medsft.arguments import parser
     from medsft.checkpoints import check_resume_argument
-    from medsft.cli import parser
     from medsft.recipe_files import load_recipe
 
     args = parser().parse_args(medsft_argv)
@@ -70,32 +48,50 @@ def run(argv: list[str]) -> int:
     import torch
     from accelerate.commands.launch import launch_command, launch_command_parser
 
-    from medsft.launch import accelerate_env, from_env, read_accelerate_config
+    from medsft.launch import CONFIG_VARIABLE, default_config_file, from_command, read_accelerate_config
     from medsft.runspec import resolve
 
-    launch_args = launch_command_parser().parse_args([*accel_argv, "-m", "medsft", *medsft_argv])
+    launch_args = parse_launch_args(launch_command_parser(), [*accel_argv, "-m", "medsft", *medsft_argv])
     path = launch_args.config_file or default_config_file()
     config = read_accelerate_config(path) if path else {}
     where = path or "accelerate's defaults"
-    asked = launch_args.num_processes or int(config.get("num_processes") or 1)
+    if launch_args.num_processes is not None and launch_args.num_processes < 1:
+        raise MedsftError(f"--num_processes {launch_args.num_processes}: at least 1 process is needed",
+                          "pass --num_processes N with N ≥ 1, or leave it out to use the config's num_processes")
+    if not launch_args.mixed_precision and config.get("mixed_precision") == "no":
+        launch_args.mixed_precision = "no"  # accelerate would read an unquoted `no` (YAML false) itself and fail
     cuda = torch.cuda.is_available()
     gpus = torch.cuda.device_count() if cuda else 0
-    problem = launch_problem(config, asked, cuda=cuda, gpus=gpus, path=where)
-    if problem:
-        what, _, fix = problem.partition(" — ")
-        raise MedsftError(what, fix)
     import importlib.util
 
     if str(config.get("distributed_type", "")).upper() == "DEEPSPEED" and importlib.util.find_spec("deepspeed") is None:
         raise MedsftError(f"{where} uses DeepSpeed, which is not installed",
                           "pip install -e '.[deepspeed]' (or pip install 'medsft[deepspeed]')")
-    env = accelerate_env(config, asked, path=where)
-    launch = from_env(env, cuda=cuda, num_gpus=gpus, source=where)
-    resolve(recipe, launch, kernels="off")  # placement, precision and DeepSpeed values, before any worker starts
+    launch = from_command(config, launch_args.num_processes, cuda=cuda, gpus=gpus, source=where)
+    resolve(recipe, launch, kernels="off")  # every rule the workers apply (runspec.resolve), before any starts
     if path:
         os.environ[CONFIG_VARIABLE] = str(path)
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # the workers say what failed
     return launch_and_wait(launch_command, launch_args)
+
+
+def parse_launch_args(parser, argv: list[str]):
+    """accelerate's own option parser; a bad option (`--num_processes two`) is its one `error:` line, not its
+    usage text of a hundred lines."""
+    import contextlib
+    import io
+
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            return parser.parse_args(argv)
+    except SystemExit as err:
+        if not err.code:
+            raise
+        lines = [line for line in said.getvalue().splitlines() if ": error: " in line]
+        what = lines[-1].split(": error: ", 1)[1] if lines else " ".join(said.getvalue().split())[-200:]
+        raise MedsftError(f"accelerate launch options: {what}", "see `accelerate launch --help`; write "
+                          + USAGE) from None
 
 
 def launch_and_wait(launch_command, launch_args) -> int:
@@ -114,6 +110,9 @@ def launch_and_wait(launch_command, launch_args) -> int:
     os.environ.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "240")
     try:
         launch_command(launch_args)
+    except ValueError as err:  # accelerate's own checks of its options, before it starts a worker
+        raise MedsftError(f"accelerate launch refused the launch: {' '.join(str(err).split())[:300]}",
+                          "fix the accelerate config or the launch options") from None
     except ChildFailedError as err:
         codes = [f.exitcode for f in err.failures.values() if f.exitcode is not None]
         return next((c for c in codes if c > 0), 1)
@@ -122,52 +121,3 @@ def launch_and_wait(launch_command, launch_args) -> int:
     except SignalException:
         return EXIT_PREEMPTED
     return 0
-
-
-def launcher_argv(pid: int | None = None) -> list[str] | None:
-    """The options given to the `accelerate launch` that started this worker, read from its command line
-    (/proc): its simple, multi-GPU and DeepSpeed launchers all start the workers as its own children.
-    None when this process was not started by `accelerate launch` (or /proc is not there)."""
-    try:
-        raw = Path(f"/proc/{pid or os.getppid()}/cmdline").read_bytes()
-    except OSError:
-        return None
-    argv = [a.decode(errors="replace") for a in raw.split(b"\0") if a]
-    for i, arg in enumerate(argv):
-        if arg.endswith("accelerate.commands.launch"):
-            return argv[i + 1:]
-        if Path(arg).name == "accelerate" and argv[i + 1:i + 2] == ["launch"]:
-            return argv[i + 2:]
-    return None
-
-
-def check_worker_launch(launch) -> str | None:
-    """In a worker: refuse a launch that started fewer processes than asked, dropped its config's
-    distribution, or put more processes on a node than it has GPUs (checked before anything is loaded).
-    Returns the accelerate config file the launch came from, when known (for messages)."""
-    if os.environ.get(CONFIG_VARIABLE):  # `medsft launch` checked all of it before starting the workers
-        return os.environ[CONFIG_VARIABLE]
-    if launch.cuda and launch.local_world_size > launch.num_gpus:
-        raise MedsftError(f"{launch.local_world_size} processes were started on this node but it has "
-                          f"{launch.num_gpus} GPU(s)", f"pass --num_processes {launch.num_gpus} (per node) to "
-                          "accelerate launch")
-    argv = launcher_argv()
-    if argv is None:
-        return None
-    from accelerate.commands.launch import launch_command_parser
-
-    from medsft.launch import read_accelerate_config
-
-    args, _ = launch_command_parser().parse_known_args([*argv, "x"] if "-m" not in argv else argv)
-    path = args.config_file or default_config_file()
-    config = read_accelerate_config(path) if path else {}
-    asked = args.num_processes or int(config.get("num_processes") or 1)
-    problem = launch_problem(config, asked, cuda=launch.cuda, gpus=launch.num_gpus, path=path or "the accelerate "
-                             "config")
-    if problem is None and asked > launch.world_size and launch.world_size == 1:
-        problem = (f"accelerate started 1 process, not the {asked} asked — use a distributed config "
-                   "(accelerate_configs/ddp.yaml, zero2/zero3, fsdp2)")
-    if problem:
-        what, _, fix = problem.partition(" — ")
-        raise MedsftError(what, fix)
-    return path

@@ -63,7 +63,8 @@ def recipe_of(adapter_dir: Path):
     if not isinstance(raw, dict):
         raise MedsftError(f"{str(path)!r} is not a recipe", "restore the recipe.yaml the training wrote")
     carried_template(raw, adapter_dir)
-    return build({k: v for k, v in raw.items() if v is not None}, str(path))
+    # the adapter travels without its training data: infer, merge and benchmarks never read it
+    return build({k: v for k, v in raw.items() if v is not None}, str(path), data_files=False)
 
 
 def carried_template(raw: dict, adapter_dir: Path) -> None:

@@ -18,6 +18,7 @@ pronoun "I" or a letter inside a word. Letters are the item's own option letters
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -54,10 +55,15 @@ def _patterns(letters: str) -> tuple[list[str], list[str]]:
     lower_end = r"(?=\s*(?:[\.\)\]:,;!]|$))"  # "the answer is c." counts, "the answer is a rare…" does not
     keyword = r"(?i:\b(?:answer|choice|option|diagnosis|response))"
     verb = r"(?i:is|would be|:|=|-)"
+    # Linear time on any output: no two quantifiers in a row may both match the same character, else a
+    # run of blanks is re-split at every start ("answer:" + 2,000 spaces, 3,000 blank lines took minutes).
+    # So "[\s*]* (option)? [\s([*]*" is written "([\s*]* option)? [\s([*]*" (the same texts match).
+    gap = r"(?:[\s\*]*(?i:option|choice))?[\s\(\[\*]*"
+    verb_gap = r"(?:\s*(?i:option|choice))?[\s\(\[\*]*"
     statements = [
-        rf"{keyword}[\s\*]*{verb}[\s\*]*(?i:option|choice)?[\s\(\[\*]*(?:({L})[\)\]\*]*{end}|({low}){lower_end})",
-        rf"(?i:\b(?:choose|chose|pick|select|go with))\s*(?i:option|choice)?[\s\(\[\*]*({L})[\)\]\*]*{end}",
-        rf"(?i:\bbut|\binstead|\bit is|\bit's|\bthis is)\s*(?i:option|choice)?[\s\(\[\*]*({L})[\)\]\*]*{phrase_end}",
+        rf"{keyword}[\s\*]*{verb}{gap}(?:({L})[\)\]\*]*{end}|({low}){lower_end})",
+        rf"(?i:\b(?:choose|chose|pick|select|go with)){verb_gap}({L})[\)\]\*]*{end}",
+        rf"(?i:\bbut|\binstead|\bit is|\bit's|\bthis is){verb_gap}({L})[\)\]\*]*{phrase_end}",
         rf"(?<![A-Za-z0-9])({L})\)?\s+(?i:is|would be)\s+(?i:the\s+)?(?i:correct|right|best|most likely)\b",
         rf"\\boxed\{{\s*(?:\\text\{{\s*)?({L}){end}",
     ]
@@ -65,7 +71,9 @@ def _patterns(letters: str) -> tuple[list[str], list[str]]:
         rf"(?i:\boption)\s*[\(\[\*]*({L})[\)\]\*]*{end}",
         rf"\(({L})\)",
         rf"\*\*({L})\*\*",
-        rf"(?m)^\s*[\*#>-]*\s*({L})\s*[\.\):](?:\s|$)",
+        # a letter opening its line; blanks before it stay on that line (a line start before blank lines
+        # would scan them all, once per line: cubic)
+        rf"(?m)^[^\S\n]*(?:[\*#>-]+[^\S\n]*)?({L})\s*[\.\):](?:\s|$)",
         rf"(?<![A-Za-z0-9])({L})\s*[\.\)]\s*$",
     ]
     return statements, labels
@@ -89,10 +97,14 @@ def _candidates(text: str, patterns) -> list[tuple[int, int, str]]:
 
 
 def _first_unrevised(text: str, found: list[tuple[int, int, str]]) -> str:
-    """The first statement, replaced by a later one only where the text between them revises it."""
+    """The first statement, replaced by a later one only where the text between them revises it.
+    The revisions are found once (searching each gap again was quadratic in the statements)."""
+    revisions = [(m.start(), m.end()) for m in _REVISION.finditer(text)]
+    starts = [start for start, _ in revisions]
     chosen = found[0]
     for later in found[1:]:
-        if _REVISION.search(text[chosen[1]:later[0]]):
+        i = bisect_left(starts, chosen[1])  # the first revision after the chosen statement ends soonest
+        if i < len(revisions) and revisions[i][1] <= later[0]:
             chosen = later
     return chosen[2]
 

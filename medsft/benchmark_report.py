@@ -81,10 +81,12 @@ def report(results: dict[str, dict], items, output_dir, *, per_item: dict[str, l
     from medsft.outputs import write_json
 
     out = check_output_dir(output_dir)
+    charts = chart_names(results)
+    writes = [f"{n}.jsonl" for n in per_item] + list(charts.values()) + ["benchmark.json"]
+    previous = check_report_writes(out, writes, report_inputs(results))
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.iterdir():  # a previous report's files (other sources, other models)
-        if OURS.match(stale.name):
-            stale.unlink()
+    for stale in previous:  # the previous report's files (other sources, other models); never an input
+        (out / stale).unlink(missing_ok=True)
     published = published_for(items)
     names = list(results)
     doc = {"written_by": MARK, **(next(iter(results.values())) if single else results)}
@@ -98,9 +100,11 @@ def report(results: dict[str, dict], items, output_dir, *, per_item: dict[str, l
     for name, records in per_item.items():
         with open(out / f"{name}.jsonl", "w", encoding="utf-8") as fh:
             fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    for source in results[names[0]]["by_source"]:
-        plot_source(out / f"accuracy-{slug(source)}.png", source,
-                    {n: r["by_source"][source] for n, r in results.items()}, published.get(source))
+    for source, png in charts.items():
+        plot_source(out / png, source, {n: r["by_source"][source] for n, r in results.items()}, published.get(source))
+    from medsft.ownership import inventory_one
+
+    doc["files"] = {name: inventory_one(out / name) for name in writes[:-1]}  # what a rewrite may replace
     write_json(out / "benchmark.json", doc)  # last: a directory with benchmark.json has every file
     print_tables(results, published)
     from medsft.console import say
@@ -110,8 +114,82 @@ def report(results: dict[str, dict], items, output_dir, *, per_item: dict[str, l
     return doc
 
 
-def slug(source: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", source).strip("_") or "source"
+def chart_names(results: dict[str, dict]) -> dict[str, str]:
+    """{source: the file name of its chart}, one file per source (also on a case-insensitive disk)."""
+    sources = list(next(iter(results.values()))["by_source"])
+    names = {source: f"accuracy-{slug(source)}.png" for source in sources}
+    folded = [n.casefold() for n in names.values()]
+    for source, name in names.items():  # "MedQA" and "medqa", or a lossless name equal to another's slug
+        if folded.count(name.casefold()) > 1:
+            names[source] = f"accuracy-{slug(source, hashed=True)}.png"
+    folded = [n.casefold() for n in names.values()]
+    if len(set(folded)) < len(folded):  # only names made to collide with hashes are left: number them
+        names = {source: f"accuracy-{i}-{slug(source, hashed=True)}.png" for i, source in enumerate(sources)}
+    return names
+
+
+def report_inputs(results: dict[str, dict]) -> set[Path]:
+    """The files this report was made from (predictions, benchmark files), as its settings name them."""
+    found = set()
+    for result in results.values():
+        settings = result.get("settings", {})
+        for name in [settings.get("predictions"), *settings.get("files", [])]:
+            if name:
+                found.add(Path(name).expanduser().resolve())
+    return found
+
+
+def previous_report(out: Path) -> list[str]:
+    """The files of the report already in `out` that medsft may replace or delete: those its benchmark.json
+    lists, still unchanged (size, and hash of small files: medsft/ownership.py), and benchmark.json. A report
+    of an earlier medsft listed none: its files are those with a report's names written before its
+    benchmark.json (which is written last), so a file the user added later is never taken for one."""
+    from medsft.ownership import inventory_one
+
+    try:
+        doc = json.loads((out / "benchmark.json").read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(doc, dict) or doc.get("written_by") != MARK:
+        return []
+    files = doc.get("files")
+    if isinstance(files, dict):
+        ours = [n for n, entry in files.items() if "/" not in n and isinstance(entry, list)
+                and inventory_one(out / n) == entry]
+    else:
+        done = (out / "benchmark.json").stat().st_mtime_ns
+        ours = [p.name for p in out.iterdir() if OURS.match(p.name) and p.is_file() and not p.is_symlink()
+                and p.stat().st_mtime_ns <= done]
+    return sorted(set(ours) | {"benchmark.json"})
+
+
+def check_report_writes(out: Path, writes: list[str], inputs: set[Path]) -> list[str]:
+    """Before anything is written: every file the report writes is new or the previous report's, and none
+    is an input. Returns the previous report's files to delete (inputs kept)."""
+    previous = previous_report(out) if out.is_dir() else []
+    clash = [n for n in writes if ((out / n).exists() or (out / n).is_symlink()) and n not in previous]
+    if clash:
+        raise MedsftError(f"--output-dir {str(out)!r} holds {', '.join(clash[:3])}, which medsft did not write "
+                          "(the report would overwrite it)", "move it, or choose a new --output-dir")
+    read = [n for n in writes if (out / n).exists() and (out / n).resolve() in inputs]
+    if read:
+        raise MedsftError(f"--output-dir {str(out)!r}: the report would overwrite its own input {read[0]}",
+                          "choose another --output-dir")
+    return [n for n in previous if n not in writes and (out / n).resolve() not in inputs]
+
+
+SLUG_CHARS = 80  # a file name stays far below the 255 bytes file systems allow
+
+
+def slug(source: str, hashed: bool = False) -> str:
+    """A file-name form of a source name: the name itself where it is one, else its safe characters,
+    at most SLUG_CHARS of them, and a hash of the whole name ("MedQA/test" and "MedQA test" differ)."""
+    import hashlib
+
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", source).strip("_.") or "source"
+    if safe == source and len(safe) <= SLUG_CHARS and not hashed:
+        return safe
+    return f"{safe[:SLUG_CHARS]}-{hashlib.sha256(source.encode()).hexdigest()[:10]}"
 
 
 def pct(x: float) -> str:

@@ -10,8 +10,9 @@ many users fine-tune base models; TRL (`chat_template_path`, `clone_chat_templat
   does). The rows of every token the template writes are trained through PEFT's `trainable_token_indices`
   (medsft/model.py `trainable_tokens`): in a base model they were never trained, whether just added or
   reserved (Llama 3's `<|eot_id|>`);
-- a `.jinja` file is used as written; it must render a conversation (checked before torch is imported),
-  and the tokens it writes must exist in the vocabulary;
+- a `.jinja` file is used as written; it must render a conversation (checked before torch is imported; a
+  template that refuses system turns is accepted for data without them), and it must end an assistant turn
+  with one token of the vocabulary, which becomes eos (`stop_token`);
 - the template is saved with the adapter (`tokenizer.save_pretrained` writes chat_template.jinja), and
   infer/eval/merge read it from there.
 
@@ -23,6 +24,7 @@ template's own, medsft's (chatml_training.jinja, TRL's llama3_training.jinja), o
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -84,11 +86,7 @@ def check_value(value: str, where: str = "") -> None:
     if path.suffix.lower() not in TEMPLATE_SUFFIXES:
         raise MedsftError(f"model.chat_template {value!r} is not a .jinja file",
                           "point it at a Jinja chat template (.jinja or .j2)", where)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise MedsftError(f"model.chat_template {value!r} is not UTF-8 text", "save the template as UTF-8",
-                          where) from None
+    text = read_template(value, where)
     problem = render_problem(text)
     if problem:
         raise MedsftError(f"model.chat_template {value!r} {problem}",
@@ -96,34 +94,41 @@ def check_value(value: str, where: str = "") -> None:
                           "`eos_token`), or use " + " or ".join(NAMED), where)
 
 
+def read_template(value: str, where: str = "model.chat_template") -> str:
+    try:
+        return Path(value).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise MedsftError(f"model.chat_template {value!r} is not UTF-8 text", "save the template as UTF-8",
+                          where) from None
+    except OSError as err:  # gone since the recipe was read, a directory, no permission
+        raise MedsftError(f"cannot read model.chat_template {value!r} ({err.strerror or type(err).__name__})",
+                          "check the path and its permissions, or use " + " or ".join(NAMED), where) from None
+
+
 def render_problem(text: str) -> str | None:
-    """Why a template text cannot be trained with, or None: it must render PROBE, and show every message."""
+    """Why a template text cannot be trained with, or None: it must render PROBE, and show every message. A
+    template that refuses system turns (Gemma's, Mistral's) is accepted when it renders PROBE without one: data
+    without system turns trains with it (a row that has one is refused by name, medsft/tokenized.py)."""
     from transformers.utils.chat_template_utils import render_jinja_template
 
-    try:
-        rendered, _ = render_jinja_template([PROBE], chat_template=text, add_generation_prompt=True,
-                                            bos_token="", eos_token="")
-    except Exception as err:  # jinja2 raises many types (syntax, undefined, raise_exception)
-        return f"does not render ({type(err).__name__}: {' '.join(str(err).split())[:160]})"
-    missing = [m["role"] for m in PROBE if m["content"] not in rendered[0]]
+    probe = PROBE
+    for probe in (PROBE, PROBE[1:]):
+        try:
+            rendered, _ = render_jinja_template([probe], chat_template=text, add_generation_prompt=True,
+                                                bos_token="", eos_token="")
+            break
+        except Exception as err:  # jinja2 raises many types (syntax, undefined, raise_exception)
+            problem = f"does not render ({type(err).__name__}: {' '.join(str(err).split())[:160]})"
+    else:
+        return problem
+    missing = [m["role"] for m in probe if m["content"] not in rendered[0]]
     if missing:
         return f"does not render the conversation (the {missing[0]} message is missing from its output)"
     return None
 
 
-def check_launch(recipe, launch) -> None:
-    """The template's token rows are trained with PEFT's trainable tokens, which medsft does not run under
-    ZeRO-3: PEFT 0.21 gathers them for ZeRO-3 on CUDA only, and TRL's fused LM head would read a merged
-    weight built from a partitioned parameter. Refused before anything loads."""
-    if recipe.model.chat_template and launch.zero_stage == 3:
-        raise MedsftError("model.chat_template trains the embedding rows of the template's tokens (PEFT trainable "
-                          "tokens), which medsft does not run under DeepSpeed ZeRO-3",
-                          "launch with accelerate_configs/zero2.yaml or ddp.yaml, or use an instruct model's own "
-                          "template (no model.chat_template)", recipe.source_file)
-
-
 def template_text(value: str) -> str:
-    return NAMED[value].plain() if value in NAMED else Path(value).read_text(encoding="utf-8")
+    return NAMED[value].plain() if value in NAMED else read_template(value)
 
 
 def apply(tokenizer, value: str) -> list[str]:
@@ -134,6 +139,7 @@ def apply(tokenizer, value: str) -> list[str]:
     named = NAMED.get(value)
     tokenizer.chat_template = template_text(value)
     if named is None:
+        tokenizer.eos_token = stop_token(tokenizer, value)
         return []
     vocab = tokenizer.get_vocab()
     added = [t for t in named.tokens if t not in vocab]
@@ -143,6 +149,37 @@ def apply(tokenizer, value: str) -> list[str]:
         tokenizer.bos_token = named.bos
     tokenizer.eos_token = named.end_of_turn
     return added
+
+
+def stop_token(tokenizer, value: str) -> str:
+    """The token a template file ends an assistant turn with, which becomes eos (generation stops on it, as on
+    a named template's end-of-turn). It must be one special or added token of the vocabulary: a marker the
+    vocabulary lacks (`<|eot_id|>` written for a ChatML tokenizer) is tokenized as plain pieces and eos never
+    follows an answer, so the model never learns to stop. Refused rather than added: which strings of an
+    arbitrary Jinja file are markers is a guess; a named template adds its own tokens."""
+    turns = [{"role": "user", "content": "medsft-probe-user"}, {"role": "assistant", "content": "medsft-probe-assistant"}]
+    try:
+        text = tokenizer.apply_chat_template(turns, tokenize=False)
+    except Exception as err:  # noqa: BLE001 - jinja2's many types: e.g. bos_token undefined for this tokenizer
+        raise MedsftError(f"{value!r} does not render with this tokenizer "
+                          f"({type(err).__name__}: {' '.join(str(err).split())[:160]})",
+                          "fix the template for this tokenizer, or use " + " or ".join(NAMED),
+                          "model.chat_template") from None
+    after = text.split("medsft-probe-assistant", 1)[-1].strip()
+    fix = ("write the end-of-turn with a token this tokenizer has (its eos is "
+           f"{tokenizer.eos_token!r}), or use model.chat_template: {' or '.join(NAMED)} (which add their tokens)")
+    if not after:
+        raise MedsftError(f"{value!r} writes nothing after an assistant's message (no "
+                          "end-of-turn token: the model would never learn to stop)", fix, "model.chat_template")
+    ids = tokenizer(after, add_special_tokens=False)["input_ids"]
+    whole = set(tokenizer.all_special_ids) | set(tokenizer.get_added_vocab().values())
+    if ids and ids[0] in whole:
+        return tokenizer.convert_ids_to_tokens(ids[0])
+    marker = re.match(r"<[^<>\s]+>|\S+", after).group(0)
+    pieces = len(tokenizer(marker, add_special_tokens=False)["input_ids"])
+    raise MedsftError(f"{value!r} ends an assistant turn with {marker!r}, which is not a token "
+                      f"of this vocabulary (it is read as {pieces} plain tokens, and no stop token follows the "
+                      "answer: the model would never learn to stop)", fix, "model.chat_template")
 
 
 def template_token_ids(tokenizer) -> list[int]:

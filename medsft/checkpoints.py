@@ -52,11 +52,72 @@ def is_complete(checkpoint: Path) -> bool:
     return True
 
 
+JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "true/false",
+              type(None): "null"}
+
+
 def identity_of(checkpoint: Path) -> dict | None:
-    try:
-        return json.loads((Path(checkpoint) / IDENTITY).read_text())
-    except (OSError, ValueError):
+    """The identity of the run that wrote `checkpoint`; None when it has none (an older medsft, a copy made by
+    hand: `adapter_mismatches` then checks what can be checked). One that is there but does not read as a
+    mapping is refused: an unreadable identity is no match."""
+    checkpoint = Path(checkpoint)
+    path = checkpoint / IDENTITY
+    if not path.exists() and not path.is_symlink():
         return None
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+        problem = None if isinstance(found, dict) else f"holds {JSON_TYPES.get(type(found), 'no mapping')}, not a mapping"
+    except (OSError, ValueError) as err:  # a damaged, truncated, non-UTF-8 or unreadable file
+        problem = f"cannot be read ({type(err).__name__}: {' '.join(str(err).split())[:80]})"
+    if problem is not None:
+        raise MedsftError(f"the identity of checkpoint {checkpoint.name} {problem}, so whether it belongs to this run "
+                          "cannot be told", f"train into a new output.dir, or delete {checkpoint} (--resume never "
+                          "starts over and removes the run's checkpoints)", str(path))
+    return found
+
+
+def adapter_mismatches(checkpoint: Path, lora: dict) -> tuple[list[str], list[str]]:
+    """(what stops the checkpoint's adapter from loading into the recipe's LoRA, what it would silently change):
+    rank and adapted modules from the safetensors header (shapes without loading a tensor) and
+    adapter_config.json; alpha, dropout and bias from adapter_config.json. `lora`: the identity's lora section."""
+    checkpoint = Path(checkpoint)
+    try:
+        config = json.loads((checkpoint / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = {}
+    config = config if isinstance(config, dict) else {}
+    ranks, modules = set(), set()
+    weights = checkpoint / "adapter_model.safetensors"
+    if weights.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(weights), framework="pt") as fh:
+            for key in fh.keys():
+                for part in (".lora_A.", ".lora_embedding_A"):
+                    if part in key:
+                        modules.add(key.split(part)[0].removeprefix("base_model.model."))
+                        shape = fh.get_slice(key).get_shape()
+                        if shape and 0 not in shape:  # a ZeRO-3 placeholder holds no shape
+                            ranks.add(shape[0])
+    if not ranks and isinstance(config.get("r"), int):
+        ranks = {config["r"]}
+    shapes, settings = [], []
+    if ranks and ranks != {lora.get("rank")}:
+        shapes.append(f"lora.rank is {lora.get('rank')} but the checkpoint's is {'/'.join(map(str, sorted(ranks)))}")
+    targets = lora.get("target_modules")
+    if modules and isinstance(targets, list):  # PEFT adapts a module whose name is a target or ends in .target
+        def hit(name, target):
+            return name == target or name.endswith("." + target)
+
+        extra = sorted(m for m in modules if not any(hit(m, t) for t in targets))
+        missing = [t for t in targets if not any(hit(m, t) for m in modules)]
+        if extra or missing:
+            leaves = sorted({m.rsplit(".", 1)[-1] for m in modules})
+            shapes.append(f"lora.target_modules is {targets} but the checkpoint adapts {leaves}")
+    for key, theirs in (("alpha", "lora_alpha"), ("dropout", "lora_dropout"), ("bias", "bias")):
+        if theirs in config and lora.get(key) is not None and config[theirs] != lora[key]:
+            settings.append(f"lora.{key} is {lora[key]!r} but the checkpoint's is {config[theirs]!r}")
+    return shapes, settings
 
 
 def changes(before: dict, after: dict, prefix: str = "") -> list[str]:
@@ -92,29 +153,48 @@ def check_resume_argument(resume: str) -> None:
     if resume not in ("auto", "never") and not is_complete(Path(resume)):
         raise MedsftError(f"--resume {resume!r} is not a complete checkpoint directory",
                           "pass a checkpoint-N directory with trainer_state.json, or --resume auto")
+    if resume not in ("auto", "never"):
+        identity_of(Path(resume))  # an unreadable identity is refused before any heavy import, too
 
 
 def resume_point(resume: str, output_dir: str, identity: dict | None = None) -> str | None:
-    """The checkpoint to continue from, or None to start over. With the run's `identity`, auto-resume
-    refuses a checkpoint another recipe wrote (it would continue a different training silently), and an
-    explicit PATH continues with a notice listing what changed."""
+    """The checkpoint to continue from, or None to start over. With the run's `identity` it fails closed:
+    auto-resume refuses a checkpoint another recipe wrote (it would continue a different training silently),
+    an explicit PATH continues with a notice listing what changed; an unreadable identity is refused either
+    way, and so is an adapter that cannot load into the recipe's LoRA (checked before loading anything)."""
     if resume == "never":
         return None
     if resume == "auto":
         done = complete_checkpoints(output_dir)
         if not done:
             return None
-        newest, theirs = done[-1], identity_of(done[-1])
-        if identity is not None and theirs is not None and theirs != identity:
-            changed = changes(theirs, identity)
-            raise MedsftError(f"output.dir {output_dir!r} holds a checkpoint of a different run (changed: "
-                              f"{'; '.join(changed[:6])}{' …' if len(changed) > 6 else ''})",
-                              f"pass --resume never to start over, choose a new output.dir, or --resume {newest} "
-                              "to continue from it anyway")
-        return str(newest)
-    check_resume_argument(resume)
-    theirs = identity_of(Path(resume))
-    if identity is not None and theirs is not None and theirs != identity:
+        checkpoint = done[-1]
+    else:
+        check_resume_argument(resume)
+        checkpoint = Path(resume)
+    theirs = identity_of(checkpoint)
+    if identity is None:
+        return str(checkpoint) if resume == "auto" else resume
+    shapes, settings = adapter_mismatches(checkpoint, identity.get("lora") or {})
+    if theirs is not None and theirs != identity and resume == "auto":
+        changed = changes(theirs, identity)
+        anyway = "" if shapes else f", or --resume {checkpoint} to continue from it anyway"
+        raise MedsftError(f"output.dir {output_dir!r} holds a checkpoint of a different run (changed: "
+                          f"{'; '.join(changed[:6])}{' …' if len(changed) > 6 else ''})",
+                          f"pass --resume never to start over, choose a new output.dir{anyway}")
+    if shapes:
+        raise MedsftError(f"checkpoint {checkpoint} holds an adapter that cannot load into this recipe's LoRA "
+                          f"({'; '.join(shapes)})", "set the recipe's lora values to the checkpoint's to continue "
+                          "it, or train into a new output.dir (--resume never starts over)", output_dir)
+    if theirs is None:
+        if settings and resume == "auto":
+            raise MedsftError(f"checkpoint {checkpoint} has no medsft identity and its adapter differs from the "
+                              f"recipe ({'; '.join(settings)})", "set the recipe's lora values to the checkpoint's, "
+                              f"pass --resume never to start over, or --resume {checkpoint} to continue anyway",
+                              output_dir)
+        notice(f"checkpoint {checkpoint} has no medsft identity (an older medsft or a copy): only its adapter "
+               f"could be checked against the recipe{' (' + '; '.join(settings) + ')' if settings else ''}")
+    elif theirs != identity:
         notice(f"continuing from {resume} although the run changed: {'; '.join(changes(theirs, identity))}")
-    return resume
+    return str(checkpoint) if resume == "auto" else resume
 

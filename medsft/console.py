@@ -52,7 +52,11 @@ def first_to_say(line: str) -> bool:
     import hashlib
     import tempfile
 
-    if int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")) or 1) <= 1:
+    try:
+        alone = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")) or 1) <= 1
+    except ValueError:  # a malformed variable is what is being said (medsft/launch.py env_int)
+        alone = True
+    if alone:
         return True
     parent = os.getppid()
     try:

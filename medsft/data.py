@@ -18,6 +18,7 @@ can reload.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,20 +60,36 @@ class DropReport:
                 return s.name
         return "?"
 
-    def source_counts(self, splits) -> dict:
+    def source_counts(self, splits, before=None) -> dict:
         """Per source: rows read, kept, dropped (why), weight, and examples per split of `splits` (any
-        DatasetDict with row ids: the formatted split or the tokenized one, after long rows are dropped)."""
+        DatasetDict with row ids: the formatted split or the tokenized one, after long rows are dropped), with
+        the share of the training split each has. With `before` (the formatted splits): the distinct rows
+        each trains and the rows longer than max_length dropped per split."""
         out = {}
         for s in self.sources:
             out[s.name] = {"source": s.source, "config": s.config, "format": s.format, "weight": s.weight,
                            "max_rows": s.max_rows, "rows": s.total, "kept": s.kept, "dropped": dict(s.reasons),
                            **{name: 0 for name in splits}}
-        for name, ds in splits.items():
-            for row_id in (list(ds["row_id"]) if len(ds) else []):
-                entry = out.get(self.source_of(row_id))
-                if entry is not None:
-                    entry[name] += 1
+        for name, count in self.per_source(splits).items():
+            for source, n in count.items():
+                if source in out:
+                    out[source][name] = n
+        total = len(splits["train"]) if "train" in splits else 0
+        for entry in out.values():
+            entry["share"] = round(entry.get("train", 0) / total, 4) if total else 0.0
+        if before is not None:
+            ahead = self.per_source(before)
+            distinct = Counter(map(self.source_of, set(before["train"]["row_id"] if len(before["train"]) else [])))
+            for source, entry in out.items():
+                entry["overlong_dropped"] = {name: ahead[name][source] - entry.get(name, 0) for name in splits
+                                             if name in ahead}
+                entry["distinct_train_rows"] = distinct[source]
         return out
+
+    def per_source(self, splits) -> dict[str, Counter]:
+        """{split: Counter(source name -> examples)}."""
+        return {name: Counter(self.source_of(r) for r in (list(ds["row_id"]) if len(ds) else []))
+                for name, ds in splits.items()}
 
 
 @dataclass
@@ -293,6 +310,7 @@ def split(ds, d, name: str | None = None):
     held = d.val_fraction + d.test_fraction
     if held == 0:
         return DatasetDict(train=ds, validation=ds.select([]), test=ds.select([]))
+    check_split_sizes(len(ds), d, name)
     first = ds.train_test_split(test_size=held, seed=d.split_seed)
     if d.test_fraction == 0:
         return DatasetDict(train=first["train"], validation=first["test"], test=ds.select([]))
@@ -300,6 +318,78 @@ def split(ds, d, name: str | None = None):
         return DatasetDict(train=first["train"], validation=ds.select([]), test=first["test"])
     second = first["test"].train_test_split(test_size=d.test_fraction / held, seed=d.split_seed)
     return DatasetDict(train=first["train"], validation=second["train"], test=second["test"])
+
+
+def split_sizes(n: int, d) -> dict[str, int]:
+    """The sizes `split` gets from `n` rows: datasets' own arithmetic (ceil of the held-out share, then of the
+    test share of it)."""
+    held = d.val_fraction + d.test_fraction
+    n_held = math.ceil(held * n) if held else 0
+    if not d.val_fraction or not d.test_fraction:
+        n_test = n_held if d.test_fraction else 0
+    else:
+        n_test = math.ceil(d.test_fraction / held * n_held)
+    return {"train": n - n_held, "validation": n_held - n_test, "test": n_test}
+
+
+def check_split_sizes(n: int, d, name: str | None = None) -> None:
+    """Each split with a fraction above 0 gets at least one row (datasets raises a ValueError otherwise)."""
+    fractions = {"train": 1 - d.val_fraction - d.test_fraction, "validation": d.val_fraction, "test": d.test_fraction}
+    keys = {"train": "data.val_fraction + data.test_fraction", "validation": "data.val_fraction",
+            "test": "data.test_fraction"}
+    for split_name, size in split_sizes(n, d).items():
+        if fractions[split_name] > 0 and size < 1:
+            of = f" of {name}" if name else ""
+            raise MedsftError(f"{keys[split_name]} leaves the {split_name} split of {n} usable rows{of} empty "
+                              f"(val_fraction {d.val_fraction:g}, test_fraction {d.test_fraction:g})",
+                              "use more rows, or change data.val_fraction / data.test_fraction (0 means no such "
+                              "split)", "data")
+
+
+def mixture_outcome(report: DropReport, formatted, prepared, d, max_length: int | None,
+                    check: bool = True) -> str | None:
+    """What a mixture became, as one line: per source the rows kept, the rows trained (and how often each
+    repeats), those dropped for length, and the share of the training split against its weight. Raises when
+    a source lost every training row, or (weighted) its share ended far from its weight
+    (mixture.share_tolerance), unless data.allow_share_drift."""
+    from medsft.mixture import share_tolerance
+
+    if not d.sources:
+        return None
+    counts = report.source_counts(prepared, before=formatted)
+    total = len(prepared["train"])
+    weights = [s.weight for s in report.sources]
+    weighted = all(w is not None for w in weights)
+    asked = {s.name: s.weight / sum(weights) for s in report.sources} if weighted else {}
+    parts = []
+    for name, c in counts.items():
+        long = c["overlong_dropped"].get("train", 0)
+        trained = c["train"] + long
+        text = f"{name}: {c['kept']} of {c['rows']} rows kept, {c['train']} trained"
+        if c["distinct_train_rows"] and trained > c["distinct_train_rows"]:
+            text += f" ({c['distinct_train_rows']} rows, ×{trained / c['distinct_train_rows']:.1f})"
+        if long:
+            text += f", {long} longer than training.max_length={max_length} dropped"
+        parts.append(text + f", share {c['share']:.3f}" + (f" (weight {asked[name]:.3f})" if weighted else ""))
+    checked = {} if not check or d.allow_share_drift else {n: c for n, c in counts.items() if c["kept"]}
+    for name, c in checked.items():
+        long = c["overlong_dropped"].get("train", 0)
+        if c["train"] == 0:
+            why = (f"all {long} are longer than training.max_length={max_length}" if long
+                   else "the weights and split leave it none")
+            raise MedsftError(f"the mixture's training split holds no row of {name} ({why}); training would use the "
+                              "other sources alone",
+                              "raise training.max_length (medsft data shows row lengths), remove the source, or set "
+                              "data.allow_share_drift: true to train without it", "data.sources")
+    for name, c in sorted(checked.items(), key=lambda item: -item[1]["overlong_dropped"].get("train", 0)):
+        long = c["overlong_dropped"].get("train", 0)  # the source that lost rows is named first
+        if weighted and abs(c["share"] - asked[name]) > share_tolerance(asked[name], total):
+            raise MedsftError(f"{name} is {c['share']:.1%} of the training split, not its weight {asked[name]:.1%}"
+                              + (f" ({long} of its rows longer than training.max_length={max_length} dropped)"
+                                 if long else ""),
+                              "raise training.max_length, change the weights, or set data.allow_share_drift: true "
+                              "to train with these shares", "data.sources")
+    return "data: mixture — " + "; ".join(parts)
 
 
 def load_splits(d):
@@ -317,5 +407,5 @@ def load_splits(d):
     for sr in report.sources:
         positions = [i for i, r in enumerate(ids) if sr.start <= r < sr.end]
         parts.append(split(formatted.select(positions), d, sr.name))
-    weigh(parts, [sr.weight for sr in report.sources], d)
+    weigh(parts, [sr.weight for sr in report.sources], d, [sr.name for sr in report.sources])
     return DatasetDict({name: concatenate_datasets([p[name] for p in parts]) for name in SPLITS}), report, raw

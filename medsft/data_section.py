@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from medsft.checks import Float, Fraction, Int, Label, PathText, Section, Text, rule
+from medsft.checks import Float, Fraction, Int, Label, PathText, PositiveInt, Section, Text, rule
 from medsft.errors import MedsftError
 from medsft.paths import looks_local
 
@@ -52,16 +52,22 @@ class DataSection(Section):
     roles: dict[Text, Role] | None = None  # format messages: dataset role -> system/user/assistant (+ ShareGPT's)
     sources: list[SourceSection] | None = None  # a mixture, instead of source/config/split/revision/max_rows
     weighting: Literal["downsample", "upsample"] = "downsample"  # how weights shape the training split
+    max_repeats: PositiveInt = 100  # upsample: the most times one row may appear in the training split
+    # a source's training share may end far from its weight (long rows dropped), or a source vanish entirely
+    allow_share_drift: bool = False
     system_prompt: str | None = None
     max_bad_fraction: Annotated[Float, rule(lambda v: 0 <= v <= 1, "must be in [0, 1]")] = 0.05
     max_rows: MaxRows | None = None
-    split_seed: Int = 816  # the notebook's seed
+    split_seed: Annotated[Int, rule(lambda v: 0 <= v < 2**32, "must be in [0, 2**32) — the split's random "
+                                                              "seed, e.g. 816")] = 816  # the notebook's seed
     val_fraction: Fraction = 0.1
     test_fraction: Fraction = 0.1
 
 
 def check_data_files(d: DataSection, where: str) -> None:
-    """Every file the data section names exists and is a type datasets reads."""
+    """Every file the data section names exists and is a type datasets reads; conversation settings are
+    only set where a source reads conversations."""
+    check_conversation_keys(d, where)
     if d.sources is None:
         check_data_file(d.source, "data.source", where)
     else:
@@ -78,6 +84,23 @@ def check_data_file(source: str, key: str, where: str) -> None:
         if not Path(source).is_file():
             raise MedsftError(f"{key} file {source!r} not found",
                               "check the path (relative paths are read from the current directory)", where)
+
+
+def check_conversation_keys(d: DataSection, where: str) -> None:
+    """data.roles and messages_column are read only by `format: messages`; set beside another format they
+    would be silently ignored."""
+    entries = [(f"data.sources[{i}]", s.format or d.format, s.messages_column) for i, s in enumerate(d.sources or [])]
+    for key, fmt, column in entries:
+        if column is not None and fmt != "messages":
+            raise MedsftError(f"{key}.messages_column is set but its format is {fmt}",
+                              f"set {key}.format: messages, or remove messages_column", where)
+    if any(fmt == "messages" for _, fmt, _ in entries or [("data", d.format, None)]):
+        return
+    for key in ("roles", "messages_column"):
+        if getattr(d, key) is not None:
+            fmt = "no source has format: messages" if d.sources else f"data.format is {d.format}"
+            raise MedsftError(f"data.{key} is set but {fmt}, and only conversations read it",
+                              f"set data.format: messages (or remove data.{key})", where)
 
 
 SINGLE_SOURCE_KEYS = {"source": DEFAULT_DATASET, "config": "en", "split": "train", "revision": None, "max_rows": None}

@@ -82,14 +82,54 @@ def completion_nll(model, prepared, batch_size: int = 4) -> dict:
     return {"nll": nll, "perplexity": math.exp(nll) if nll < 50 else float("inf"), "tokens": count}
 
 
-def held_out_rows(adapter_dir, recipe) -> list[dict]:
-    """The raw rows of the run's test split (row ids saved at training)."""
+HELD_OUT_FIX = "evaluate on benchmark files instead: medsft eval ADAPTER --benchmark FILE"
+
+
+def held_out_ids(adapter_dir, recipe) -> list[int]:
+    """The test split's row ids (test_ids.json, saved at training), checked with the training data's
+    presence before any model loads: unlike infer, merge and benchmarks, the held-out split needs the data."""
     import json
+    from pathlib import Path
+
+    from medsft.data_section import check_data_files
+    from medsft.errors import MedsftError
+
+    path = Path(adapter_dir) / "test_ids.json"
+    try:
+        ids = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MedsftError(f"{str(path)!r} not found: the held-out split is not known",
+                          f"restore the test_ids.json the training wrote, or {HELD_OUT_FIX}") from None
+    except (OSError, ValueError) as err:
+        raise MedsftError(f"{str(path)!r} is not readable JSON ({type(err).__name__})",
+                          f"restore the test_ids.json the training wrote, or {HELD_OUT_FIX}") from None
+    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+        raise MedsftError(f"{str(path)!r} is not a list of row numbers",
+                          f"restore the test_ids.json the training wrote, or {HELD_OUT_FIX}")
+    if not ids:
+        raise MedsftError(f"{str(path)!r} lists no rows (trained with data.test_fraction: 0?)", HELD_OUT_FIX)
+    where = str(Path(adapter_dir) / "recipe.yaml")
+    try:
+        check_data_files(recipe.data, where)
+    except MedsftError as err:
+        raise MedsftError(f"the held-out split is read from the training data, and {err.what}",
+                          f"put the training data back at that path, or {HELD_OUT_FIX}", where) from None
+    return ids
+
+
+def held_out_rows(adapter_dir, recipe) -> list[dict]:
+    """The raw rows of the run's test split; ids beyond the data (another file at the same path) are refused."""
+    from pathlib import Path
 
     from medsft import data
+    from medsft.errors import MedsftError
 
-    ids = json.loads((adapter_dir / "test_ids.json").read_text())
+    ids = held_out_ids(adapter_dir, recipe)
     raw = data.load_raw(recipe.data)
+    if max(ids) >= len(raw):
+        raise MedsftError(f"{str(Path(adapter_dir) / 'test_ids.json')!r} names row {max(ids)} but the training data "
+                          f"has {len(raw)} rows (it changed since training)",
+                          f"put back the data the adapter was trained on, or {HELD_OUT_FIX}")
     return [dict(raw[i]) for i in ids]
 
 
@@ -100,15 +140,15 @@ def run_eval(adapter_dir, *, max_generations: int = 20, settings=None, with_base
     from rich.table import Table
 
     from medsft import data, tokenized
-    from medsft.adapter import load_for_inference
+    from medsft.adapter import load_for_inference, recipe_of
     from medsft.console import rich_console
     from medsft.generate import Settings, generate_batch
     from medsft.outputs import write_json
 
     adapter_dir = Path(adapter_dir)
     settings = settings or Settings()
+    rows = held_out_rows(adapter_dir, recipe_of(adapter_dir))  # before the model: bad data is one line
     model, tokenizer, recipe = load_for_inference(adapter_dir)
-    rows = held_out_rows(adapter_dir, recipe)
     d = recipe.data
     formatted, _ = data.to_prompt_completion(Dataset.from_list(rows), d)
     prepared = tokenized.prepare_split(formatted, tokenizer, name="test")

@@ -29,17 +29,17 @@ def show(recipe, *, limit: int | None, split: str, as_json: bool) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from medsft import data, data_cache, launch, model as model_mod
+    from medsft import assembly, data, launch
     from medsft.console import rich_console
+    from medsft.errors import MedsftError
     from medsft.runspec import resolve
 
     console = rich_console(stderr=as_json)
     spec = resolve(recipe, launch.detect(), kernels="off")
-    tokenizer = model_mod.load_tokenizer(recipe.model)
-    splits, report, raw = data.load_splits(recipe.data)
-    # the same prepared (and cached) splits `medsft train` uses: shown here, reused there
-    prepared, stats, dropped = data_cache.prepared_splits(spec, raw, splits, tokenizer,
-                                                          report=lambda m: console.print(m, markup=False))
+    # the data stage of `medsft train`'s own assembly: the same prepared (and cached) splits, shown here
+    built = assembly.build(spec, stop_after="data", report=lambda m: console.print(m, markup=False))
+    tokenizer, splits, report, prepared = built.tokenizer, built.splits, built.report, built.prepared
+    stats, dropped = built.stats, built.dropped
     ds = prepared[split]
 
     console.print(report.summary())
@@ -54,6 +54,13 @@ def show(recipe, *, limit: int | None, split: str, as_json: bool) -> None:
     mixture = len(report.sources) > 1
     if mixture:
         console.print(source_table(report, prepared))
+    outcome = data.mixture_outcome(report, splits, prepared, recipe.data, spec.drop_longer_than, check=False)
+    if outcome:
+        console.print(outcome, markup=False)
+        try:
+            data.mixture_outcome(report, splits, prepared, recipe.data, spec.drop_longer_than)
+        except MedsftError as err:
+            console.print(f"medsft train refuses this mixture: {err.line()}", markup=False)
 
     if as_json:
         n = len(ds) if limit is None else min(limit, len(ds))

@@ -26,7 +26,9 @@ bitsandbytes 4-bit, SDPA; read from what autograd saves, see tests/unit/test_mem
       + 2H                     input of q/k/v (MatMul4Bit saves it; one tensor for the three)
       + 2AD + 4KD              q and k after RoPE, v
       + 2AD + 4A               SDPA output and fp32 logsumexp (flash / memory-efficient kernels; no S×S scores)
-      + 2AD (CUDA)             the output transposed to (B, S, A·D) by `.contiguous()` for o_proj
+      + 2AD (CUDA; row-by-row) the output transposed to (B, S, A·D) by `.contiguous()` for o_proj; medsft's row-by-row
+                               SDPA joins its sequences' outputs into one copy on any device. The flash kernels
+                               (flash-attn, torch's varlen) write (B, S, A, D) directly: no copy
       + 2H + 8I                MLP input; gate output (SiLU's input), SiLU output, up output, their product
       + 2r·n_t                 LoRA A outputs (bf16)
       + 4AD + 4KD + 4A + 4K    Qwen3's q/k RMSNorms (fp32 inputs)
@@ -34,8 +36,11 @@ bitsandbytes 4-bit, SDPA; read from what autograd saves, see tests/unit/test_mem
                                the input cast to the adapter dtype
       + A·S·(b + 4)            eager attention only: scores and fp32 softmax
   With checkpointing (non-reentrant) a layer keeps only its input (2H); one layer is recomputed at a time.
-  Padding-free batches under SDPA or eager attention also hold a dense bool mask over the flattened batch,
-  T² bytes (transformers' masking_utils; flash-attention and flex_attention need none).
+  Dense masks (per batch, not per token), only where one is really built: transformers' own SDPA over a
+  padding-free batch builds a (ΣT)² bool mask once per forward (1 B/element, masking_utils) and SDPA turns it
+  into an additive mask in the query dtype on every call (b B/element, `aten::where`), which SDPA's backward
+  keeps: L of them without checkpointing, one with; eager builds one additive mask (b B/element). medsft's
+  attentions build none for a padding-free batch (medsft/attention.py: varlen, flash, row-by-row SDPA).
 Backward working set of one layer, per token: B = 2H + 4I (the incoming gradient, and at the MLP's peak the
 gradients of its gate and up outputs; the product's gradient is consumed as they are made), plus
 bitsandbytes' dequantized weight of the largest linear (out·in·b, one at a time).
@@ -60,6 +65,7 @@ TOKEN_TILE, VOCAB_TILE = 4096, 32768  # trl/kernels/chunked_logprob.py TOKEN_CHU
 CONTEXT_BYTES = 0.5 * GiB
 FRAGMENTATION = 0.10
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+FLASH = ("flash_attention_2", "flash_attention_4", "varlen")  # write o_proj's layout directly, build no mask
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -111,7 +117,9 @@ class Setup:
     max_length: int = 2048
     trained_share: float = 1.0  # tokens with labels: the fused head scores only those
     checkpointing: bool = True
-    attention: str = "sdpa"  # sdpa | flash_attention_2 | flex_attention | eager
+    # flash_attention_2 | flash_attention_4 | varlen | sdpa_rows (medsft's SDPA, medsft/attention.py) | sdpa
+    # (transformers' own: a dense mask for padding-free batches) | flex_attention | eager
+    attention: str = "sdpa"
     padding_free: bool = False  # sequences flattened into one row (TRL's padding-free collator or packing)
     device: str = "cuda"  # cuda | cpu (the CPU SDPA output needs no transposing copy)
     head: str = "chunked"  # chunked (TRL's fused head) | full (transformers' logits + cross-entropy)
@@ -186,8 +194,8 @@ def layer_activation_bytes(arch: Arch, s: Setup) -> float:
     shapes, targets = arch.linear_shapes(), s.targeted(arch)
     fp32 = 8 * h + 8 + 4 * a + ((4 * a * d + 4 * k * d + 4 * a + 4 * k) if arch.qk_norm else 0)
     elements = 2 * h + 2 * a * d + 2 * k * d + 4 * i  # attention and MLP inputs, q, k, v, SDPA out, MLP four
-    if s.device == "cuda" and s.attention != "flash_attention_2":
-        elements += a * d  # o_proj's input, made contiguous from SDPA's (B, A, S, D) output
+    if s.attention not in FLASH and (s.device == "cuda" or (s.attention == "sdpa_rows" and s.padding_free)):
+        elements += a * d  # o_proj's input, made contiguous from SDPA's (B, A, S, D) output (or joined from rows)
     lora = s.rank * len(targets) * lb
     if lb != b:  # PEFT casts each adapter's input to the adapter dtype and keeps the copy
         lora += sum(shapes[t][0] * lb for t in targets)
@@ -249,23 +257,33 @@ def estimate(arch: Arch, s: Setup) -> Estimate:
     deq = max(o * inp for inp, o in shapes.values()) * b if s.bits else 0
     final_norm = 4 * h + 8  # the last RMSNorm's fp32 input
     kept_act = (arch.layers * (h * b if s.checkpointing else e) + final_norm) * t
-    if s.padding_free and s.attention in ("sdpa", "eager"):  # a dense bool mask over the flattened batch
-        kept_act += t * t
+    mask = dense_mask_terms(arch, s, t, b)
     kept_how = (f"{t:,} tokens × (L × 2H (each layer's input) + 4H final norm)" if s.checkpointing
                 else f"{t:,} tokens × (L × E ({e / 1024:.0f} KiB/token/layer) + 4H final norm)")
     one_layer = ("one layer recomputed", e * t, f"{t:,} tokens × E ({e / 1024:.0f} KiB)")
-    est.phases["forward"] = [("kept activations", kept_act, kept_how)] + ([one_layer] if s.checkpointing else [])
+    est.phases["forward"] = [("kept activations", kept_act, kept_how)] + ([one_layer] if s.checkpointing else []) + mask
     est.phases["layer backward"] = [("kept activations", kept_act, kept_how)] + (
-        [one_layer] if s.checkpointing else []) + [
+        [one_layer] if s.checkpointing else []) + mask + [
         ("backward working set", back * t, f"{t:,} tokens × (2H + 4I) × {b} B / 2"),
         ("dequantized weight", deq, "largest linear, out·in × b (bitsandbytes)")]
-    est.phases["loss"] = [("kept activations", kept_act, kept_how), *head_terms(arch, s, t, nc, b, grad=True)]
+    est.phases["loss"] = [("kept activations", kept_act, kept_how), *mask, *head_terms(arch, s, t, nc, b, grad=True)]
     te = s.eval_batch * s.max_length
     est.phases["evaluation"] = [("one layer, no grad", (2 * h + 6 * i) * b / 2 * te, f"{te:,} tokens × (2H + 6I)"),
                                 *head_terms(arch, s, te, max(1, int(te * s.trained_share)), b, grad=False)]
     est.phases["optimizer step"] = [("AdamW temporaries", 0 if offloaded else lora * lb * 2 / (n if s.shard_params else 1),
                                      "foreach update buffers ≈ 2 × parameters")]
     return est
+
+
+def dense_mask_terms(arch: Arch, s: Setup, t: int, b: int) -> list[tuple[str, float, str]]:
+    """The (ΣT)² masks a padding-free batch costs where one is built (the module docstring's rule)."""
+    if not s.padding_free or s.attention not in ("sdpa", "eager"):
+        return []
+    if s.attention == "eager":
+        return [("dense attention mask", t * t * b, f"({t:,})² additive mask × {b} B (eager)")]
+    kept = 1 if s.checkpointing else arch.layers
+    return [("dense attention mask", t * t * (1 + kept * b),
+             f"({t:,})² bool mask + {kept} additive mask{'s' if kept > 1 else ''} × {b} B kept by SDPA's backward")]
 
 
 def head_terms(arch: Arch, s: Setup, t: int, nc: int, b: int, grad: bool) -> list[tuple[str, float, str]]:

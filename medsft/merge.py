@@ -20,7 +20,8 @@ def run_merge(adapter_dir, out_dir) -> Path:
 
     from medsft.adapter import attach, check_adapter_dir, recipe_of
     from medsft.model import offline_error, resolve_model_path
-    from medsft.outputs import atomic_dir, write_json
+    from medsft.outputs import atomic_dir
+    from medsft.ownership import mark
 
     adapter_dir = check_adapter_dir(adapter_dir)
     recipe = recipe_of(adapter_dir)
@@ -38,7 +39,7 @@ def run_merge(adapter_dir, out_dir) -> Path:
     with atomic_dir(out, kind="merged") as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        write_json(tmp / ".medsft.json", {"kind": "merged", "adapter": str(adapter_dir)})
+        mark(tmp, "merged", adapter=str(adapter_dir))  # last: lists every file
     return out
 
 

@@ -127,7 +127,34 @@ def canonical_columns(ds, src: Source, d):
     if clash:
         raise MedsftError(f"{src.name} has a column {clash[0]!r} besides the column medsft reads under that name",
                           "rename or remove it in the data, or give the data section's column another name", src.where)
-    return ds.rename_columns(rename) if rename else ds
+    ds = ds.rename_columns(rename) if rename else ds
+    return openai_turns(ds, target["messages_column"]) if src.format == "messages" else ds
+
+
+def openai_turns(ds, column: str):
+    """A conversation column as OpenAI turns ({role, content}, other keys left out), so ShareGPT sources
+    ({from, value}) and OpenAI ones concatenate; formats.conversation reads the result as it read the
+    original. A column whose role or text is not plain strings is left as it is."""
+    from datasets import List, Value
+
+    inner = getattr(ds.features.get(column), "feature", None)
+    if not isinstance(inner, dict):
+        return ds
+    pairs = [(r, c) for r, c in (("role", "content"), ("from", "value")) if r in inner and c in inner]
+    if not pairs or any(inner[key] != Value("string") for pair in pairs for key in pair):
+        return ds
+    if set(inner) == {"role", "content"}:
+        return ds
+
+    def turn(t: dict) -> dict:
+        role, content = pairs[0] if t.get(pairs[0][0]) is not None or len(pairs) == 1 else pairs[1]
+        return {"role": t.get(role), "content": t.get(content)}
+
+    features = ds.features.copy()
+    features[column] = List({"role": Value("string"), "content": Value("string")})
+    return ds.map(lambda batch: {column: [None if conv is None else [turn(t) for t in conv]
+                                          for conv in batch[column]]},
+                  batched=True, features=features, desc=f"{column}: OpenAI turns")
 
 
 def align_columns(parts, d):
@@ -177,11 +204,32 @@ def sample_rows(n_rows: int, n_out: int, seed: int, index: int) -> list[int]:
     return sorted(picks)
 
 
-def weigh(parts, weights: list[float | None], d) -> None:
+def weigh(parts, weights: list[float | None], d, names: list[str] | None = None) -> None:
     """Each source's training split (`parts`: one DatasetDict per source) sampled to its weight, in place;
-    nothing when the sources are not weighted."""
+    nothing when the sources are not weighted. Refused: a weight that leaves its source no row, and
+    upsampling that repeats a row more than data.max_repeats times (440 rows at 0.999/0.001 would become
+    220,000: hours of one row over and over, never what a user meant)."""
     if not parts or any(w is None for w in weights):
         return
-    sizes = weighted_sizes([len(p["train"]) for p in parts], weights, d.weighting)
+    names = names or [f"data.sources[{i}]" for i in range(len(parts))]
+    rows = [len(p["train"]) for p in parts]
+    sizes = weighted_sizes(rows, weights, d.weighting)
+    for name, weight, n, size in zip(names, weights, rows, sizes):
+        if size == 0 and n and not d.allow_share_drift:
+            raise MedsftError(f"weight {weight:g} gives {name} none of its {n} training rows "
+                              f"(weighting: {d.weighting})",
+                              "raise its weight, use weighting: upsample, or set data.allow_share_drift: true to "
+                              "train without it", "data.sources")
+        if n and -(-size // n) > d.max_repeats:
+            raise MedsftError(f"weighting: upsample would repeat each of {name}'s {n} training rows about "
+                              f"{size / n:.0f} times ({n} rows → {size}), more than data.max_repeats={d.max_repeats}",
+                              "use weighting: downsample, weights nearer the sources' sizes, or raise "
+                              "data.max_repeats", "data.weighting")
     for index, (part, n) in enumerate(zip(parts, sizes)):
         part["train"] = part["train"].select(sample_rows(len(part["train"]), n, d.split_seed, index))
+
+
+def share_tolerance(weight: float, total: int) -> float:
+    """How far a source's share of the training split may end from its weight: 2 percentage points or a tenth
+    of the weight, whichever is larger, plus one row (rounding on small splits)."""
+    return max(0.02, 0.1 * weight) + 1 / max(total, 1)

@@ -1,16 +1,15 @@
 """Tokenizer and (quantized) base model, loaded the way the resolved run requires.
 
-Why: quantization, attention kernel and placement are where QLoRA runs fail first. The attention
-implementation is decided here before loading (flash-attention-2 only when `flash_attn` imports and the
-GPU is Ampere or newer, otherwise SDPA with a one-line notice), so transformers never tries to fetch a
-kernel from the hub. `trust_remote_code` is off unless the recipe turns it on, and then it is announced.
+Why: quantization, attention kernel and placement are where QLoRA runs fail first. The attention is
+chosen before loading (medsft/attention.py: flash-attn 2, torch's varlen kernel or row-by-row SDPA, said
+in one notice), so transformers never tries to fetch a kernel from the hub. `trust_remote_code` is off
+unless the recipe turns it on, and then it is announced.
 The tokenizer rules (chat template required, pad token) live here for training and inference alike, with
 the recipe's `model.chat_template` applied (medsft/chat_templates.py) and the embedding rows its tokens need.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 from medsft.console import notice
@@ -104,39 +103,6 @@ def trainable_tokens(model, tokenizer, model_cfg) -> dict[str, list[int]] | None
     return out
 
 
-def flash_attn_imports() -> bool:
-    """flash-attn installed AND loadable (a wheel built for another torch/CUDA fails only at import)."""
-    if importlib.util.find_spec("flash_attn") is None:
-        return False
-    try:
-        import flash_attn  # noqa: F401
-    except Exception:  # an ABI mismatch raises ImportError, OSError or RuntimeError
-        return False
-    return True
-
-
-def choose_attention(requested: str, cuda: bool) -> str:
-    """flash_attention_2 when usable, else sdpa; never crash for a missing or broken flash-attn."""
-    if requested == "flex_attention" and not cuda:
-        notice("flex_attention cannot train on a CPU (no backward there); falling back to sdpa")
-        return "sdpa"
-    if requested in ("sdpa", "eager", "flex_attention"):
-        return requested
-    usable = cuda and flash_attn_imports()
-    if usable:
-        import torch
-
-        usable = torch.cuda.get_device_capability()[0] >= 8
-    if usable:
-        return "flash_attention_2"
-    why = "no CUDA device" if not cuda else "flash-attn is not installed (or does not import), or the GPU is older than Ampere"
-    if requested == "flash_attention_2":
-        notice(f"flash_attention_2 requested but unusable ({why}); falling back to sdpa")
-    else:
-        notice(f"attention: sdpa ({why} for flash_attention_2)")
-    return "sdpa"
-
-
 def quantization_config(q, quant_storage: str, model_dtype: str):
     import torch
     from transformers import BitsAndBytesConfig
@@ -154,16 +120,25 @@ def quantization_config(q, quant_storage: str, model_dtype: str):
     )
 
 
-def load_model(recipe, placement, cuda: bool):
-    """The base model, quantized as the recipe says and placed as the placement says. Returns (model, attn)."""
+def load_model(recipe, placement, cuda: bool, attention=None):
+    """The base model, quantized as the recipe says and placed as the placement says, with `attention` (a
+    medsft.attention.Choice; the run's, RunSpec.attention, else chosen here), said in one notice.
+    Returns (model, the attention's name)."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    from medsft import attention as attention_mod
+
     m = recipe.model
-    attn = choose_attention(m.attn_implementation, cuda)
+    if attention is None:
+        attention = attention_mod.choose(m.attn_implementation,
+                                         attention_mod.detect(cuda and torch.cuda.is_available(), m.dtype))
+    attention_mod.register()
+    notice(attention.notice)
+    attn = attention.name
     kwargs = dict(
         dtype=getattr(torch, m.dtype),
-        attn_implementation=attn,
+        attn_implementation=attention.implementation,
         quantization_config=quantization_config(recipe.quantization, placement.quant_storage, m.dtype),
         trust_remote_code=m.trust_remote_code,
         revision=m.revision,

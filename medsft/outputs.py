@@ -45,10 +45,13 @@ def git_commit(cwd: str | None = None) -> str | None:
 
 @contextmanager
 def atomic_dir(final: str | os.PathLike, kind: str | None = None):
-    """Yield a temporary sibling directory; on success it replaces `final` in one rename (only a directory
-    medsft wrote, with `kind`). On an exception the temporary directory is removed and `final` is untouched.
-    """
-    final = Path(final)
+    """Yield a temporary sibling directory; on success it replaces `final` in one rename (with `kind`: only
+    a directory holding nothing but what medsft wrote, medsft/ownership.py). On an exception the temporary
+    directory is removed and `final` is untouched. A symlinked `final` is written through: the temporary
+    directory sits beside the link's target (same filesystem) and the link stays."""
+    from medsft.ownership import follow
+
+    final = follow(Path(final), str(final))
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.partial-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
@@ -61,12 +64,28 @@ def atomic_dir(final: str | os.PathLike, kind: str | None = None):
 
 def replace_dir(src: Path, final: Path, kind: str | None = None) -> None:
     """Put `src` at `final`, replacing an existing directory with at most a moment where neither exists.
-    With `kind`, `final` is replaced only if medsft wrote it (medsft/ownership.py), checked again here."""
-    if kind is not None:
-        from medsft.ownership import check_ours
+    With `kind`, `final` is replaced only if everything in it is medsft's (medsft/ownership.py), checked
+    again here; an earlier medsft's directory (no file list) only by one that has each of its names. A
+    symlink is followed (its target is replaced, the link kept); a mount point has its contents replaced."""
+    from medsft.ownership import MARKER, check_ours, follow, marker
 
+    final = follow(Path(final), str(final))
+    if kind is not None:
         check_ours(final, kind, str(final))
-    if final.exists():
+        found = marker(final) if final.is_dir() else None
+        if found and found.get("legacy"):
+            new = {p.name for p in Path(src).iterdir()} | {MARKER}
+            extra = sorted(p.name for p in final.iterdir() if p.name not in new)
+            if extra:
+                raise MedsftError(f"{str(final)!r} holds files the new {kind} does not have "
+                                  f"({', '.join(extra[:3])}{' …' if len(extra) > 3 else ''})",
+                                  f"move them out of {str(final)!r}, then run again")
+    if final.exists() and os.path.ismount(final):
+        for old in list(final.iterdir()):  # a mount point cannot be renamed: replace what it holds
+            shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+        for new in list(Path(src).iterdir()):
+            shutil.move(new, final / new.name)  # the mount is another filesystem
+    elif final.exists():
         old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
         os.replace(final, old)
         os.replace(src, final)

@@ -1,15 +1,25 @@
-"""What medsft owns on disk: markers on the directories it writes, and one lock per run directory.
+"""What medsft owns on disk: markers that list what it wrote, and one lock per run directory.
 
 Why: an atomic rename that replaces a directory also deletes whatever was there. `output.adapter_dir:
-runs` once deleted every other run, `medsft merge run/adapter run` a run's checkpoints, `output.dir: .`
-overwrote a project's README with a model card, and two trainings into one directory both "succeeded".
-So every directory medsft creates carries a marker (`.medsft.json`: what it is, when, by which version);
-a directory is replaced or written into only when it is absent, empty, or carries medsft's marker of
-the same kind, and a run directory is locked while a training uses it.
+runs` once deleted every other run, `medsft merge run/adapter run` a run's checkpoints, and a marker
+alone proved only that medsft *made* a directory, not that everything in it is medsft's: a NOTES.md the
+user added to an adapter, or a benchmark report inside it, went with the next save. So a directory medsft
+replaces whole (an adapter, a merged model) carries a marker (`.medsft.json`) listing the files it wrote;
+it is replaced only when every file in it is listed and unchanged, and a refusal names the others. A run
+directory is never replaced, only written into under medsft's own names (checkpoint-N, metrics.jsonl,
+rows_seen.json, the adapter), so its marker records which run (identity) rather than files; it is locked
+while a training uses it.
+
+How a file is recognised (`inventory`): its size, and the SHA-256 of files up to HASH_LIMIT. The files a
+user edits or adds (json, yaml, md, jinja, tokenizer files) are small and hashed; multi-GB weights are
+checked by size only (hashing them on every check would take minutes, and an in-place edit of weights
+that keeps their size is not something a user does by hand). Modification times are not used: a
+copied adapter (`cp -r`, rsync, scp) stays recognisable.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -21,17 +31,69 @@ from medsft.errors import MedsftError
 MARKER = ".medsft.json"
 LOCK = ".medsft.lock"
 KINDS = ("run", "adapter", "merged")
+HASH_LIMIT = 32 << 20
+# an earlier medsft's adapter/merged directory (its marker listed no files) is replaced only if it holds
+# nothing but these names (PEFT, transformers and medsft write them), and only by a directory that has
+# every one of its names (outputs.replace_dir): never trusted to delete a file medsft does not write
+LEGACY_NAMES = {
+    "adapter": r"adapter_config\.json|adapter_model\.(safetensors|bin)|README\.md|recipe\.yaml|manifest\.json"
+               r"|test_ids\.json|training_args\.bin",
+    "merged": r"config\.json|generation_config\.json|model(-\d+-of-\d+)?\.safetensors|model\.safetensors\.index\.json"
+              r"|README\.md",
+}
+TOKENIZER_NAMES = (r"tokenizer(_config)?\.json|tokenizer\.model|special_tokens_map\.json|added_tokens\.json"
+                   r"|chat_template\.(jinja|json)|vocab\.(json|txt)|merges\.txt|[\w.-]+\.tiktoken")
+
+
+def inventory(directory: Path) -> dict[str, list]:
+    """Every entry under `directory` but medsft's marker and lock: relative path → [size, sha256 or None]
+    for a file; ["link", target] for a symlink (not followed), ["other"] for anything else."""
+    directory = Path(directory)
+    out: dict[str, list] = {}
+    for root, dirs, files in os.walk(directory, followlinks=False):
+        for name in [*files, *[d for d in dirs if os.path.islink(os.path.join(root, d))]]:
+            path = Path(root) / name
+            rel = path.relative_to(directory).as_posix()
+            if rel in (MARKER, LOCK):
+                continue
+            if path.is_symlink():
+                out[rel] = ["link", os.readlink(path)]
+            elif path.is_file():
+                size = path.stat().st_size
+                out[rel] = [size, file_hash(path) if size <= HASH_LIMIT else None]
+            else:
+                out[rel] = ["other"]
+    return out
+
+
+def file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_marker(directory: Path) -> dict | None:
+    """The marker file's content as written (not verified), or None."""
+    try:
+        found = json.loads((Path(directory) / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) and found.get("kind") in KINDS else None
 
 
 def marker(directory: Path) -> dict | None:
-    """medsft's marker of a directory, or None. A medsft adapter or run written before markers existed
-    is recognised by its manifest (versions + placement) so upgrading never orphans earlier work."""
+    """medsft's marker of `directory` if it verifies, else None (a marker that does not verify is absent).
+    A run's marker verifies when it names its run (identity); an adapter's or merged model's when every file
+    it lists is there, unchanged. A directory written by an earlier medsft (marker without a file list, or
+    none, and a manifest) is returned with `legacy: True`: recognised, never trusted to delete unknown files."""
     directory = Path(directory)
-    try:
-        found = json.loads((directory / MARKER).read_text())
-        return found if isinstance(found, dict) and found.get("kind") in KINDS else None
-    except (OSError, ValueError):
-        pass
+    found = read_marker(directory)
+    if found is not None and found["kind"] == "run":
+        return found if isinstance(found.get("identity"), dict) and found.get("created") else None
+    if found is not None and isinstance(found.get("files"), dict):
+        return found if not unverified(directory, found) else None
     for kind, manifest in (("adapter", directory / "manifest.json"), ("run", directory / "adapter" / "manifest.json")):
         try:
             m = json.loads(manifest.read_text())
@@ -41,34 +103,109 @@ def marker(directory: Path) -> dict | None:
             return {"kind": kind, "legacy": True}
     if (directory / "metrics.jsonl").is_file() and any(directory.glob("checkpoint-*/trainer_state.json")):
         return {"kind": "run", "legacy": True}  # a run of an earlier medsft, interrupted before its adapter
+    if found is not None and found["kind"] == "merged" and isinstance(found.get("adapter"), str) \
+            and (directory / "config.json").is_file():
+        return {"kind": "merged", "legacy": True}  # an earlier medsft's merge (its marker named the adapter)
     return None
 
 
-def mark(directory: Path, kind: str, **info) -> None:
-    from medsft.outputs import package_versions, write_json
+def unverified(directory: Path, found: dict) -> list[str]:
+    """The files a marker lists that are missing or changed."""
+    files = found.get("files") or {}
+    here = {rel: inventory_one(Path(directory) / rel) for rel in files}
+    return [rel for rel, entry in files.items() if here[rel] is None or list(here[rel]) != list(entry)]
 
+
+def inventory_one(path: Path) -> list | None:
+    if path.is_symlink():
+        return ["link", os.readlink(path)]
+    if not path.is_file():
+        return None
+    size = path.stat().st_size
+    return [size, file_hash(path) if size <= HASH_LIMIT else None]
+
+
+def mark(directory: Path, kind: str, **info) -> None:
+    """Write medsft's marker. An adapter or merged model is marked last, listing every file then in it."""
+    from importlib import metadata
+
+    directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    write_json(directory / MARKER, {"kind": kind, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                    "medsft": package_versions().get("medsft", "dev"), **info})
+    try:
+        version = metadata.version("medsft")
+    except metadata.PackageNotFoundError:
+        version = "dev"
+    body = {"kind": kind, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "medsft": version, **info}
+    if kind != "run":
+        body["files"] = inventory(directory)
+    tmp = directory / f"{MARKER}.tmp-{os.getpid()}"  # atomic, like outputs.write_json (which imports this module)
+    tmp.write_text(json.dumps(body, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, directory / MARKER)
+
+
+def few(names, n: int = 3) -> str:
+    names = sorted(names)
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def follow(path: Path, name: str) -> Path:
+    """A symlinked directory is written through (the link stays, the directory it points to is used); a
+    dangling link or a link to a file is refused."""
+    path = Path(path)
+    if not path.is_symlink():
+        return path
+    target = path.resolve()
+    if not target.is_dir():
+        raise MedsftError(f"{name} {str(path)!r} is a link to {str(target)!r}, which is not a directory",
+                          f"create that directory, or choose another path for {name}")
+    return target
+
+
+def foreign(path: Path, kind: str) -> list[str]:
+    """The entries of a directory medsft may not delete, for a directory of `kind` it would replace whole."""
+    import re
+
+    found = marker(path)
+    here = inventory(path)
+    if found is None:
+        return list(here)
+    if found.get("legacy"):
+        allowed = re.compile(rf"^({LEGACY_NAMES.get(kind, '(?!)')}|{TOKENIZER_NAMES})$")
+        return [rel for rel in here if not allowed.match(rel)]
+    listed = found.get("files") or {}
+    return [rel for rel in here if rel not in listed]
 
 
 def check_ours(path: Path, kind: str, name: str) -> None:
-    """`path` may be created, written into or replaced by medsft: absent, an empty directory, or one that
-    carries medsft's marker of this kind. Anything else belongs to the user."""
-    path = Path(path)
+    """`path` may be created, written into or replaced by medsft: absent, empty (medsft's lock aside), or
+    carrying medsft's verified marker of this kind, and — for a directory replaced whole — holding only the
+    files that marker lists. Anything else belongs to the user, and the refusal names a few of those files."""
+    path = follow(Path(path), name)
     if not path.exists():
         return
     if not path.is_dir():
         raise MedsftError(f"{name} {str(path)!r} is a file", f"choose a directory path for {name}")
-    if not any(path.iterdir()):
-        return
-    found = marker(path)
-    if found is None:
-        raise MedsftError(f"{name} {str(path)!r} holds files medsft did not write",
-                          f"choose a new directory for {name} (medsft only replaces what it wrote)")
-    if found["kind"] != kind:
+    if not any(p.name not in (LOCK,) for p in path.iterdir()):
+        return  # empty, or only the lock a killed run left (RunLock takes it over)
+    raw, found = read_marker(path), marker(path)
+    if found is not None and found["kind"] != kind:
         raise MedsftError(f"{name} {str(path)!r} is a medsft {found['kind']} directory, not a {kind} one",
                           f"choose another directory for {name}")
+    if found is None and raw is not None and raw["kind"] == kind and isinstance(raw.get("files"), dict):
+        changed = unverified(path, raw)
+        raise MedsftError(f"{name} {str(path)!r} was written by medsft but has changed since ({few(changed)} "
+                          "missing or modified), so medsft cannot tell its files from yours",
+                          f"choose a new directory for {name}, or move your files out and delete it")
+    if found is None:
+        names = list(inventory(path)) or [p.name for p in path.iterdir()]
+        raise MedsftError(f"{name} {str(path)!r} holds files medsft did not write ({few(names)})",
+                          f"choose a new directory for {name} (medsft only replaces what it wrote)")
+    if kind == "run":
+        return  # written into under medsft's own names, never replaced: the user's other files stay
+    others = foreign(path, kind)
+    if others:
+        raise MedsftError(f"{name} {str(path)!r} holds files medsft did not write ({few(others)})",
+                          f"move them out of {str(path)!r} (it is replaced whole), or choose another {name}")
 
 
 def contains(outer: Path, inner: Path) -> bool:
@@ -78,8 +215,10 @@ def contains(outer: Path, inner: Path) -> bool:
 
 
 class RunLock:
-    """`<output.dir>/.medsft.lock` while a training runs (main process only). Created exclusively; a lock
-    left by a dead process on this host is taken over, one from another host is reported with its owner."""
+    """`<output.dir>/.medsft.lock` while a training runs (main process only). Created exclusively. A lock
+    whose process is gone is taken over: a dead pid on this host (or a pid since reused by another
+    process), or an earlier attempt of this same Slurm job (a requeue lands on any node). A live holder
+    is refused, named by pid, host, command and start time."""
 
     def __init__(self, directory: Path, command: str = "medsft train"):
         self.path = Path(directory) / LOCK
@@ -87,13 +226,26 @@ class RunLock:
         self.held = False
         self.created = False
 
+    def stale(self, owner: dict | None) -> bool:
+        if not owner:
+            return False
+        job = os.environ.get("SLURM_JOB_ID")
+        if job and owner.get("slurm_job") == job and owner.get("pid") != os.getpid():
+            return True  # this job, requeued: its earlier attempt is over
+        if owner.get("host") != socket.gethostname():
+            return False
+        if not alive(owner.get("pid")):
+            return True
+        started = owner.get("started")
+        return started is not None and process_start(owner.get("pid")) not in (None, started)
+
     def check(self) -> None:
         """Refuse now if another live run holds the directory (read-only: nothing is created)."""
-        if self.path.exists():
+        if self.path.exists() or self.path.is_symlink():
             owner = self.owner()
-            if not (owner and owner.get("host") == socket.gethostname() and not alive(owner.get("pid"))):
-                who = (f"pid {owner.get('pid')} on {owner.get('host')} since {owner.get('since')}" if owner
-                       else "an unreadable lock")
+            if not self.stale(owner):
+                who = (f"pid {owner.get('pid')} on {owner.get('host')}, `{owner.get('command', 'medsft')}`, since "
+                       f"{owner.get('since')}" if owner else "an unreadable lock")
                 raise MedsftError(f"output.dir {str(self.path.parent)!r} is in use by another medsft run ({who})",
                                   f"wait for it, or choose another output.dir (if that run is dead, delete {self.path})")
 
@@ -101,7 +253,8 @@ class RunLock:
         self.created = not self.path.parent.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "command": self.command}
+              "command": self.command, "started": process_start(os.getpid()),
+              "slurm_job": os.environ.get("SLURM_JOB_ID")}
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -120,9 +273,10 @@ class RunLock:
 
     def owner(self) -> dict | None:
         try:
-            return json.loads(self.path.read_text())
+            found = json.loads(self.path.read_text())
         except (OSError, ValueError):
             return None
+        return found if isinstance(found, dict) else None
 
     def __exit__(self, *exc):
         if self.held:
@@ -137,6 +291,15 @@ def alive(pid) -> bool:
         os.kill(int(pid), 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, TypeError, ValueError):
+    except (PermissionError, TypeError, ValueError, OverflowError):
         return True  # exists but not ours, or unreadable: assume alive
     return True
+
+
+def process_start(pid) -> str | None:
+    """When a process started (clock ticks since boot, /proc), to tell a reused pid from the lock's owner."""
+    try:
+        stat = Path(f"/proc/{int(pid)}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[19]
+    except (OSError, ValueError, IndexError, TypeError):
+        return None

@@ -69,7 +69,7 @@ def setup_from(spec) -> Setup:
         rank=recipe.lora.rank, targets=recipe.lora.target_modules, dropout=recipe.lora.dropout,
         micro_batch=spec.micro_batch, eval_batch=spec.eval_batch,
         max_length=int(recipe.training.get("max_length") or 1024), checkpointing=spec.checkpointing,
-        attention=spec.attention if spec.attention in ("eager", "flash_attention_2", "flex_attention") else "sdpa",
+        attention=spec.attention.memory_kind,
         padding_free=bool(recipe.training.get("padding_free") or recipe.training.get("packing")),
         world_size=launch.world_size if distributed else 1, shard_params=launch.sharded_params and distributed,
         zero_stage=launch.zero_stage, fsdp=launch.distributed == "fsdp",
@@ -156,7 +156,9 @@ def run_preflight(spec, *, gpu_memory=None, console=None):
     est = estimate(arch, s)
     v = verdict(est.total, device)
     console.print(f"architecture: {recipe.model.name} from {source}", markup=False, highlight=False)
+    console.print(f"estimated with {spec.attention.notice}", markup=False, highlight=False, soft_wrap=True)
     render(console, Table, est, spec, s, device, where)
+    render_batch(console, spec.batch)
     style = {"fits": "green", "tight": "yellow", "won't fit": "red"}[v]
     name, nbytes = est.dominant()
     console.print(f"verdict: [{style}]{v}[/{style}] ({est.total / GiB:.1f} of {device / GiB:.1f} GiB per device; "
@@ -190,3 +192,23 @@ def render(console, Table, est: Estimate, spec, s: Setup, device: float, where: 
     table.add_row("runtime overhead", f"{est.overhead / GiB:.2f}", "CUDA context + 10% allocator fragmentation")
     table.add_row("[bold]total[/bold]", f"[bold]{est.total / GiB:.2f}[/bold]", f"device: {device / GiB:.1f} GiB {where}")
     console.print(table)
+
+
+def render_batch(console, choice) -> None:
+    """The micro-batch rows: what was chosen and why, why the next size would not fit, the accumulation
+    (medsft/micro_batch.py decides; the preflight only shows it)."""
+    if choice is None:
+        return
+    procs = f"{choice.world} process{'es' if choice.world > 1 else ''}"
+    console.print(f"micro-batch: {choice.micro_batch} ({'auto: ' if choice.auto else ''}{choice.how}"
+                  + (f"; estimated {choice.total / GiB:.1f} GiB" if choice.total is not None else "") + ")",
+                  markup=False, highlight=False, soft_wrap=True)
+    if choice.next_size is not None:
+        console.print(f"  next size {choice.next_size} would not fit: {choice.next_total / GiB:.1f} GiB estimated, "
+                      f"above 85% of {choice.device / GiB:.1f} GiB", markup=False, highlight=False, soft_wrap=True)
+    elif choice.total is not None:
+        console.print("  next size: none larger is needed (no accumulation left to trade)", markup=False,
+                      highlight=False, soft_wrap=True)
+    console.print(f"  gradient accumulation {choice.grad_accum}: {choice.micro_batch} × {choice.grad_accum} × {procs}"
+                  f" = {choice.global_batch} rows per optimizer step ({choice.global_from})", markup=False,
+                  highlight=False, soft_wrap=True)

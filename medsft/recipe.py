@@ -40,7 +40,8 @@ class ModelSection(Section):
     name: PathText = "builtin:tiny-qwen2"  # hub id, local directory, or builtin:tiny-qwen2
     revision: Label | None = None
     trust_remote_code: bool = False
-    attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager", "flex_attention"] = "auto"
+    attn_implementation: Literal["auto", "flash_attention_2", "flash_attention_4", "varlen", "sdpa", "eager",
+                                 "flex_attention"] = "auto"  # medsft/attention.py
     dtype: DType = "bfloat16"
     device_map: Annotated[Any, rule(device_map_ok, "must be auto, cpu, a GPU index or a {module: device} mapping "
                                     "— remove it: medsft places the model from the launch")] = None
@@ -100,8 +101,10 @@ class Recipe(Section):
         return self.model_dump(mode="json")
 
 
-def build(raw: dict, source_file: str = "") -> Recipe:
-    """A Recipe from a sectioned mapping (YAML already read and overridden). Raises MedsftError."""
+def build(raw: dict, source_file: str = "", *, data_files: bool = True) -> Recipe:
+    """A Recipe from a sectioned mapping (YAML already read and overridden). Raises MedsftError.
+    `data_files=False`: an adapter's recipe, whose training data need not be on this machine (only the
+    held-out evaluation reads it, and checks it there)."""
     for section in raw:
         if section not in SECTIONS and section != "training":
             raise MedsftError(f"unknown key '{section}'", did_you_mean(section, [*SECTIONS, "training"]), source_file)
@@ -119,7 +122,7 @@ def build(raw: dict, source_file: str = "") -> Recipe:
         recipe = Recipe(**sections, training={**TRAINING_DEFAULTS, **training}, source_file=source_file)
     except ValidationError as err:
         raise one_line(err, training_keys="training" in raw).at(source_file) from None
-    check_cross_fields(recipe)
+    check_cross_fields(recipe, data_files=data_files)
     return recipe
 
 
@@ -175,7 +178,7 @@ def one_line(err: ValidationError, training_keys: bool = False) -> MedsftError:
     return MedsftError(f"{name} {what} (got {got!r})", fix or f"fix {name}")
 
 
-def check_cross_fields(recipe: Recipe) -> None:
+def check_cross_fields(recipe: Recipe, *, data_files: bool = True) -> None:
     """Rules that span keys or touch the filesystem (still no torch)."""
     m, d, t, where = recipe.model, recipe.data, recipe.training, recipe.source_file
     if looks_local(m.name) and not Path(m.name).is_dir():
@@ -188,7 +191,8 @@ def check_cross_fields(recipe: Recipe) -> None:
         from medsft.chat_templates import check_value
 
         check_value(m.chat_template, where)
-    check_data_files(d, where)
+    if data_files:
+        check_data_files(d, where)
     if t.get("eval_strategy") != "no" and d.val_fraction == 0:
         raise MedsftError("training.eval_strategy needs a validation split but data.val_fraction is 0",
                           "set data.val_fraction above 0 or training.eval_strategy: no", where)

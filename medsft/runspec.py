@@ -11,12 +11,14 @@ decided here and nowhere else.
 
 from __future__ import annotations
 
+import functools
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from medsft.errors import MedsftError
-from medsft.launch import Launch
-from medsft.placement import Placement, decide
+from medsft.launch import Launch, check as check_launch
+from medsft.micro_batch import FALLBACK_MICRO_BATCH, decide as decide_batch
+from medsft.placement import Placement, check_chat_template, check_devices, decide
 from medsft.recipe import Recipe
 
 
@@ -31,7 +33,7 @@ NOT_TRAJECTORY = {
     "hub_always_push", "hub_revision", "include_num_input_tokens_seen", "skip_memory_metrics",
     "torch_empty_cache_steps", "activation_checkpointing", "gradient_checkpointing", "activation_checkpointing_kwargs",
     "gradient_checkpointing_kwargs", "bf16", "fp16", "gradient_accumulation_steps", "max_grad_norm",
-    "per_device_train_batch_size", "max_length", "load_best_model_at_end", "metric_for_best_model",
+    "per_device_train_batch_size", "global_batch_size", "max_length", "load_best_model_at_end", "metric_for_best_model",
     "greater_is_better", "ddp_timeout", "ddp_backend", "ddp_bucket_cap_mb", "trackio_space_id",
     "trackio_bucket_id", "trackio_static_space_id",
 }
@@ -51,17 +53,24 @@ class RunSpec:
     grad_accum: int = 1
     max_grad_norm: float = 1.0
     precision: str = "no"  # mixed precision: bf16 | fp16 | no
+    batch: object = None  # medsft/micro_batch.BatchChoice: how micro_batch and grad_accum were decided
     notices: tuple[str, ...] = field(default=())
 
-    @property
-    def attention(self) -> str:
-        return self.recipe.model.attn_implementation
+    @functools.cached_property
+    def attention(self):
+        """The attention this run uses (medsft.attention.Choice), decided once (imports torch). A CUDA launch
+        planned without CUDA here (preflight) gets the one chosen for an assumed GPU."""
+        from medsft.attention import attention_dtype, choose, detect
+
+        m = self.recipe.model
+        return choose(m.attn_implementation, detect(self.launch.cuda, attention_dtype(m.dtype, self.precision)))
 
     def sft_kwargs(self) -> dict:
         """Every SFTConfig argument of this run."""
         t = dict(self.recipe.training)
         for key in ("gradient_checkpointing", "activation_checkpointing", "bf16", "fp16", "max_length",
-                    "gradient_accumulation_steps", "max_grad_norm"):
+                    "gradient_accumulation_steps", "max_grad_norm", "per_device_train_batch_size",
+                    "global_batch_size"):
             t.pop(key, None)
         user_kwargs = t.pop("activation_checkpointing_kwargs", None) or t.pop("gradient_checkpointing_kwargs", None)
         t.pop("gradient_checkpointing_kwargs", None)
@@ -72,7 +81,8 @@ class RunSpec:
             activation_checkpointing_kwargs={"use_reentrant": self.placement.use_reentrant,
                                              **(user_kwargs if isinstance(user_kwargs, dict) else {})},
             use_liger_kernel=self.kernels == "liger", max_length=self.trl_max_length,
-            gradient_accumulation_steps=self.grad_accum, max_grad_norm=self.max_grad_norm,
+            per_device_train_batch_size=self.micro_batch, gradient_accumulation_steps=self.grad_accum,
+            max_grad_norm=self.max_grad_norm,
             bf16=self.precision == "bf16", fp16=self.precision == "fp16", **t)
 
     def sft_config(self):
@@ -94,14 +104,18 @@ class RunSpec:
     def identity(self) -> dict:
         """What makes two runs the same training: everything that changes the optimization trajectory (model,
         quantization, LoRA, data, the resolved training values) and the checkpoint format (the kind of
-        distribution). Logging, saving, evaluation and output settings may change between resumes."""
+        distribution). Logging, saving, evaluation and output settings may change between resumes. `data.content`
+        is what the rows are (a local file's bytes), so data corrected in place is a different run."""
+        from medsft.data_cache import content_fingerprint
+
         r, launch = self.recipe, self.launch
         training = {k: v for k, v in r.training.items() if k not in NOT_TRAJECTORY}
         training.update(precision=self.precision, micro_batch=self.micro_batch, grad_accum=self.grad_accum,
                         max_grad_norm=self.max_grad_norm, drop_longer_than=self.drop_longer_than)
         model = r.model.model_dump(mode="json", include={"name", "revision", "dtype", "chat_template"})
         return {"model": model, "quantization": r.quantization.model_dump(mode="json"),
-                "lora": r.lora.model_dump(mode="json"), "data": r.data.model_dump(mode="json"),
+                "lora": r.lora.model_dump(mode="json"),
+                "data": {**r.data.model_dump(mode="json"), "content": content_fingerprint(r.data)},
                 "training": json.loads(json.dumps(training, default=str)),
                 "distribution": f"{launch.distributed}{launch.zero_stage or ''}"}
 
@@ -109,15 +123,26 @@ class RunSpec:
         return {"launch": {**self.launch.to_dict(), "described": self.launch.describe()},
                 "placement": self.placement.to_dict(), "kernels": self.kernels, "checkpointing": self.checkpointing,
                 "precision": self.precision, "micro_batch": self.micro_batch, "gradient_accumulation": self.grad_accum,
-                "drop_longer_than": self.drop_longer_than, "substituted": self.placement.substituted}
+                "drop_longer_than": self.drop_longer_than, "substituted": self.placement.substituted,
+                "batch": self.batch.to_dict() if self.batch is not None else None,
+                "attention": self.attention.to_dict()}
 
 
-def resolve(recipe: Recipe, launch: Launch, kernels: str | None = None) -> RunSpec:
-    """The run, decided once. `kernels` None: chosen here for this machine (imports transformers)."""
+def resolve(recipe: Recipe, launch: Launch, kernels: str | None = None, memory=None,
+            previous_micro_batch: int | None = None) -> RunSpec:
+    """The run, decided once, and the one caller of every launch compatibility rule (the launch's own
+    `launch.check`, placement, devices, chat template, precision, DeepSpeed JSON, reporting), so `medsft
+    launch` before any worker starts, `medsft preflight` and each worker refuse the same runs. `kernels` None: chosen here for this machine (imports transformers). `memory`
+    (micro_batch.Memory): the device memory an `auto` micro-batch is chosen for (None: measured, or the
+    fallback without CUDA); `previous_micro_batch`: the one a resumed checkpoint was trained with."""
     where = recipe.source_file
+    check_launch(launch)
+    mixed = precision(recipe, launch)
     try:
         placement = decide(launch, bits=recipe.quantization.bits, dtype=recipe.model.dtype,
-                           forced_device_map=recipe.model.device_map)
+                           forced_device_map=recipe.model.device_map, precision=mixed)
+        check_devices(recipe.model.device_map, launch)
+        check_chat_template(recipe.model.chat_template, launch)
     except MedsftError as err:
         raise err.at(f"{launch.source} with {where}" if launch.source != "environment" else where)
     notices = []
@@ -138,10 +163,17 @@ def resolve(recipe: Recipe, launch: Launch, kernels: str | None = None) -> RunSp
         checkpointing=True if checkpointing is None else bool(checkpointing),
         drop_longer_than=None if t.get("packing") else length,
         trl_max_length=length if t.get("packing") or not t.get("padding_free") else None,
-        micro_batch=int(t.get("per_device_train_batch_size", 8)), eval_batch=int(t.get("per_device_eval_batch_size", 8)),
-        grad_accum=adopted(recipe, launch, "gradient_accumulation_steps", launch.gradient_accumulation, 1),
+        micro_batch=FALLBACK_MICRO_BATCH, eval_batch=int(t.get("per_device_eval_batch_size", 8)),
         max_grad_norm=adopted(recipe, launch, "max_grad_norm", launch.gradient_clipping, 1.0),
-        precision=precision(recipe, launch), notices=tuple(notices))
+        precision=mixed, notices=tuple(notices))
+    accum = t.get("gradient_accumulation_steps")
+    if accum != "auto" and (accum is not None or launch.gradient_accumulation is not None):
+        accum = adopted(recipe, launch, "gradient_accumulation_steps", launch.gradient_accumulation, 1)
+    elif accum == "auto" and launch.gradient_accumulation is not None:
+        accum = launch.gradient_accumulation  # the DeepSpeed config fixes it
+    batch = decide_batch(spec, accum, memory, previous_micro_batch, notices)
+    spec = replace(spec, micro_batch=batch.micro_batch, grad_accum=batch.grad_accum, batch=batch,
+                   notices=tuple(notices))
     check_deepspeed_json(spec)
     check_reporting(spec)
     return spec
@@ -203,21 +235,49 @@ def check_deepspeed_json(spec: RunSpec) -> None:
 
 
 def precision(recipe: Recipe, launch: Launch) -> str:
-    """Mixed precision from the recipe. An accelerate config's `mixed_precision: bf16|fp16` is adopted when
+    """Mixed precision from the recipe. An accelerate config's `mixed_precision: bf16|fp16|fp8` is adopted when
     the recipe says nothing and refused when it says otherwise (transformers would keep the config's value
-    beside `bf16: false` and DeepSpeed would fail in every rank); its `no` is no statement: the recipe decides."""
+    beside `bf16: false` and DeepSpeed would fail in every rank); its `no` is no statement: the recipe decides.
+    fp8 is refused where it cannot run, before any worker starts (accelerate or transformers would stop each
+    one with a traceback)."""
     t = recipe.training
     ours = "bf16" if t.get("bf16") else "fp16" if t.get("fp16") else None
     said = t.get("bf16") is not None or t.get("fp16") is not None
-    theirs = launch.mixed_precision if launch.mixed_precision in ("bf16", "fp16") else None
+    theirs = launch.mixed_precision if launch.mixed_precision in ("bf16", "fp16", "fp8") else None
     if theirs and said and ours != theirs:
         name = accelerate_name(launch)
         recipe_says = f"training.{ours}: true" if ours else "training.bf16/fp16: false"
+        fix = f"training.{theirs}: true in the recipe" if theirs != "fp8" else "remove training.bf16/fp16 from the recipe"
         raise MedsftError(f"{name} says mixed_precision: {theirs} but {recipe.source_file} says {recipe_says}",
-                          f"make them agree: set mixed_precision: '{ours or 'no'}' in {name}, or "
-                          f"training.{theirs}: true in the recipe")
+                          f"make them agree: set mixed_precision: '{ours or 'no'}' in {name}, or {fix}")
+    if theirs == "fp8":
+        check_fp8(recipe, launch)
     if said:
         return ours or "no"
     if theirs:
         return theirs
     return "bf16" if launch.cuda else "no"  # TRL's default is bf16; on CPUs fp32 runs faster than bf16 autocast
+
+
+def check_fp8(recipe: Recipe, launch: Launch) -> None:
+    """FP8 needs an Ada/Hopper-or-newer GPU (compute capability 8.9) here and one of accelerate's FP8 backends;
+    and it swaps every nn.Linear for an FP8 layer, copying its weight, which a bitsandbytes layer's packed
+    weight cannot survive."""
+    import torch
+    from accelerate.utils import is_fp8_available
+
+    name = accelerate_name(launch)
+    needs = ("mixed_precision: fp8 needs a CUDA GPU of compute capability 8.9 or newer (Ada, Hopper, Blackwell) and "
+             "Transformer Engine, MS-AMP or torchao installed")
+    fix = f"set mixed_precision: bf16 in {name} (or 'no' on a CPU)"
+    if not torch.cuda.is_available():
+        raise MedsftError(f"{name}: {needs}; this machine has no CUDA GPU", fix)
+    major, minor = torch.cuda.get_device_capability()
+    if (major, minor) < (8, 9):
+        raise MedsftError(f"{name}: {needs}; this machine's {torch.cuda.get_device_name()} is {major}.{minor}", fix)
+    if not is_fp8_available():
+        raise MedsftError(f"{name}: {needs}; none of them is installed", "pip install torchao, or " + fix)
+    if recipe.quantization.bits is not None:
+        raise MedsftError(f"{name}: mixed_precision: fp8 replaces every linear layer with an FP8 one, and "
+                          f"quantization.bits: {recipe.quantization.bits} layers cannot be converted",
+                          f"{fix}, or set quantization.bits: null (plain LoRA)")

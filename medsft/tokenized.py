@@ -50,21 +50,51 @@ def prepare_split(ds, tokenizer, *, name: str, num_proc: int | None = None, comp
 
 def prepare_kind(ds, tokenizer, kind: str, *, name: str, num_proc, completion_only_loss: bool, extra=()):
     """One kind of example through TRL: prompt/completion (completion-only loss) or messages (assistant-only)."""
-    if kind == "prompt":
-        prepared = prepare_dataset(ds, tokenizer, name=name, num_proc=num_proc,
-                                   completion_only_loss=completion_only_loss)
-    else:
-        from medsft.chat_templates import training_template
+    from jinja2 import TemplateError
 
-        try:
+    template = None
+    try:
+        if kind == "prompt":
+            prepared = prepare_dataset(ds, tokenizer, name=name, num_proc=num_proc,
+                                       completion_only_loss=completion_only_loss)
+        else:
+            from medsft.chat_templates import training_template
+
+            template = training_template(tokenizer)
             prepared = prepare_dataset(ds, tokenizer, name=name, num_proc=num_proc,
                                        completion_only_loss=completion_only_loss, assistant_only_loss=True,
-                                       chat_template=training_template(tokenizer))
-        except RuntimeError as err:  # TRL: an example with no assistant token in the mask
-            raise MedsftError(f"a {name} conversation has no trained token ({' '.join(str(err).split())[:120]})",
-                              "check that the chat template marks assistant turns with {% generation %}",
-                              "model.chat_template") from None
+                                       chat_template=template)
+    except TemplateError:  # the template's own raise_exception ("Conversation roles must alternate", ...)
+        raise refused_rows(ds, tokenizer, kind, template, name) from None
+    except RuntimeError as err:  # TRL: an example with no assistant token in the mask
+        raise MedsftError(f"a {name} conversation has no trained token ({' '.join(str(err).split())[:120]})",
+                          "check that the chat template marks assistant turns with {% generation %}",
+                          "model.chat_template") from None
     return prepared.select_columns(["row_id", *extra, "input_ids", "labels"])
+
+
+def refused_rows(ds, tokenizer, kind: str, template: str | None, name: str) -> MedsftError:
+    """The rows a chat template refuses, found by rendering each (only once TRL has failed): how many, and the
+    first by row id with the template's own message. An error, not a dropped row: the template is only
+    known here, after the split and the weights, and a row it refuses is the data's or the template's
+    mismatch for the user to settle (data.max_bad_fraction counts what the data alone shows)."""
+    from jinja2 import TemplateError
+
+    refused = []
+    for row in ds:
+        messages = row["messages"] if kind == "messages" else row["prompt"] + row["completion"]
+        try:
+            tokenizer.apply_chat_template(messages, tokenize=False, chat_template=template)
+        except TemplateError as err:
+            refused.append((row["row_id"], " ".join(str(err).split())[:160]))
+    if not refused:
+        return MedsftError(f"the chat template failed while preparing the {name} split", "check the template",
+                           "model.chat_template")
+    row_id, message = min(refused)
+    return MedsftError(f"the chat template refuses {len(refused)} of {len(ds)} {name} rows (row {row_id}: {message})",
+                       "fix those rows in the data (row ids count the data's rows from 0, sources in recipe "
+                       "order), remove data.system_prompt if it is the system turn, or use a template that "
+                       "accepts them", "model.chat_template")
 
 
 def lengths(ds) -> list[int]:

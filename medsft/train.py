@@ -1,7 +1,7 @@
 """`medsft train`: recipe → resolved run → data → model → SFTTrainer → adapter, in the order a reader expects.
 
 Why one function: like TRL's own sft.py, the whole run reads top to bottom on one screen; each stage is
-a plain call into the module that owns it (runspec, data, data_cache, model, outputs).
+a plain call into the module that owns it (runspec; assembly for data → model → trainer; outputs).
 """
 
 from __future__ import annotations
@@ -10,17 +10,6 @@ from pathlib import Path
 
 from medsft.console import is_main, notice, say
 from medsft.errors import MedsftError
-
-
-def lora_config(recipe, trainable_tokens: dict | None = None):
-    """LoRA as the recipe says; `trainable_tokens` (medsft/model.py) also trains the rows of a chat template's
-    tokens (PEFT's trainable_token_indices: only those rows, saved in the adapter)."""
-    from peft import LoraConfig
-
-    lo = recipe.lora
-    return LoraConfig(r=lo.rank, lora_alpha=lo.alpha, lora_dropout=lo.dropout, bias=lo.bias,
-                      target_modules=lo.target_modules, task_type="CAUSAL_LM",
-                      trainable_token_indices=trainable_tokens)
 
 
 def preflight_gate(spec, force: bool, gpu_memory: str | None = None) -> None:
@@ -55,10 +44,12 @@ def gather_lines(lines: list[str]) -> list[str]:
 
 def check_paths(recipe) -> None:
     """Where this run writes, before anything is loaded: only what medsft wrote may be written into or replaced."""
-    from medsft.ownership import check_ours, contains
+    from medsft.ownership import RunLock, check_ours, contains
 
     out, adapter, where = Path(recipe.output.dir), recipe.adapter_dir, recipe.source_file
     try:
+        if is_main():  # a live run first: its lock names it (only the main process ever takes the lock)
+            RunLock(out).check()
         check_ours(out, "run", "output.dir")
         if contains(adapter, out) or contains(adapter, Path.cwd()):
             raise MedsftError(f"output.adapter_dir {str(adapter)!r} would contain output.dir or the current directory "
@@ -82,20 +73,18 @@ def run(recipe, resume: str = "auto", force: bool = False, callbacks=()):
     """Train and save the adapter. Returns the trainer (tests inspect it), or None when already complete.
     `callbacks`: more TrainerCallbacks (benchmarks time and measure through them)."""
     from contextlib import nullcontext
-    from dataclasses import replace
 
     from medsft import launch
-    from medsft.accelerate_launch import check_worker_launch
-    from medsft.chat_templates import check_launch
     from medsft.checkpoints import resume_point
+    from medsft.micro_batch import previous_choice
     from medsft.ownership import RunLock
     from medsft.runspec import resolve
 
     check_paths(recipe)
-    here = launch.detect()
-    config_file = check_worker_launch(here)
-    spec = resolve(recipe, replace(here, source=config_file) if config_file else here)
-    check_launch(recipe, spec.launch)  # a chat template's token rows: not under ZeRO-3
+    here = launch.with_command(launch.detect())  # checked with every other launch rule by resolve()
+    previous = previous_choice(resume, recipe.output.dir) if "auto" in (
+        recipe.training.get("per_device_train_batch_size"), recipe.training.get("gradient_accumulation_steps")) else None
+    spec = resolve(recipe, here, previous_micro_batch=previous)
     if is_main():  # only the main process takes the lock; another rank could find it held by rank 0
         RunLock(Path(recipe.output.dir)).check()
     if resume == "auto" and already_complete(spec):
@@ -108,38 +97,21 @@ def run(recipe, resume: str = "auto", force: bool = False, callbacks=()):
 
 
 def train(spec, checkpoint: str | None, resume: str, force: bool, callbacks=()):
-    from medsft import data, data_cache, kernels, model as model_mod
+    from medsft import assembly
     from medsft.ownership import mark
     from medsft.outputs import manifest, write_json
     from medsft.preemption import EXIT_PREEMPTED, PreemptionCallback
     from medsft.shards import gather_rows_seen
-    from medsft.upstream import keep_4bit_trainable_layout
 
     recipe = spec.recipe
     for line in spec.notices:
         notice(line)
     args = spec.sft_config()  # also sets up the distributed state
     preflight_gate(spec, force)
-    tokenizer = model_mod.load_tokenizer(recipe.model)
-
-    splits, report, raw = data.load_splits(recipe.data)
-    say(report.summary())
-    events: list[str] = []
-    prepared, stats, dropped = data_cache.prepared_splits(spec, raw, splits, tokenizer, report=events.append)
-    for rank_lines in gather_lines(events) if spec.launch.world_size > 1 else [events]:
-        for line in rank_lines:
-            say(line)
-    for name, n in dropped.items():
-        if n:
-            say(f"data: {n} {name} rows longer than training.max_length={spec.drop_longer_than} dropped")
-    say("data: " + ", ".join(f"{k} {len(v)}" for k, v in prepared.items()) + " rows")
-
-    eval_questions = data.eval_questions(splits["validation"], recipe.evaluation.generations)
-    base, attn = model_mod.load_model(recipe, spec.placement, spec.launch.cuda)
-    added_rows = model_mod.fit_embeddings(base, tokenizer)  # room for a chat template's new tokens
-    keep_4bit_trainable_layout(base)  # evaluation inside training must not repack trained 4-bit weights
-    kernels_ran = kernels.apply(spec.kernels, base)
-    trainer = build_trainer(spec, args, base, tokenizer, prepared, eval_questions)
+    built = assembly.build(spec, args=args, after_data=say_data)  # data → model → trainer
+    tokenizer, splits, report, raw, prepared = built.tokenizer, built.splits, built.report, built.raw, built.prepared
+    trainer, attn, added_rows, kernels_ran = built.trainer, built.attention, built.embedding_rows_added, built.kernels
+    stats, dropped = built.stats, built.dropped
     for callback in callbacks:
         trainer.add_callback(callback)
     if is_main():  # the first write into output.dir: every input has been checked by now
@@ -173,7 +145,7 @@ def train(spec, checkpoint: str | None, resume: str, force: bool, callbacks=()):
         data={"source": recipe.data.source, "format": recipe.data.format, "fingerprint": raw._fingerprint,
               "rows": report.total, "kept": report.kept, "dropped": dict(report.reasons), "overlong_dropped": dropped,
               "split_sizes": {k: len(v) for k, v in prepared.items()}, "token_lengths": stats,
-              "sources": report.source_counts(prepared)},
+              "sources": report.source_counts(prepared, before=splits)},
         chat_template={"name": recipe.model.chat_template, "embedding_rows_added": added_rows,
                        "trainable_token_indices": getattr(getattr(trainer.model, "peft_config", {}).get("default"),
                                                           "trainable_token_indices", None)},
@@ -186,6 +158,25 @@ def train(spec, checkpoint: str | None, resume: str, force: bool, callbacks=()):
              global_step=trainer.state.global_step, adapter=str(recipe.adapter_dir))
     say(f"adapter saved to {recipe.adapter_dir}")
     return trainer
+
+
+def say_data(built) -> None:
+    """What the data stage produced, before any model loads; a mixture the drops unbalanced is refused here."""
+    from medsft import data
+
+    spec = built.spec
+    say(built.report.summary())
+    lines = built.cache_lines
+    for rank_lines in gather_lines(lines) if spec.launch.world_size > 1 else [lines]:
+        for line in rank_lines:
+            say(line)
+    for name, n in built.dropped.items():
+        if n:
+            say(f"data: {n} {name} rows longer than training.max_length={spec.drop_longer_than} dropped")
+    mixture = data.mixture_outcome(built.report, built.splits, built.prepared, spec.recipe.data, spec.drop_longer_than)
+    if mixture:
+        notice(mixture)
+    say("data: " + ", ".join(f"{k} {len(v)}" for k, v in built.prepared.items()) + " rows")
 
 
 def start_over(out: Path) -> None:
@@ -202,53 +193,17 @@ def start_over(out: Path) -> None:
         notice(f"starting over: removed {len(old)} checkpoint(s) of the previous run in {out}")
 
 
-def build_trainer(spec, args, base, tokenizer, prepared, eval_questions=()):
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback as TqdmCallback
-
-    from medsft import model as model_mod
-    from medsft.generation_eval import GenerationEvalCallback
-    from medsft.progress import IdentityCallback, MetricsFileCallback, ProgressCallback
-    from medsft.trainer import trainer_class
-    from medsft.upstream import expose_lm_head_bias
-
-    recipe = spec.recipe
-    eval_ds = prepared["validation"] if args.eval_strategy != "no" and len(prepared["validation"]) else None
-    try:
-        trainer = trainer_class()(model=base, args=args, train_dataset=prepared["train"], eval_dataset=eval_ds,
-                                  processing_class=tokenizer, peft_config=lora_config(
-                                      recipe, model_mod.trainable_tokens(base, tokenizer, recipe.model)))
-    except ValueError as err:
-        text = " ".join(str(err).split())
-        if "Target modules" in text or "target_modules" in text:
-            raise MedsftError(f"lora.target_modules {recipe.lora.target_modules!r} match no module of "
-                              f"{recipe.model.name!r}", "use names like q_proj, v_proj or 'all-linear'",
-                              recipe.source_file) from None
-        raise
-    expose_lm_head_bias(trainer.model)  # TRL's fused LM head on a PEFT trainable-tokens output layer
-    trainer.rows_seen = []
-    trainer.remove_callback(TqdmCallback)
-    trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(ProgressCallback())
-    trainer.add_callback(MetricsFileCallback(recipe.output.dir))
-    trainer.add_callback(IdentityCallback(spec.identity()))
-    if eval_questions and eval_ds is not None:
-        if spec.launch.sharded_params:
-            notice("evaluation.generations is skipped when parameters are sharded (ZeRO-3, FSDP)")
-        else:
-            trainer.add_callback(GenerationEvalCallback(trainer, list(eval_questions), tokenizer,
-                                                        recipe.evaluation.max_new_tokens, recipe.data))
-    return trainer
-
-
 def save_adapter(trainer, tokenizer, recipe, info: dict, test_ids) -> None:
     """Adapter + tokenizer + resolved recipe + manifest + test row ids, renamed into place at once."""
     import shutil
 
     import yaml
 
+    from medsft.micro_batch import recorded_recipe
     from medsft.outputs import replace_dir, write_json
+    from medsft.ownership import follow, mark
 
-    final = recipe.adapter_dir
+    final = follow(recipe.adapter_dir, "output.adapter_dir")  # a symlink: staged beside its target, link kept
     staging = final.with_name(f".{final.name}.partial")  # the same path on every rank (ZeRO-3 gathers)
     if is_main():
         shutil.rmtree(staging, ignore_errors=True)
@@ -258,10 +213,11 @@ def save_adapter(trainer, tokenizer, recipe, info: dict, test_ids) -> None:
     trainer.save_model(str(staging))  # every rank: gathers ZeRO-3/FSDP shards; only the main process writes
     if is_main():
         tokenizer.save_pretrained(staging)
-        (staging / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False), encoding="utf-8")
+        (staging / "recipe.yaml").write_text(yaml.safe_dump(recorded_recipe(recipe, info.get("batch")), sort_keys=False),
+                                             encoding="utf-8")
         write_json(staging / "test_ids.json", list(test_ids))
         write_json(staging / "manifest.json", info)
         (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; the recipe says it all
-        write_json(staging / ".medsft.json", {"kind": "adapter", "recipe": recipe.source_file})
+        mark(staging, "adapter", recipe=recipe.source_file, run=str(recipe.output.dir))  # last: lists every file
         replace_dir(staging, final, kind="adapter")
     trainer.accelerator.wait_for_everyone()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Union
 
-from pydantic import BeforeValidator, ConfigDict, create_model
+from pydantic import BeforeValidator, ConfigDict, PlainSerializer, ValidationError, WrapValidator, create_model
 
 from medsft.checks import Float, Int, rule
 from medsft.sft_fields import FieldSpec, sft_config_fields
@@ -34,6 +34,10 @@ POSITIVE = {"per_device_train_batch_size", "per_device_eval_batch_size", "gradie
             "learning_rate", "num_train_epochs", "max_length", "eval_steps", "save_steps", "logging_steps"}
 NON_NEGATIVE = {"dataloader_num_workers", "warmup_steps", "weight_decay", "max_grad_norm", "save_total_limit",
                 "dataset_num_proc", "label_smoothing_factor", "eval_delay", "neftune_noise_alpha"}
+# SFTConfig integers that may also be `auto`: medsft/micro_batch.py resolves them from the memory model.
+AUTO = {"per_device_train_batch_size", "gradient_accumulation_steps"}
+# training keys medsft adds (not SFTConfig fields): rows per optimizer step, kept by accumulation.
+MEDSFT_KEYS = {"global_batch_size"}
 TYPES = {"bool": bool, "int": Int, "float": Float, "str": str, "dict": dict, "list": list}
 
 
@@ -47,6 +51,9 @@ def field_type(name: str, spec: FieldSpec):
         checks.append(BeforeValidator(lambda v, no=no: "no" if v is False and no else v))
         checks.append(rule(lambda v, c=spec.choices: not isinstance(v, str) or v in c,
                            f"must be one of {', '.join(spec.choices)}"))
+    if name in AUTO:
+        checks.append(WrapValidator(auto_or_int))
+        checks.append(PlainSerializer(lambda v: v, return_type=Any))
     if name in POSITIVE:
         checks.append(rule(lambda v: not isinstance(v, (int, float)) or v > 0, "must be positive"))
     if name in NON_NEGATIVE:
@@ -55,6 +62,20 @@ def field_type(name: str, spec: FieldSpec):
             else (base | None) if spec.optional else base), None
 
 
+def auto_or_int(value, handler):
+    if value == "auto":
+        return value
+    try:
+        return handler(value)
+    except ValidationError:
+        if isinstance(value, str):
+            raise ValueError("must be int or auto — write a positive integer, or auto (the memory model chooses)") \
+                from None
+        raise
+
+
+GLOBAL_BATCH = Annotated[Int | None, rule(lambda v: v > 0, "must be a positive integer — rows per optimizer step, "
+                                          "e.g. 128")]
 _TRAINING_MODEL = None
 
 
@@ -62,6 +83,7 @@ def training_model():
     global _TRAINING_MODEL
     if _TRAINING_MODEL is None:
         fields = {k: field_type(k, v) for k, v in sft_config_fields().items() if k not in TRAINING_OWNED}
+        fields["global_batch_size"] = (GLOBAL_BATCH, None)
         _TRAINING_MODEL = create_model("training", __config__=ConfigDict(extra="forbid", allow_inf_nan=False),
                                        **fields)
     return _TRAINING_MODEL

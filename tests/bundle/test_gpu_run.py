@@ -13,7 +13,8 @@ SCRIPT = REPO / "bench" / "gpu_run.sh"
 
 
 def gpu_run(*args, wheelhouse, env=None) -> subprocess.CompletedProcess:
-    full = {k: v for k, v in os.environ.items() if k not in ("MEDSFT_BENCH_RESULTS", "MEDSFT_BENCH_MODELS")}
+    # the caller's PYTHONPATH is not the test's: a test that wants one passes it in `env`
+    full = {k: v for k, v in os.environ.items() if k not in ("MEDSFT_BENCH_RESULTS", "MEDSFT_BENCH_MODELS", "PYTHONPATH")}
     full.update(MEDSFT_WHEELHOUSE=str(wheelhouse), MEDSFT_SITE="/tmp/site-x", PYTHON="python3", **(env or {}))
     return subprocess.run(["bash", str(SCRIPT), *map(str, args)], cwd=REPO, env=full, capture_output=True, text=True,
                           timeout=60)
@@ -40,6 +41,18 @@ def test_tests_dry_run(tmp_path):
                        "MEDSFT_BENCH_MODELS=/tmp/medsft-bench-models python3 -m pytest -m gpu tests/gpu -q -raP "
                        f"-p no:cacheprovider --junitxml={out}/gpu-tests.xml 2>&1 | tee {out}/gpu-tests.log")
     assert not out.exists()  # a dry run writes nothing
+    res = gpu_run("--dry-run", "tests", out, wheelhouse=wh, env={"PYTHONPATH": "/already/there"})
+    assert res.returncode == 0, res.stderr  # what was on PYTHONPATH stays, after the checkout and the wheels
+    assert res.stdout.splitlines()[-1].startswith(f"PYTHONPATH={REPO}:/tmp/site-x:/already/there MEDSFT_BENCH_RESULTS=")
+
+
+def test_proof_dry_run(tmp_path):
+    wh = wheelhouse(tmp_path, "trl-1.16.0-py3-none-any.whl")
+    out = tmp_path / "out"
+    res = gpu_run("--dry-run", "proof", out, "--smoke", "--deadline-s", "300", wheelhouse=wh)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines()[-1].endswith(
+        f"python3 bench/proof.py {out} --smoke --deadline-s 300 2>&1 | tee {out}/proof.log")
 
 
 def test_bench_phase_dry_run_results_from_env(tmp_path):

@@ -1,10 +1,12 @@
 """Padding-free batches (TRL's collator: one flat row, position_ids restarting at each sequence) are correct
 with every attention implementation medsft may pick on a GPU: the logits of a packed batch equal those of
 the sequences run one by one, and differ clearly from a batch whose sequences see each other. Then the
-fallback's speed: SDPA (its packed mask is dense over the flattened batch, T×T) against flex_attention
+fallback's speed: transformers' SDPA (its packed mask is dense over the flattened batch, T×T) against flex_attention
 (block-sparse, torch-native, no extra package), forward + backward, timings written to
 gpu-attention-<date>.json under $MEDSFT_BENCH_RESULTS or bench/results. Which becomes the default is a
-human's choice from those numbers: only correctness is asserted here, never a timing."""
+human's choice from those numbers: only correctness is asserted here, never a timing. medsft's own
+attentions (medsft/attention.py: torch's varlen kernel, row-by-row SDPA) are timed against transformers'
+SDPA and flex_attention on one decoder layer at 8 × 4096 and 1 × 32768 tokens (gpu-attention-varlen-*.json)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,9 @@ import pytest
 from tests.gpu.conftest import bench_common, cpu_only_skip, free_cuda, load_base_path
 
 pytestmark = pytest.mark.gpu
-IMPLEMENTATIONS = ["flash_attention_2", "sdpa", "flex_attention", "eager"]  # medsft/model.py choose_attention
+# every attention medsft/attention.py may pick, and transformers' own SDPA (the dense-mask baseline)
+IMPLEMENTATIONS = ["flash_attention_2", "flash_attention_4", "medsft_varlen", "medsft_sdpa_rows", "sdpa",
+                   "flex_attention", "eager"]
 LENGTHS = [37, 120, 64, 200, 5, 300]  # uneven, one very short
 
 
@@ -38,6 +42,18 @@ def sequences(lengths, seed=0, vocab=1400):
 
 
 def skip_unusable(attn: str, target) -> None:
+    if attn in ("medsft_varlen", "flash_attention_4"):
+        cpu_only_skip(target, f"{attn} runs on CUDA only")
+        import torch
+
+        from medsft.attention import flash_attn_4_imports, torch_at_least
+
+        if torch.cuda.get_device_capability()[0] < (9 if attn == "flash_attention_4" else 8):
+            pytest.skip(f"{attn} needs a newer GPU")
+        if attn == "medsft_varlen" and not torch_at_least(torch.__version__, (2, 10)):
+            pytest.skip(f"torch {torch.__version__} has no varlen kernel")
+        if attn == "flash_attention_4" and not flash_attn_4_imports():
+            pytest.skip("flash_attn.cute (flash-attn-4) does not import")
     if attn == "flash_attention_2":
         cpu_only_skip(target, "flash_attention_2 runs on CUDA only")
         import torch
@@ -53,6 +69,10 @@ def skip_unusable(attn: str, target) -> None:
 def load(target, attn: str):
     import torch
     from transformers import AutoModelForCausalLM
+
+    from medsft.attention import register
+
+    register()
 
     return AutoModelForCausalLM.from_pretrained(load_base_path(target), dtype=getattr(torch, target.dtype),
                                                 attn_implementation=attn, use_cache=False,
@@ -178,4 +198,83 @@ def test_packed_attention_timings_sdpa_vs_flex(target):
                                "frozen weights; median of the timed calls after two warm-ups",
                        "rows": rows, "sdpa_vs_flex": faster})
     print(f"sdpa vs flex_attention: {faster}; written to {path}")
+    assert path.is_file()
+
+
+def one_layer_model(target, attn: str):
+    """One decoder layer of the target's architecture (Qwen3-0.6B's 16 heads × 128, 8 KV heads on a GPU),
+    random weights: the attention's cost without 28 layers of activations (a dense 32k² mask per layer)."""
+    import json
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from medsft.attention import register
+
+    register()
+    cfg = json.loads((__import__("pathlib").Path(load_base_path(target)) / "config.json").read_text())
+    cfg.update(num_hidden_layers=1, layer_types=None)
+    config = AutoConfig.for_model(**{k: v for k, v in cfg.items() if k not in ("architectures", "transformers_version")
+                                     and v is not None})
+    config._attn_implementation = attn
+    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, target.dtype))
+    return model.to("cuda" if target.cuda else "cpu").requires_grad_(False).train()
+
+
+def test_attention_timings_varlen_vs_sdpa_vs_flex(target):
+    """Forward + backward of one decoder layer on padding-free batches of 8 × 4096 and 1 × 32768 tokens
+    (CPU logic check: 8 × 64 and 1 × 512, forward only), written to JSON: medsft's varlen against
+    transformers' SDPA (dense (ΣT)² mask), medsft's row-by-row SDPA and flex_attention. Recorded, never
+    compared."""
+    import torch
+
+    common = bench_common()
+    shapes = [(8, 4096), (1, 32768)] if target.cuda else [(8, 64), (1, 512)]
+    reps = 5 if target.cuda else 1
+    rows = []
+    for attn in ["medsft_varlen", "sdpa", "medsft_sdpa_rows", "flex_attention", "flash_attention_2"]:
+        try:
+            skip_unusable(attn, target)
+            if attn == "flex_attention":
+                cpu_only_skip(target, "flex_attention has no CPU backward")
+        except pytest.skip.Exception as why:
+            rows.append({"attention": attn, "skipped": str(why)})
+            continue
+        model = one_layer_model(target, attn)
+        device = next(model.parameters()).device
+        for sequences_, length in shapes:
+            batch = {k: v.to(device) if hasattr(v, "to") else v
+                     for k, v in collate(sequences([length] * sequences_, length)).items()}
+            if target.cuda:
+                torch.cuda.reset_peak_memory_stats()
+            try:
+                first, times = time_forward_backward(model, batch, reps)
+            except torch.OutOfMemoryError as err:
+                rows.append({"attention": attn, "sequences": sequences_, "length": length,
+                             "failed": f"out of memory: {str(err)[:160]}"})
+                free_cuda()
+                continue
+            record = {"attention": attn, "sequences": sequences_, "length": length,
+                      "packed_tokens": sequences_ * length, "first_call_seconds": first,
+                      "median_seconds": statistics.median(times), "seconds": times,
+                      "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if target.cuda else None}
+            rows.append(record)
+            print(f"{attn:>18} {sequences_} x {length}: {record['median_seconds'] * 1e3:8.1f} ms"
+                  + (f", peak {record['peak_memory_gib']:.1f} GiB" if target.cuda else ""))
+        del model
+        free_cuda()
+    ratios = {}
+    for sequences_, length in shapes:
+        timed = {r["attention"]: r["median_seconds"] for r in rows
+                 if r.get("length") == length and r.get("sequences") == sequences_ and "median_seconds" in r}
+        if "medsft_varlen" in timed:
+            ratios[f"{sequences_}x{length}"] = {f"{k}_over_varlen": v / timed["medsft_varlen"]
+                                                 for k, v in timed.items() if k != "medsft_varlen"}
+    name = "gpu-attention-varlen" if target.cuda else "gpu-attention-varlen-cpu-check"
+    path = common.save(name, {"model": f"{target.label}, 1 decoder layer", "dtype": target.dtype,
+                              "gpu": common.gpu_environment(),
+                              "what": "forward+backward (CPU: forward) of one decoder layer on a padding-free batch "
+                                      "(TRL's collator), frozen weights; median of the timed calls after two warm-ups",
+                              "rows": rows, "slower_than_varlen": ratios})
+    print(f"times relative to varlen: {ratios}; written to {path}")
     assert path.is_file()

@@ -32,16 +32,20 @@ LOSS_RELATIVE = {"cpu": 1e-5, "cuda": 0.02}
 
 
 def expected_attention(cuda: bool) -> str:
-    """flash_attention_2 when flash_attn imports (and the GPU is Ampere or newer), else medsft's SDPA fallback."""
+    """bf16 on an Ampere or newer GPU: flash_attention_2 when flash_attn imports, else torch's varlen kernel
+    (torch >= 2.10); anywhere else medsft's SDPA."""
     if not cuda:
         return "sdpa"
     import torch
 
-    try:
-        import flash_attn  # noqa: F401
-    except Exception:
+    if torch.cuda.get_device_capability()[0] < 8:
         return "sdpa"
-    return "flash_attention_2" if torch.cuda.get_device_capability()[0] >= 8 else "sdpa"
+    try:
+        from flash_attn import flash_attn_varlen_func  # noqa: F401
+    except Exception:
+        major, minor = (int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
+        return "varlen" if (major, minor) >= (2, 10) else "sdpa"
+    return "flash_attention_2"
 
 
 @pytest.fixture(scope="module")

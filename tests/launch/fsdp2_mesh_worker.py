@@ -30,7 +30,7 @@ def main(out: Path, steps: int) -> None:
     from medsft.placement import decide
     from medsft.recipe_files import load_recipe
     from medsft.runspec import resolve
-    from medsft.train import lora_config
+    from medsft.assembly import lora_config
     from medsft.upstream import keep_4bit_trainable_layout, packed_4bit_layers
 
     dist.init_process_group("gloo")

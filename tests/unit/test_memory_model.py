@@ -19,12 +19,15 @@ CONFIG = dict(model_type="qwen3", hidden_size=256, intermediate_size=768, num_at
 LENGTHS = (256, 512)
 
 
-def qlora_model(tmp_path, dropout: float, checkpointing: bool):
+def qlora_model(tmp_path, dropout: float, checkpointing: bool, attn: str = "sdpa"):
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
 
+    from medsft.attention import register
     from medsft.upstream import keep_4bit_trainable_layout
+
+    register()
 
     torch.manual_seed(0)
     cfg = AutoConfig.for_model(**CONFIG)
@@ -32,7 +35,7 @@ def qlora_model(tmp_path, dropout: float, checkpointing: bool):
     bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                              bnb_4bit_compute_dtype=torch.bfloat16)
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "m", quantization_config=bnb, dtype=torch.bfloat16,
-                                                 attn_implementation="sdpa")
+                                                 attn_implementation=attn)
     keep_4bit_trainable_layout(model)
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -44,15 +47,17 @@ def qlora_model(tmp_path, dropout: float, checkpointing: bool):
     return model.train()
 
 
-def peak_live_bytes(model, length: int) -> int:
-    """Highest live CPU bytes during one forward and backward of the decoder stack."""
+def peak_live_bytes(model, length: int, packed: int | None = None) -> int:
+    """Highest live CPU bytes during one forward and backward of the decoder stack; `packed`: the tokens are
+    sequences of that many, flattened into one row as TRL's padding-free collator does."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
     ids = torch.randint(0, 1000, (1, length), generator=torch.Generator().manual_seed(1))
+    extra = {"position_ids": (torch.arange(length) % packed)[None]} if packed else {}
     backbone = model.base_model.model.model
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        hidden = backbone(input_ids=ids).last_hidden_state
+        hidden = backbone(input_ids=ids, use_cache=False, **extra).last_hidden_state
         hidden.float().pow(2).mean().backward()  # a reduction in place of the LM head: 4H per token, fp32
     events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
     live = top = 0
@@ -80,3 +85,26 @@ def test_activation_bytes_per_token(tmp_path, checkpointing, dropout):
     print(f"checkpointing={checkpointing} dropout={dropout}: measured {measured:,.0f} B/token, "
           f"predicted {predicted:,.0f} (E = {e:,.0f} B/token/layer)")
     assert predicted == pytest.approx(measured, rel=0.15)
+
+
+@pytest.mark.parametrize("attention", ["sdpa_rows", "sdpa"], ids=["medsft row-by-row SDPA", "transformers SDPA"])
+def test_packed_batch_bytes_follow_the_attention(tmp_path, attention):
+    """A padding-free batch of 32-token sequences: medsft's row-by-row SDPA keeps no mask (the joined output
+    is its one extra copy); transformers' SDPA keeps a (ΣT)² bool mask and one bf16 additive mask per layer.
+    The measured growth from 256 to 512 tokens matches the estimate for the attention that ran."""
+    from medsft.memory_model import dense_mask_terms
+
+    model = qlora_model(tmp_path, 0.0, False, attn={"sdpa_rows": "medsft_sdpa_rows"}.get(attention, attention))
+    peak_live_bytes(model, 64, packed=32)
+    short, long = (peak_live_bytes(model, n, packed=32) for n in LENGTHS)
+    arch = Arch.from_config(CONFIG)
+    s = Setup(rank=8, checkpointing=False, device="cpu", attention=attention, padding_free=True)
+    e, h, i = layer_activation_bytes(arch, s), arch.hidden, arch.intermediate
+
+    def predicted(t):
+        per_token = arch.layers * e + 2 * h + 4 * i + 4 * h + 8 + 4 * h
+        return per_token * t + sum(b for _, b, _ in dense_mask_terms(arch, s, t, 2))
+
+    want = predicted(LENGTHS[1]) - predicted(LENGTHS[0])
+    print(f"{attention}: measured {long - short:,.0f} B more at {LENGTHS[1]} tokens, predicted {want:,.0f}")
+    assert want == pytest.approx(long - short, rel=0.05)  # the masks are 8% of it: a wrong rule fails

@@ -68,19 +68,14 @@ def test_eval_loss_is_nll_while_training_with_dft(tiny_dir, tmp_path):
     relies on TRL reading args.loss_type on every compute_loss call)."""
     import torch
 
-    from medsft import data, data_cache, launch, model as model_mod
+    from medsft import assembly, launch
     from medsft.recipe_files import load_recipe
     from medsft.runspec import resolve
-    from medsft.train import build_trainer
 
     recipe = load_recipe(REPO / "recipes" / "tiny-cpu.yaml", [f"output.dir={tmp_path}", "training.loss_type=dft",
                                                               "training.max_steps=1", "data.max_rows=60"])
-    spec = resolve(recipe, launch.detect(), kernels="off")
-    tokenizer = model_mod.load_tokenizer(recipe.model)
-    splits, _, raw = data.load_splits(recipe.data)
-    prepared, _, _ = data_cache.prepared_splits(spec, raw, splits, tokenizer, report=lambda m: None)
-    trainer = build_trainer(spec, spec.sft_config(), model_mod.load_model(recipe, spec.placement, False)[0],
-                            tokenizer, prepared)
+    built = assembly.build(resolve(recipe, launch.detect(), kernels="off"))
+    trainer, prepared = built.trainer, built.prepared
     got = trainer.evaluate()["eval_loss"]
     assert trainer.args.loss_type == "dft", "the evaluation must not leave the loss switched"
     model, total, count = trainer.model.eval(), 0.0, 0
