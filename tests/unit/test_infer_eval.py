@@ -44,10 +44,15 @@ def test_eval_format_compliance(adapter):
 
 
 def test_infer_batch_writes_jsonl(adapter, tmp_path):
+    """Two held-out questions of the built-in data (what the tiny model learned: an out-of-distribution question
+    makes its format depend on float noise in training), one long and one short."""
+    from medsft.tiny_data import generate
+
+    rows = generate()
+    held_out = [rows[i]["Question"] for i in json.loads((adapter / "test_ids.json").read_text())]
+    picked = [max(held_out, key=len), min(held_out, key=len)]
     questions = tmp_path / "q.jsonl"
-    questions.write_text(json.dumps({"question": "A 50-year-old man comes to the clinic with gout-like pain in the "
-                                                 "big toe and a red swollen joint. What is the most likely diagnosis?"})
-                         + "\n" + json.dumps({"question": "Short one?"}) + "\n")
+    questions.write_text("".join(json.dumps({"question": q}) + "\n" for q in picked))
     out = tmp_path / "a.jsonl"
     res = run_cli("infer", adapter, "--file", questions, "--output", out, "--max-new-tokens", "160", timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
