@@ -103,7 +103,7 @@ def launch_and_wait(launch_command, launch_args) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    from medsft.preemption import EXIT_PREEMPTED
+    from medsft.preemption import EXIT_PREEMPTED, SIGNALS
 
     # torch elastic gives workers 30 s after passing a signal on before it kills them; a checkpoint of a
     # large model takes longer, and Slurm warns 5 minutes ahead (launch/*.sbatch)
@@ -118,6 +118,10 @@ def launch_and_wait(launch_command, launch_args) -> int:
         return next((c for c in codes if c > 0), 1)
     except subprocess.CalledProcessError as err:
         return err.returncode if err.returncode > 0 else 1
-    except SignalException:
+    except SignalException:  # accelerate < 1.16 lets torch elastic's signal through
         return EXIT_PREEMPTED
+    except SystemExit as err:  # accelerate ≥ 1.16 exits 128 + the signal once elastic has shut its workers down
+        if err.code in {128 + sig for sig in SIGNALS}:
+            return EXIT_PREEMPTED
+        raise
     return 0
