@@ -1,7 +1,7 @@
 """A bare TRL script with medsft's exact settings for tiny-cpu: the yardstick for medsft's own overhead.
 
 Same rows, split, tokenizer, 4-bit model, LoRA and SFTConfig as `medsft train recipes/tiny-cpu.yaml` (medsft's
-own assembly up to the model: medsft/assembly.py), but a plain SFTTrainer: no progress view, metrics file,
+own assembly up to the model: medsft/train/assembly.py), but a plain SFTTrainer: no progress view, metrics file,
 row recording, preflight or manifest.
 
     python bench/bare_trl.py --max-steps 40
@@ -24,7 +24,7 @@ def bare_trainer(recipe, args, model, tokenizer, train_dataset, callbacks=()):
 
     from trl import SFTTrainer
 
-    from medsft.assembly import lora_config
+    from medsft.train.assembly import lora_config
 
     args = copy.deepcopy(args)
     args.disable_tqdm = True
@@ -41,9 +41,10 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
 
     from common import run_overrides, step_clock
-    from medsft import assembly, launch
-    from medsft.recipe_files import load_recipe
-    from medsft.runspec import resolve
+    from medsft.train import assembly
+    from medsft.launch import detect as launch
+    from medsft.recipe.files import load_recipe
+    from medsft.train.runspec import resolve
 
     recipe = load_recipe(args.recipe, run_overrides(args.max_steps, args.output, args.logging_steps))
     spec = resolve(recipe, launch.detect())

@@ -13,7 +13,7 @@ RESULTS = Path(__file__).resolve().parent / "results"  # MEDSFT_BENCH_RESULTS ov
 
 
 def environment() -> dict:
-    from medsft.outputs import git_commit, package_versions
+    from medsft.io.outputs import git_commit, package_versions
 
     info = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": platform.machine(), "python": sys.version.split()[0],
             "cpus": __import__("os").cpu_count(), "versions": package_versions(), "git_commit": git_commit(),
@@ -149,7 +149,7 @@ def append_summary(title: str, note: str, columns: list[str], rows: list[list], 
 
 
 def random_model_dir(config_path: Path, root: Path, seed: int = 0) -> Path:
-    """Random-weight model of a real architecture (medsft/architectures/NAME.json) in the model dtype,
+    """Random-weight model of a real architecture (medsft/memory/architectures/NAME.json) in the model dtype,
     initialised on the GPU (on the CPU without one), saved as safetensors with medsft's built-in tokenizer
     (its ids are below every real vocabulary size). Built once into root/NAME (an existing complete build
     is reused), atomically: a build that dies leaves nothing behind."""
@@ -163,7 +163,7 @@ def random_model_dir(config_path: Path, root: Path, seed: int = 0) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from medsft.tiny_model import build_tokenizer
+    from medsft.builtin.tiny_model import build_tokenizer
 
     config = json.loads(Path(config_path).read_text())
     dtype = getattr(torch, config.get("torch_dtype", "bfloat16"))
@@ -192,7 +192,7 @@ def synthetic_rows(path: Path, rows: int, seed: int = 0) -> Path:
     enough tokens for long packed sequences (about 105 tokens a row with the built-in tokenizer)."""
     import json
 
-    from medsft.tiny_data import generate
+    from medsft.builtin.tiny_data import generate
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -215,7 +215,7 @@ def random_weights_dir(config: dict, out: Path, seed: int = 0) -> Path:
 
     from transformers import AutoConfig
 
-    from medsft.tiny_model import build_tokenizer
+    from medsft.builtin.tiny_model import build_tokenizer
 
     out = Path(out)
     if (out / RANDOM_MARKER).is_file():

@@ -162,10 +162,11 @@ def time_own_code(trainer) -> list[float]:
 def turns_of(kinds: list[str], steps: int) -> dict:
     """One interleaved session of two trainers (the first named leads each pair)."""
     from bare_trl import bare_trainer
-    from medsft import assembly, launch
-    from medsft.preemption import PreemptionCallback
-    from medsft.recipe_files import load_recipe
-    from medsft.runspec import resolve
+    from medsft.train import assembly
+    from medsft.launch import detect as launch
+    from medsft.train.preemption import PreemptionCallback
+    from medsft.recipe.files import load_recipe
+    from medsft.train.runspec import resolve
 
     with tempfile.TemporaryDirectory() as tmp:
         recipe = load_recipe(REPO / "recipes" / "tiny-cpu.yaml", run_overrides(steps, tmp))
@@ -208,10 +209,11 @@ def token_stats(batch_size: int = 8, max_length: int = 4096) -> dict:
 
     from datasets import Dataset
 
-    from medsft import data, tokenized
-    from medsft.model import load_tokenizer
-    from medsft.data_section import DataSection
-    from medsft.recipe import ModelSection
+    from medsft.data import load as data
+    from medsft.data import tokenized
+    from medsft.model.load import load_tokenizer
+    from medsft.recipe.data_section import DataSection
+    from medsft.recipe.schema import ModelSection
 
     tok = load_tokenizer(ModelSection())
     rows = json.loads(DEMO.read_text())

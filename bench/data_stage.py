@@ -32,7 +32,7 @@ def write_rows(path: Path, n: int) -> str:
     if DEMO.is_file():
         base, origin = json.loads(DEMO.read_text()), "demo rows repeated"
     else:
-        from medsft.tiny_data import generate
+        from medsft.builtin.tiny_data import generate
 
         base, origin = generate(800), "generated tiny-medical rows"
     with path.open("w", encoding="utf-8") as fh:
@@ -45,10 +45,11 @@ def write_rows(path: Path, n: int) -> str:
 
 def child(data_file: str, num_proc: int) -> None:
     """One timed data stage in this process; prints a JSON line."""
-    from medsft import assembly, launch
-    from medsft.model import load_tokenizer
-    from medsft.recipe_files import load_recipe
-    from medsft.runspec import resolve
+    from medsft.train import assembly
+    from medsft.launch import detect as launch
+    from medsft.model.load import load_tokenizer
+    from medsft.recipe.files import load_recipe
+    from medsft.train.runspec import resolve
 
     recipe = load_recipe(REPO / "recipes" / "tiny-cpu.yaml", [f"data.source={data_file}", "training.max_length=4096",
                                                                   f"training.dataset_num_proc={num_proc}"])

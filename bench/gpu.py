@@ -1,6 +1,6 @@
 """GPU benchmark in phases: 4-bit QLoRA throughput, achieved TFLOP/s, peak memory against the memory
 preflight, the longest max_length that trains, and the notebook baseline, for random-weight models of real
-architectures (medsft/architectures), fully offline. Each phase fits in 9 minutes on one H100-class GPU.
+architectures (medsft/memory/architectures), fully offline. Each phase fits in 9 minutes on one H100-class GPU.
 
     python bench/gpu.py --phase throughput   # qwen3-0.6b and llama3.1-8b at max_length 2048 and 4096: tokens/s, TFLOP/s
     python bench/gpu.py --phase memory       # the same runs (and variants) vs the preflight's `allocated`
@@ -29,8 +29,8 @@ lm_head, and c the attention context: tokens attend within their own row of the 
 c = Σ s_i² / Σ s_i over the packed rows' lengths s_i (`attention_context` in the JSON; not max_length).
 
 Memory: `torch.cuda.max_memory_allocated` over the training steps only (peak statistics reset when training
-begins, after loading; the loading peak is recorded apart), against `medsft.memory_model.estimate(arch,
-setup_from(resolve(recipe, detect()))).allocated` — the run as medsft.train.run resolves it, so the same
+begins, after loading; the loading peak is recorded apart), against `medsft.memory.model.estimate(arch,
+setup_from(resolve(recipe, detect()))).allocated` — the run as medsft.train.run.run resolves it, so the same
 kernels and the same attention (both recorded in the row's `preflight`); ratio = estimate / measured. The
 memory phase asks for kernels off and eval batch = micro-batch. The dense (ΣT)² masks are counted where one
 is really built (memory_model's "dense attention mask" term: transformers' own SDPA or eager over a
@@ -57,7 +57,7 @@ from common import (append_summary, describe_gpu, environment, gpu_environment, 
                     results_dir, run_overrides, synthetic_rows)
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "medsft" / "architectures"
+CONFIGS = REPO / "medsft" / "memory" / "architectures"
 PHASES = ("throughput", "memory", "maxlen", "notebook")
 RESULT_TAG = "MEDSFT_BENCH_RESULT "
 EXIT_OOM = 3  # exit status of a --run child that ran out of GPU memory
@@ -76,7 +76,7 @@ def flops_per_token(arch, lora_params: int, context: float) -> float:
 
 
 def recipe_for(spec: dict):
-    from medsft.recipe_files import load_recipe
+    from medsft.recipe.files import load_recipe
 
     kernels = f"'{spec.get('kernels', 'auto')}'"  # quoted: YAML reads a bare off as false
     sets = [f"model.name={spec['model']}", f"model.kernels={kernels}",
@@ -132,20 +132,20 @@ def training_clock():
 
 
 def train_with(callback, recipe):
-    """medsft.train.run with one more callback on its trainer."""
-    from medsft.train import run
+    """medsft.train.run.run with one more callback on its trainer."""
+    from medsft.train.run import run
 
     return run(recipe, resume="never", force=True, callbacks=[callback])
 
 
 def preflight(recipe) -> tuple[object, dict]:
-    from medsft.launch import detect
-    from medsft.memory_model import estimate
-    from medsft.preflight import Arch, read_config, setup_from
-    from medsft.runspec import resolve
+    from medsft.launch.detect import detect
+    from medsft.memory.model import estimate
+    from medsft.memory.preflight import Arch, read_config, setup_from
+    from medsft.train.runspec import resolve
 
     arch = Arch.from_config(read_config(recipe.model.name)[0])
-    spec = resolve(recipe, detect())  # kernels chosen as medsft.train.run chooses them: the same run
+    spec = resolve(recipe, detect())  # kernels chosen as medsft.train.run.run chooses them: the same run
     setup = setup_from(spec)
     est = estimate(arch, setup)
     persistent = sum(b for _, b, _ in est.persistent)
@@ -477,7 +477,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--phase", choices=[*PHASES, "all"], default="all")
     p.add_argument("--smoke", action="store_true", help="tiny model on the CPU: checks every phase's code path")
-    p.add_argument("--models", nargs="*", default=["qwen3-0.6b", "llama3.1-8b"], help="medsft/architectures names")
+    p.add_argument("--models", nargs="*", default=["qwen3-0.6b", "llama3.1-8b"], help="medsft/memory/architectures names")
     p.add_argument("--lengths", nargs="*", type=int, default=[2048, 4096])
     p.add_argument("--steps", type=int, default=10, help="throughput and notebook runs")
     p.add_argument("--memory-steps", type=int, default=3)

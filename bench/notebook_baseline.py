@@ -36,9 +36,9 @@ def main(argv=None) -> dict:
     from trl import SFTConfig, SFTTrainer
 
     from common import install_random_weights_loader, step_clock
-    from medsft.data_section import DataSection
-    from medsft.data import load_raw
-    from medsft.model import resolve_model_path
+    from medsft.recipe.data_section import DataSection
+    from medsft.data.load import load_raw
+    from medsft.model.load import resolve_model_path
 
     dtype = torch.bfloat16 if args.bf16 else torch.float32
     raw = load_raw(DataSection(source=args.data))

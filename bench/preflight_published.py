@@ -7,7 +7,7 @@ Each point states its source, what was measured, and every setting the estimate 
 differ from medsft's own stack are modelled as that stack ran (transformers' full-logits loss instead of
 TRL's fused head, fp32 adapters under PEFT's autocast, pure-bf16 adapters in fsdp_qlora); points whose stack
 cannot be modelled are listed as excluded, with why. Nothing is tuned to a point: the formulas are
-medsft/memory_model.py's, checked term by term on CPU in tests/unit/test_memory_model.py.
+medsft/memory/model.py's, checked term by term on CPU in tests/unit/test_memory_model.py.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import save  # noqa: E402
 
-from medsft.memory_model import FRAGMENTATION, GiB, Arch, Setup, estimate  # noqa: E402
+from medsft.memory.model import FRAGMENTATION, GiB, Arch, Setup, estimate  # noqa: E402
 
 MISTRAL_7B = Arch(4096, 14336, 32, 32, 8, 128, 32000, False)
 LLAMA2_7B = Arch(4096, 11008, 32, 32, 32, 128, 32000, False)

@@ -65,7 +65,7 @@ class Proof:
 
     def model(self, name: str) -> str:
         if self.smoke:
-            from medsft.tiny_model import TINY_MODEL, builtin_model_dir
+            from medsft.builtin.tiny_model import TINY_MODEL, builtin_model_dir
 
             config = json.loads((Path(builtin_model_dir(TINY_MODEL)) / "config.json").read_text())
         else:
@@ -349,7 +349,7 @@ def main(argv=None) -> int:
     p.add_argument("--deadline-s", type=float, default=450, help="for the whole proof, counted from "
                    "$MEDSFT_PROOF_START (gpu_run.sh sets it before the pip install); each step gets what is left")
     p.add_argument("--steps", type=int, default=8, help="optimizer steps per measured run (timed: 3..N)")
-    p.add_argument("--models", nargs="*", default=["qwen3-0.6b", "llama3.1-8b"], help="medsft/architectures names; "
+    p.add_argument("--models", nargs="*", default=["qwen3-0.6b", "llama3.1-8b"], help="medsft/memory/architectures names; "
                    "the last one is steps 3-5's")
     p.add_argument("--lengths", nargs="*", type=int, default=[2048, 4096])
     p.add_argument("--notebook-length", type=int, default=2048)

@@ -347,7 +347,7 @@ resolve=(--find-links "$work/stubs" --find-links "$work/built" -c "$work/constra
 
 # medsft itself, built from a copy of the package (a stale build/ in the checkout never leaks in).
 cp -r "$repo/pyproject.toml" "$repo/README.md" "$repo/medsft" "$work/src/"
-rm -rf "$work/src/medsft/__pycache__"
+find "$work/src/medsft" -name __pycache__ -prune -exec rm -rf {} +
 "${pip[@]}" wheel -q --no-deps -w "$work/built" "$work/src" >/dev/null
 medsft_wheel=$(ls "$work"/built/medsft-*.whl)
 

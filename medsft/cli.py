@@ -59,7 +59,7 @@ def generation_settings(args):
     """Generation flags checked before any model loads (a temperature of 0 used to hang `infer --sample`)."""
     import math
 
-    from medsft.generate import Settings
+    from medsft.evaluation.generate import Settings
 
     if args.max_new_tokens <= 0:
         raise MedsftError(f"--max-new-tokens must be positive (got {args.max_new_tokens})", "use e.g. 512")
@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["launch"] and not {"-h", "--help"} & set(argv[1:2]):
-        try:  # accelerate's options are accelerate's to parse (medsft/accelerate_launch.py)
-            from medsft.accelerate_launch import run
+        try:  # accelerate's options are accelerate's to parse (medsft/train/launch_command.py)
+            from medsft.train.launch_command import run
 
             return run(argv[1:])
         except MedsftError as err:
@@ -94,11 +94,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def dispatch(args) -> int:
     if args.command in ("infer", "eval", "merge"):
-        from medsft.adapter import check_adapter_dir
+        from medsft.adapter.load import check_adapter_dir
 
         adapter = check_adapter_dir(args.adapter_dir)  # before any heavy import, like every check below
         if args.command == "infer":
-            from medsft.infer import check_output, read_questions, run_infer
+            from medsft.evaluation.infer import check_output, read_questions, run_infer
 
             settings = generation_settings(args)
             questions = read_questions(args.file) if args.file else None
@@ -109,9 +109,9 @@ def dispatch(args) -> int:
         elif args.command == "eval" and args.benchmark:
             from pathlib import Path
 
-            from medsft.benchmark import DEFAULT_PROMPT, read_benchmarks
-            from medsft.benchmark_report import check_output_dir
-            from medsft.evaluate import run_benchmark
+            from medsft.evaluation.benchmark import DEFAULT_PROMPT, read_benchmarks
+            from medsft.evaluation.report import check_output_dir
+            from medsft.evaluation.evaluate import run_benchmark
 
             settings = benchmark_settings(args)
             items = read_benchmarks(args.benchmark, args.limit)
@@ -125,8 +125,8 @@ def dispatch(args) -> int:
                           samples=args.samples or 1, engine=args.engine or "transformers", with_base=not args.no_base,
                           output_dir=output_dir, files=args.benchmark)
         elif args.command == "eval":
-            from medsft.adapter import recipe_of
-            from medsft.evaluate import held_out_ids, run_eval
+            from medsft.adapter.load import recipe_of
+            from medsft.evaluation.evaluate import held_out_ids, run_eval
 
             settings = test_split_settings(args)
             max_generations = 20 if args.max_generations is None else args.max_generations
@@ -136,7 +136,7 @@ def dispatch(args) -> int:
             quiet_libraries()
             run_eval(adapter, max_generations=max_generations, settings=settings, with_base=not args.no_base)
         else:
-            from medsft.merge import check_merge_output, run_merge
+            from medsft.adapter.merge import check_merge_output, run_merge
 
             check_merge_output(adapter, args.out_dir)
             quiet_libraries()
@@ -146,8 +146,8 @@ def dispatch(args) -> int:
     if args.command == "score":
         from pathlib import Path
 
-        from medsft.benchmark import read_benchmarks, read_predictions, run_score
-        from medsft.benchmark_report import check_output_dir
+        from medsft.evaluation.benchmark import read_benchmarks, read_predictions, run_score
+        from medsft.evaluation.report import check_output_dir
 
         items = read_benchmarks(args.files)
         outputs = read_predictions(args.predictions, items)
@@ -156,28 +156,28 @@ def dispatch(args) -> int:
         run_score(items, outputs, files=args.files, predictions=pred, output_dir=output_dir)
         return 0
 
-    from medsft.recipe_files import load_recipe
+    from medsft.recipe.files import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)  # before any heavy import
     if args.command == "train":
-        from medsft.checkpoints import check_resume_argument
+        from medsft.io.checkpoints import check_resume_argument
 
         check_resume_argument(args.resume)  # the launch rules: runspec.resolve, first thing train.run decides
         quiet_libraries()
-        from medsft.train import run
+        from medsft.train.run import run
 
         run(recipe, resume=args.resume, force=args.force)
         return 0
     if args.command == "preflight":
         from dataclasses import replace
 
-        from medsft.launch import from_accelerate_config, from_env
-        from medsft.preflight import run_preflight
-        from medsft.runspec import resolve
+        from medsft.launch.detect import from_accelerate_config, from_env
+        from medsft.memory.preflight import run_preflight
+        from medsft.train.runspec import resolve
 
         if args.num_gpus is not None and args.num_gpus < 1:
             raise MedsftError(f"--num-gpus must be at least 1 (got {args.num_gpus})", "pass the number of processes")
-        from medsft.preflight import parse_size
+        from medsft.memory.preflight import parse_size
 
         if args.gpu_memory:
             parse_size(args.gpu_memory)  # before reading any model config
@@ -188,7 +188,7 @@ def dispatch(args) -> int:
             launch = replace(launch, num_gpus=max(launch.num_gpus, launch.local_world_size))  # a plan: GPUs enough
             if args.num_gpus and launch.world_size == 1 and args.num_gpus > 1:
                 launch = from_env({"WORLD_SIZE": str(args.num_gpus)}, cuda=True, num_gpus=args.num_gpus)
-        from medsft.micro_batch import Memory
+        from medsft.memory.micro_batch import Memory
 
         memory = Memory(parse_size(args.gpu_memory), "as given by --gpu-memory") if args.gpu_memory else None
         _, verdict, _ = run_preflight(resolve(recipe, launch, kernels="off", memory=memory), gpu_memory=args.gpu_memory)
@@ -198,7 +198,7 @@ def dispatch(args) -> int:
         return 0
     if args.command == "data":
         quiet_libraries()
-        from medsft.inspect_data import show
+        from medsft.train.inspect_data import show
 
         show(recipe, limit=args.limit, split=args.split, as_json=args.json)
         return 0

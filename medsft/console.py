@@ -54,7 +54,7 @@ def first_to_say(line: str) -> bool:
 
     try:
         alone = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")) or 1) <= 1
-    except ValueError:  # a malformed variable is what is being said (medsft/launch.py env_int)
+    except ValueError:  # a malformed variable is what is being said (medsft/launch/detect.py env_int)
         alone = True
     if alone:
         return True

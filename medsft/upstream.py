@@ -11,6 +11,20 @@ from contextlib import contextmanager, nullcontext
 from types import SimpleNamespace
 
 
+# ---------------------------------------------------------------- bitsandbytes: import-time noise
+KERNEL_HUB_LINE = "Failed to load CPU gemm_4bit_forward from kernels-community"
+
+
+def quiet_bitsandbytes_kernel_hub() -> None:
+    """Drop the one line bitsandbytes ≥ 0.49 logs on import on an AVX512-BF16 CPU without the optional `kernels`
+    package (a Hub kernel for CPU 4-bit inference): medsft runs offline, trains outside that path and infers
+    through bitsandbytes' own CPU kernel, so the line is noise on every command. Its other records stay."""
+    import logging
+
+    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
+        lambda record: not str(record.msg).startswith(KERNEL_HUB_LINE))
+
+
 # ---------------------------------------------------------------- bitsandbytes: CPU 4-bit layout
 
 
@@ -65,7 +79,7 @@ PREPARE_ARGS = frozenset({"dataset_num_proc", "dataset_text_field", "assistant_o
 @contextmanager
 def main_first_barriers_off():
     """TRL wraps its dataset preparation in main-process-first barriers (`global_then_local_main_first`).
-    medsft prepares on the main process alone while the other ranks wait for its cache (medsft/data_cache.py);
+    medsft prepares on the main process alone while the other ranks wait for its cache (medsft/data/cache.py);
     TRL's barriers would pair with that wait and release the other ranks early, or hang them."""
     import trl.trainer.sft_trainer as sft
 
@@ -101,7 +115,7 @@ def trl_chat_template(attribute: str) -> str:
     """A chat template TRL ships (trl/chat_templates/*.jinja), read through the module attribute TRL itself
     reads it into (`trl.chat_template_utils.llama3_chat_template`, `llama3_training_chat_template`). These
     are module globals, not documented API: medsft names TRL's Llama 3 template and its training variant
-    (with `{% generation %}` markers) instead of keeping copies (medsft/chat_templates.py)."""
+    (with `{% generation %}` markers) instead of keeping copies (medsft/model/chat_templates.py)."""
     import trl.chat_template_utils as templates
 
     return getattr(templates, attribute)
@@ -134,7 +148,7 @@ def expose_lm_head_bias(model) -> int:
 
     TRL 1.16 computes the loss through its fused LM head (`trl/trainer/utils.py`, `add_fused_lm_head`), which
     reads `lm_head.weight` and `lm_head.bias` from `get_output_embeddings()`. With `trainable_token_indices`
-    (medsft/model.py `trainable_tokens`), PEFT 0.21 wraps the output layer (tied to the embedding, or named
+    (medsft/model/load.py `trainable_tokens`), PEFT 0.21 wraps the output layer (tied to the embedding, or named
     itself) in a `TrainableTokensWrapper`, which answers `weight` with the merged weight (trained rows
     included, differentiable) but has no `bias`: the first step fails with AttributeError. The wrapper gets
     the wrapped layer's `bias` (None for every supported model) as a plain attribute: no parameter is added,

@@ -1,4 +1,4 @@
-"""GPU tests: real architectures with random weights (medsft/architectures/qwen3-0.6b.json, bf16, built on
+"""GPU tests: real architectures with random weights (medsft/memory/architectures/qwen3-0.6b.json, bf16, built on
 the GPU once per session), offline. Marked `gpu`; collected everywhere (so they stay importable) and skipped
 unless CUDA is available.
 
@@ -72,9 +72,9 @@ class Target:
 def target(tmp_path_factory, medsft_env) -> Target:
     if cuda_available():
         root = Path(os.environ.get("MEDSFT_BENCH_MODELS") or tmp_path_factory.mktemp("models"))
-        model = bench_common().random_model_dir(REPO / "medsft" / "architectures" / f"{ARCHITECTURE}.json", root)
+        model = bench_common().random_model_dir(REPO / "medsft" / "memory" / "architectures" / f"{ARCHITECTURE}.json", root)
         return Target(True, str(model), ARCHITECTURE, "bfloat16")
-    from medsft.tiny_model import TINY_MODEL, builtin_model_dir
+    from medsft.builtin.tiny_model import TINY_MODEL, builtin_model_dir
 
     builtin_model_dir(TINY_MODEL)
     return Target(False, TINY_MODEL, "tiny-qwen2", "float32")
@@ -115,7 +115,7 @@ def load_base(target: Target, recipe_yaml: Path | None = None):
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from medsft.model import resolve_model_path
+    from medsft.model.load import resolve_model_path
 
     dtype = getattr(torch, target.dtype)
     bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
@@ -134,7 +134,7 @@ def check_adapter_reloads(target: Target, adapter: Path, rows: int = 8) -> dict:
 
     from transformers import AutoTokenizer
 
-    from medsft.tiny_data import generate
+    from medsft.builtin.tiny_data import generate
     from medsft.upstream import keep_4bit_trainable_layout
 
     files = sorted(p.name for p in adapter.iterdir())
@@ -179,7 +179,7 @@ def check_adapter_reloads(target: Target, adapter: Path, rows: int = 8) -> dict:
 
 
 def load_base_path(target: Target) -> str:
-    from medsft.model import resolve_model_path
+    from medsft.model.load import resolve_model_path
 
     return resolve_model_path(target.model)
 

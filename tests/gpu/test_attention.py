@@ -5,7 +5,7 @@ fallback's speed: transformers' SDPA (its packed mask is dense over the flattene
 (block-sparse, torch-native, no extra package), forward + backward, timings written to
 gpu-attention-<date>.json under $MEDSFT_BENCH_RESULTS or bench/results. Which becomes the default is a
 human's choice from those numbers: only correctness is asserted here, never a timing. medsft's own
-attentions (medsft/attention.py: torch's varlen kernel, row-by-row SDPA) are timed against transformers'
+attentions (medsft/model/attention.py: torch's varlen kernel, row-by-row SDPA) are timed against transformers'
 SDPA and flex_attention on one decoder layer at 8 × 4096 and 1 × 32768 tokens (gpu-attention-varlen-*.json)."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 from tests.gpu.conftest import bench_common, cpu_only_skip, free_cuda, load_base_path
 
 pytestmark = pytest.mark.gpu
-# every attention medsft/attention.py may pick, and transformers' own SDPA (the dense-mask baseline)
+# every attention medsft/model/attention.py may pick, and transformers' own SDPA (the dense-mask baseline)
 IMPLEMENTATIONS = ["flash_attention_2", "flash_attention_4", "medsft_varlen", "medsft_sdpa_rows", "sdpa",
                    "flex_attention", "eager"]
 LENGTHS = [37, 120, 64, 200, 5, 300]  # uneven, one very short
@@ -46,7 +46,7 @@ def skip_unusable(attn: str, target) -> None:
         cpu_only_skip(target, f"{attn} runs on CUDA only")
         import torch
 
-        from medsft.attention import flash_attn_4_imports, torch_at_least
+        from medsft.model.attention import flash_attn_4_imports, torch_at_least
 
         if torch.cuda.get_device_capability()[0] < (9 if attn == "flash_attention_4" else 8):
             pytest.skip(f"{attn} needs a newer GPU")
@@ -70,7 +70,7 @@ def load(target, attn: str):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from medsft.attention import register
+    from medsft.model.attention import register
 
     register()
 
@@ -209,7 +209,7 @@ def one_layer_model(target, attn: str):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from medsft.attention import register
+    from medsft.model.attention import register
 
     register()
     cfg = json.loads((__import__("pathlib").Path(load_base_path(target)) / "config.json").read_text())

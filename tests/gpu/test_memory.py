@@ -1,6 +1,6 @@
 """The memory preflight against the GPU: a few training steps of a real architecture with the peak statistics
 reset after loading (bench/gpu.py's measured run, in a fresh process), torch.cuda.max_memory_allocated
-compared with medsft.memory_model.estimate(arch, setup_from(resolve(recipe, detect(), kernels="off")))
+compared with medsft.memory.model.estimate(arch, setup_from(resolve(recipe, detect(), kernels="off")))
 .allocated. The ratio is printed and recorded (gpu-tests-memory-<date>.json); only a loose sanity bound is
 asserted. bench/gpu.py --phase memory records the full comparison for the 0.6B and 8B shapes."""
 
@@ -25,10 +25,10 @@ CASES = {"checkpointing, micro-batch 1": dict(max_length=2048, micro_batch=1, ch
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_preflight_estimate_against_measured_peak(target, case, tmp_path):
-    from medsft.launch import detect
-    from medsft.memory_model import estimate
-    from medsft.preflight import Arch, read_config, setup_from
-    from medsft.runspec import resolve
+    from medsft.launch.detect import detect
+    from medsft.memory.model import estimate
+    from medsft.memory.preflight import Arch, read_config, setup_from
+    from medsft.train.runspec import resolve
 
     settings = dict(CASES[case])
     if not target.cuda:

@@ -25,12 +25,14 @@ def main(out: Path, steps: int) -> None:
     from torch.distributed.fsdp import fully_shard
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    from medsft import data, model as model_mod, tokenized
-    from medsft.launch import from_env
-    from medsft.placement import decide
-    from medsft.recipe_files import load_recipe
-    from medsft.runspec import resolve
-    from medsft.assembly import lora_config
+    from medsft.data import load as data
+    from medsft.model import load as model_mod
+    from medsft.data import tokenized
+    from medsft.launch.detect import from_env
+    from medsft.launch.placement import decide
+    from medsft.recipe.files import load_recipe
+    from medsft.train.runspec import resolve
+    from medsft.train.assembly import lora_config
     from medsft.upstream import keep_4bit_trainable_layout, packed_4bit_layers
 
     dist.init_process_group("gloo")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from medsft.answers import extract_choice, mc_prompt, read_choice, read_output
-from medsft.formats import split_reasoning
+from medsft.evaluation.answers import extract_choice, mc_prompt, read_choice, read_output
+from medsft.data.formats import split_reasoning
 
 OPTIONS = {"A": "Benign genetic carrier condition", "B": "Folate deficiency", "C": "Iron deficiency",
            "D": "Parvovirus B19 infection", "E": "Vitamin B12 deficiency"}

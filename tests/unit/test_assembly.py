@@ -1,4 +1,4 @@
-"""The one run assembly (medsft/assembly.py): what `build(spec)` hands the trainer is what `medsft data` shows,
+"""The one run assembly (medsft/train/assembly.py): what `build(spec)` hands the trainer is what `medsft data` shows,
 and the model is the one `medsft train` trains (LoRA on every 4-bit layer, kept in the trainable layout)."""
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, tiny_dir):
-    from medsft import assembly, launch
-    from medsft.recipe_files import load_recipe
-    from medsft.runspec import resolve
+    from medsft.train import assembly
+    from medsft.launch import detect as launch
+    from medsft.recipe.files import load_recipe
+    from medsft.train.runspec import resolve
 
     out = tmp_path_factory.mktemp("assembly")
     recipe = load_recipe(REPO / "recipes" / "tiny-cpu.yaml", [f"output.dir={out}", "training.max_steps=1"])
@@ -59,7 +60,7 @@ def test_model_has_lora_on_every_4bit_layer_in_the_trainable_layout(built):
 
 def test_stages_stop_where_asked(built):
     """`medsft data` stops after the data, the bare-TRL baseline after the model: the same rows either way."""
-    from medsft import assembly
+    from medsft.train import assembly
 
     data_only = assembly.build(built.spec, stop_after="data")
     assert data_only.model is None and data_only.trainer is None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from medsft.attention import Facts, choose
+from medsft.model.attention import Facts, choose
 
 TORCH_NEW, TORCH_OLD = "2.13.0+cu130", "2.9.1+cu128"
 LENGTHS = [7, 1, 12, 5]  # uneven, one of a single token
@@ -122,7 +122,7 @@ def test_varlen_function_packed_equals_separate_forward_and_backward(style, head
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from medsft.attention import make_varlen_forward
+    from medsft.model.attention import make_varlen_forward
 
     forward = make_varlen_forward(KERNELS[style])
     module, scale = Attn(heads, kv_heads), 0.3
@@ -155,7 +155,7 @@ def test_varlen_function_packed_equals_separate_forward_and_backward(style, head
 def test_varlen_caller_prescales_the_query_where_the_kernel_takes_no_scale():
     import torch
 
-    from medsft.attention import varlen_caller
+    from medsft.model.attention import varlen_caller
 
     q, k, v = (t[0].transpose(0, 1).detach() for t in packed_qkv(2, 2))
     cu = torch.tensor([0, 7, 8, 20, 25], dtype=torch.int32)
@@ -166,7 +166,7 @@ def test_varlen_caller_prescales_the_query_where_the_kernel_takes_no_scale():
 def test_bounds_from_position_ids_and_from_the_collator_agree_and_are_computed_once_per_forward():
     import torch
 
-    from medsft import attention
+    from medsft.model import attention
 
     pos = packed_positions()
     cu, longest = attention.sequence_bounds(pos, 1, pos.shape[1], {}, "cpu")
@@ -185,7 +185,7 @@ def tiny_llama(attn: str):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from medsft.attention import register
+    from medsft.model.attention import register
 
     register()
     torch.manual_seed(0)
@@ -223,7 +223,7 @@ def reference_varlen():
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
-    from medsft.attention import make_varlen_forward, unpadded_mask
+    from medsft.model.attention import make_varlen_forward, unpadded_mask
 
     AttentionInterface.register("test_varlen", make_varlen_forward(varlen_2_12))
     AttentionMaskInterface.register("test_varlen", unpadded_mask)
@@ -288,7 +288,7 @@ def test_preflight_without_cuda_shows_the_attention_auto_would_pick_on_a_gpu():
     it imports, else torch's varlen kernel (torch >= 2.10), for a bf16 recipe; no dense mask is charged."""
     import torch
 
-    from medsft.attention import flash_attn_imports, torch_at_least
+    from medsft.model.attention import flash_attn_imports, torch_at_least
     from tests.conftest import REPO, run_cli
 
     if torch.cuda.is_available():
@@ -304,7 +304,7 @@ def test_preflight_without_cuda_shows_the_attention_auto_would_pick_on_a_gpu():
 
 
 def test_memory_model_charges_a_dense_mask_only_where_one_is_built():
-    from medsft.memory_model import Arch, Setup, estimate
+    from medsft.memory.model import Arch, Setup, estimate
 
     arch = Arch(hidden=1024, intermediate=3072, layers=28, heads=16, kv_heads=8, head_dim=128, vocab=151936,
                 tied=True, qk_norm=True)

@@ -9,9 +9,9 @@ import random
 
 import pytest
 
-from medsft.benchmark import Item, pose, read_benchmark, read_benchmarks
-from medsft.benchmark_report import published_for
-from medsft.generate import length_sorted_batches
+from medsft.evaluation.benchmark import Item, pose, read_benchmark, read_benchmarks
+from medsft.evaluation.report import published_for
+from medsft.evaluation.generate import length_sorted_batches
 from tests.conftest import run_cli
 
 OPT4 = {"A": "Benign genetic carrier condition", "B": "Folate deficiency", "C": "Iron deficiency",

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from medsft.recipe_files import load_recipe
+from medsft.recipe.files import load_recipe
 from tests.conftest import REPO, free_port, run_cli
 
 pytestmark = pytest.mark.slow
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def adapter(tmp_path_factory):
-    from medsft.train import run
+    from medsft.train.run import run
 
     out = tmp_path_factory.mktemp("bench-run")
     recipe = load_recipe(REPO / "recipes" / "tiny-cpu.yaml",

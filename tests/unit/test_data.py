@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from medsft.data_section import DataSection
-from medsft.data import load_splits, split, to_prompt_completion
+from medsft.recipe.data_section import DataSection
+from medsft.data.load import load_splits, split, to_prompt_completion
 from medsft.errors import MedsftError
 
 

@@ -10,11 +10,11 @@ import json
 import pytest
 import yaml
 
-from medsft.data_section import DataSection
+from medsft.recipe.data_section import DataSection
 from tests.conftest import REPO, run_cli
 from tests.unit.test_bad_input import BASE, recipe_file, recipe_with, run_case, workspace  # noqa: F401
 
-CHATML_TRAINING = (REPO / "medsft" / "templates" / "chatml_training.jinja").read_text()
+CHATML_TRAINING = (REPO / "medsft" / "model" / "templates" / "chatml_training.jinja").read_text()
 LOOP = "{%- for message in messages %}"
 # ChatML with {% generation %} markers that, like Gemma's and Mistral's, refuses some conversations
 NO_SYSTEM = CHATML_TRAINING.replace(LOOP, LOOP + "{%- if message['role'] == 'system' %}"
@@ -123,7 +123,7 @@ def test_split_sizes_are_datasets_own():
     refuse a valid split or let datasets raise)."""
     from datasets import Dataset
 
-    from medsft.data import split, split_sizes
+    from medsft.data.load import split, split_sizes
     from medsft.errors import MedsftError
 
     for n in range(10, 45):
@@ -181,7 +181,7 @@ def test_template_file_end_of_turn_becomes_eos(tmp_path):
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     from transformers import AutoTokenizer
 
-    from medsft.tiny_model import TINY_MODEL, builtin_model_dir
+    from medsft.builtin.tiny_model import TINY_MODEL, builtin_model_dir
 
     eos = AutoTokenizer.from_pretrained(builtin_model_dir(TINY_MODEL)).convert_tokens_to_ids("<|endoftext|>")
     res = run_cli("data", tmp_path / "recipe.yaml", "--json", cwd=tmp_path, timeout=300)

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medsft.answers import read_output
-from medsft.benchmark import Item, score
-from medsft.benchmark_report import chart_names
+from medsft.evaluation.answers import read_output
+from medsft.evaluation.benchmark import Item, score
+from medsft.evaluation.report import chart_names
 from tests.conftest import REPO, run_cli
 from tests.unit.test_bad_input import check_one_line_error, fake_adapter, recipe_with, run_case, snapshot
 from tests.unit.test_bad_input import workspace  # noqa: F401  (the fixture)
@@ -158,9 +158,9 @@ def test_max_generations_with_benchmark_must_be_positive(workspace):  # noqa: F8
 @pytest.fixture(scope="module")
 def moved_adapter(tmp_path_factory):
     """A tiny adapter trained on a local file, copied elsewhere, its training data then moved away."""
-    from medsft.recipe_files import load_recipe
-    from medsft.tiny_data import generate
-    from medsft.train import run
+    from medsft.recipe.files import load_recipe
+    from medsft.builtin.tiny_data import generate
+    from medsft.train.run import run
 
     root = tmp_path_factory.mktemp("travel")
     data = root / "rows.json"

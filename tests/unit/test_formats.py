@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from medsft.formats import conversation
+from medsft.data.formats import conversation
 from tests.conftest import REPO, run_cli
 from tests.unit.template_fixtures import SYSTEM, conversations, turn_spans
 
@@ -40,8 +40,8 @@ def test_huatuo_labels_start_at_thinking(demo_json, tiny_dir):
 
 def test_huatuo_metrics_and_choice_read_final_response(demo_json):
     """Format metrics and the multiple-choice extractor read the answer after `## Final Response`."""
-    from medsft.evaluate import format_metrics, mc_accuracy, mc_items
-    from medsft.formats import completion_text, split_reasoning
+    from medsft.evaluation.evaluate import format_metrics, mc_accuracy, mc_items
+    from medsft.data.formats import completion_text, split_reasoning
 
     rows = json.loads(demo_json.read_text())
     items = mc_items(rows)[:5]
@@ -93,9 +93,9 @@ def test_conversation_problems(turns, problem):
 def test_bad_conversations_are_dropped_and_counted():
     from datasets import Dataset
 
-    from medsft.data import to_prompt_completion
+    from medsft.data.load import to_prompt_completion
     from medsft.errors import MedsftError
-    from medsft.data_section import DataSection
+    from medsft.recipe.data_section import DataSection
 
     good = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]}
             for i in range(39)]
@@ -110,8 +110,8 @@ def test_bad_conversations_are_dropped_and_counted():
 def test_system_prompt_joins_conversations_without_one():
     from datasets import Dataset
 
-    from medsft.data import to_prompt_completion
-    from medsft.data_section import DataSection
+    from medsft.data.load import to_prompt_completion
+    from medsft.recipe.data_section import DataSection
 
     rows = [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},
             {"messages": [{"role": "system", "content": "own"}, {"role": "user", "content": "q"},

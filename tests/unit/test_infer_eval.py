@@ -8,7 +8,7 @@ import shutil
 import pytest
 import yaml
 
-from medsft.recipe_files import load_recipe
+from medsft.recipe.files import load_recipe
 from tests.conftest import REPO, run_cli
 
 pytestmark = pytest.mark.slow
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def adapter(tmp_path_factory):
     """tiny-cpu trained long enough to learn the format reliably (5 epochs; 3 give 0.90, 5 give 1.00)."""
-    from medsft.train import run
+    from medsft.train.run import run
 
     out = tmp_path_factory.mktemp("fmt-run")
     recipe = load_recipe(REPO / "recipes" / "tiny-cpu.yaml",
@@ -46,7 +46,7 @@ def test_eval_format_compliance(adapter):
 def test_infer_batch_writes_jsonl(adapter, tmp_path):
     """Two held-out questions of the built-in data (what the tiny model learned: an out-of-distribution question
     makes its format depend on float noise in training), one long and one short."""
-    from medsft.tiny_data import generate
+    from medsft.builtin.tiny_data import generate
 
     rows = generate()
     held_out = [rows[i]["Question"] for i in json.loads((adapter / "test_ids.json").read_text())]

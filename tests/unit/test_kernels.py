@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from medsft.kernels import choose
+from medsft.model.kernels import choose
 
 
 @pytest.mark.parametrize("requested,cuda,liger,hub,expected,says", [
@@ -29,9 +29,9 @@ def test_choice(requested, cuda, liger, hub, expected, says):
 
 def test_liger_reaches_the_trainer_only_when_chosen():
     """The SFTConfig medsft builds turns transformers' Liger switch on for "liger" and for nothing else."""
-    from medsft.launch import detect
-    from medsft.recipe_files import load_recipe
-    from medsft.runspec import resolve
+    from medsft.launch.detect import detect
+    from medsft.recipe.files import load_recipe
+    from medsft.train.runspec import resolve
     from tests.conftest import REPO
 
     recipe = load_recipe(REPO / "recipes" / "tiny-cpu.yaml", ["model.kernels=liger"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from medsft.evaluate import format_metrics, mc_accuracy, mc_items
+from medsft.evaluation.evaluate import format_metrics, mc_accuracy, mc_items
 
 
 def scripted(texts):

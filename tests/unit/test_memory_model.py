@@ -3,7 +3,7 @@
 torch.profiler with profile_memory=True records every CPU tensor allocation and free; summed in time order
 they give the live bytes through a forward and backward. A small Qwen3-shaped model (bf16, 4-bit NF4 base,
 LoRA in bf16 as TRL trains it, SDPA) is run at two sequence lengths; the difference per token is the
-activation cost, free of weights and other constant terms. It must agree with medsft/memory_model.py within
+activation cost, free of weights and other constant terms. It must agree with medsft/memory/model.py within
 15% with checkpointing on and off, and LoRA dropout on and off (the same formula, `device="cpu"`: the CPU
 SDPA kernel returns its output already in the layout o_proj reads, so there is no transposing copy)."""
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from medsft.memory_model import Arch, Setup, layer_activation_bytes
+from medsft.memory.model import Arch, Setup, layer_activation_bytes
 
 pytestmark = pytest.mark.slow
 CONFIG = dict(model_type="qwen3", hidden_size=256, intermediate_size=768, num_attention_heads=4, num_key_value_heads=2,
@@ -24,7 +24,7 @@ def qlora_model(tmp_path, dropout: float, checkpointing: bool, attn: str = "sdpa
     from peft import LoraConfig, get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
 
-    from medsft.attention import register
+    from medsft.model.attention import register
     from medsft.upstream import keep_4bit_trainable_layout
 
     register()
@@ -92,7 +92,7 @@ def test_packed_batch_bytes_follow_the_attention(tmp_path, attention):
     """A padding-free batch of 32-token sequences: medsft's row-by-row SDPA keeps no mask (the joined output
     is its one extra copy); transformers' SDPA keeps a (ΣT)² bool mask and one bf16 additive mask per layer.
     The measured growth from 256 to 512 tokens matches the estimate for the attention that ran."""
-    from medsft.memory_model import dense_mask_terms
+    from medsft.memory.model import dense_mask_terms
 
     model = qlora_model(tmp_path, 0.0, False, attn={"sdpa_rows": "medsft_sdpa_rows"}.get(attention, attention))
     peak_live_bytes(model, 64, packed=32)

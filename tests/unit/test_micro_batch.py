@@ -11,12 +11,12 @@ import math
 import pytest
 import yaml
 
-from medsft.launch import from_accelerate_config, from_env
-from medsft.memory_model import GiB, estimate
-from medsft.micro_batch import Memory
-from medsft.preflight import setup_from, verdict
-from medsft.recipe_files import load_recipe
-from medsft.runspec import resolve
+from medsft.launch.detect import from_accelerate_config, from_env
+from medsft.memory.model import GiB, estimate
+from medsft.memory.micro_batch import Memory
+from medsft.memory.preflight import setup_from, verdict
+from medsft.recipe.files import load_recipe
+from medsft.train.runspec import resolve
 from tests.conftest import REPO, run_cli
 from tests.unit.test_bad_input import recipe_file, recipe_with, run_case, workspace  # noqa: F401
 
@@ -40,7 +40,7 @@ def auto_spec(model: str, launch: str, gib: float, *overrides: str):
 
 
 def arch_of(model: str):
-    from medsft.micro_batch import architecture
+    from medsft.memory.micro_batch import architecture
 
     return architecture(load_recipe(LLAMA8B, [f"model.name={MODELS[model]}"]))
 

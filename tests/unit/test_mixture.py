@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from medsft.data import load_splits
-from medsft.mixture import sample_rows, weighted_sizes
-from medsft.data_section import DataSection
+from medsft.data.load import load_splits
+from medsft.data.mixture import sample_rows, weighted_sizes
+from medsft.recipe.data_section import DataSection
 from tests.conftest import REPO, run_cli
 from tests.unit.template_fixtures import conversations
 
@@ -75,7 +75,7 @@ def test_sources_of_different_formats_and_columns(demo_json, tiny_dir, tmp_path)
     mixture, columns renamed to the data section's, each kind prepared the way it trains."""
     from transformers import AutoTokenizer
 
-    from medsft import tokenized
+    from medsft.data import tokenized
 
     rows = json.loads(demo_json.read_text())
     share = tmp_path / "share.json"

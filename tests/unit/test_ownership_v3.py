@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from medsft.ownership import LOCK, RunLock, inventory_one, mark
+from medsft.io.ownership import LOCK, RunLock, inventory_one, mark
 from tests.conftest import REPO, run_cli
 from tests.unit.test_bad_input import check_one_line_error, fake_adapter, run_case, snapshot, workspace  # noqa: F401
 
@@ -98,7 +98,7 @@ def test_merge_into_a_medsft_merge_with_a_user_file_refuses(workspace):
 # --- replacing: only listed files, links written through ---------------------------------------------
 
 def test_replace_keeps_a_symlink_and_writes_into_its_target_on_another_filesystem(tmp_path):
-    from medsft.outputs import atomic_dir
+    from medsft.io.outputs import atomic_dir
 
     other = Path(tempfile.mkdtemp(dir="/dev/shm" if os.access("/dev/shm", os.W_OK) else None))
     try:

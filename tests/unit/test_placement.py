@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from medsft.errors import MedsftError
-from medsft.launch import from_env
-from medsft.placement import decide
+from medsft.launch.detect import from_env
+from medsft.launch.placement import decide
 
 DDP2 = dict(WORLD_SIZE=2, RANK=1, LOCAL_RANK=1)
 ZERO2 = dict(DDP2, ACCELERATE_USE_DEEPSPEED="true", ACCELERATE_DEEPSPEED_ZERO_STAGE=2)

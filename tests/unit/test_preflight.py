@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from medsft.memory_model import Arch, Setup, estimate, layer_activation_bytes
+from medsft.memory.model import Arch, Setup, estimate, layer_activation_bytes
 from tests.conftest import REPO, run_cli
 
-CONFIGS = REPO / "medsft" / "architectures"
+CONFIGS = REPO / "medsft" / "memory" / "architectures"
 DQ = 0.5 + 1 / 64 + 4 / (64 * 256)  # NF4 + double-quantized absmax, bytes per weight
 
 
@@ -151,10 +151,10 @@ def test_preflight_inside_a_zero3_launch_sees_it(llama70b_recipe):
 
 def test_training_gate_uses_the_launch(llama70b_recipe):
     from medsft.errors import MedsftError
-    from medsft.launch import from_env
-    from medsft.recipe_files import load_recipe
-    from medsft.runspec import resolve
-    from medsft.train import preflight_gate
+    from medsft.launch.detect import from_env
+    from medsft.recipe.files import load_recipe
+    from medsft.train.runspec import resolve
+    from medsft.train.run import preflight_gate
 
     recipe = load_recipe(llama70b_recipe)
     zero3 = resolve(recipe, from_env(ZERO3_X8, cuda=True, num_gpus=8), kernels="off")
@@ -166,10 +166,10 @@ def test_training_gate_uses_the_launch(llama70b_recipe):
 
 
 def test_offload_lowers_the_estimate_by_the_offloaded_bytes(llama70b_recipe):
-    from medsft.launch import from_accelerate_config
-    from medsft.preflight import setup_from
-    from medsft.recipe_files import load_recipe
-    from medsft.runspec import resolve
+    from medsft.launch.detect import from_accelerate_config
+    from medsft.memory.preflight import setup_from
+    from medsft.recipe.files import load_recipe
+    from medsft.train.runspec import resolve
 
     recipe = load_recipe(llama70b_recipe)
     configs = REPO / "accelerate_configs"
@@ -184,10 +184,10 @@ def test_offload_lowers_the_estimate_by_the_offloaded_bytes(llama70b_recipe):
 
 
 def test_fsdp2_is_sharded_like_zero3(llama70b_recipe):
-    from medsft.launch import from_accelerate_config
-    from medsft.preflight import setup_from
-    from medsft.recipe_files import load_recipe
-    from medsft.runspec import resolve
+    from medsft.launch.detect import from_accelerate_config
+    from medsft.memory.preflight import setup_from
+    from medsft.recipe.files import load_recipe
+    from medsft.train.runspec import resolve
 
     recipe = load_recipe(llama70b_recipe)
     configs = REPO / "accelerate_configs"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from medsft.recipe_files import NOTEBOOK_TARGETS, load_recipe
+from medsft.recipe.files import NOTEBOOK_TARGETS, load_recipe
 from medsft.errors import MedsftError
 from tests.conftest import REPO
 

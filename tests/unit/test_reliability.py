@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from medsft.recipe_files import load_recipe
+from medsft.recipe.files import load_recipe
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -107,29 +107,29 @@ def digest(directory) -> dict[str, str]:
 
 
 def test_crash_during_final_save_leaves_no_partial_adapter(tmp_path, monkeypatch, tiny_dir):
-    import medsft.outputs
-    from medsft.train import run
+    import medsft.io.outputs
+    from medsft.train.run import run
 
     out = tmp_path / "run"
     recipe = lambda: load_recipe(REPO / "recipes" / "tiny-cpu.yaml", [  # noqa: E731
         f"output.dir={out}", "training.max_steps=2", "training.eval_strategy=no", "training.save_strategy=no"])
 
-    real = medsft.outputs.write_json
+    real = medsft.io.outputs.write_json
 
     def crash_on_manifest(path, obj):
         if str(path).endswith("manifest.json"):  # weights and tokenizer are already written by now
             raise KeyboardInterrupt("injected crash during the final save")
         return real(path, obj)
 
-    monkeypatch.setattr(medsft.outputs, "write_json", crash_on_manifest)
+    monkeypatch.setattr(medsft.io.outputs, "write_json", crash_on_manifest)
     with pytest.raises(KeyboardInterrupt):
         run(recipe(), resume="never")
     assert not (out / "adapter").exists(), "a partial adapter appeared under the final name"
 
-    monkeypatch.setattr(medsft.outputs, "write_json", real)
+    monkeypatch.setattr(medsft.io.outputs, "write_json", real)
     run(recipe(), resume="never")
     before = digest(out / "adapter")
-    monkeypatch.setattr(medsft.outputs, "write_json", crash_on_manifest)
+    monkeypatch.setattr(medsft.io.outputs, "write_json", crash_on_manifest)
     with pytest.raises(KeyboardInterrupt):
         run(recipe(), resume="never")
     assert digest(out / "adapter") == before, "the previous complete adapter was damaged"
@@ -231,7 +231,7 @@ def test_generation_errors_reach_the_main_thread(tiny_dir):
     from rich.console import Console
     from transformers import AutoTokenizer
 
-    from medsft.generate import Settings, stream_one
+    from medsft.evaluation.generate import Settings, stream_one
 
     class Broken:
         device = "cpu"

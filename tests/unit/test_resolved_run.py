@@ -51,9 +51,9 @@ def test_eval_reads_the_recipes_question_column(run):
 ])
 def test_either_checkpointing_name_reaches_sftconfig(setting, expected):
     """One resolved value, under either name, is what SFTConfig gets (and what the preflight and manifest read)."""
-    from medsft.launch import detect
-    from medsft.recipe_files import load_recipe
-    from medsft.runspec import resolve
+    from medsft.launch.detect import detect
+    from medsft.recipe.files import load_recipe
+    from medsft.train.runspec import resolve
 
     spec = resolve(load_recipe(REPO / "recipes" / "tiny-cpu.yaml", setting), detect(), "off")
     config = spec.sft_config()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from medsft.errors import MedsftError
-from medsft.checkpoints import resume_point
+from medsft.io.checkpoints import resume_point
 
 
 def test_incomplete_checkpoints_are_skipped(tmp_path, capsys):
@@ -42,7 +42,7 @@ def complete_checkpoint(path, weights: bytes | None = None):
 
 
 def test_damaged_checkpoints_are_skipped(tmp_path, capsys):
-    from medsft.checkpoints import is_complete
+    from medsft.io.checkpoints import is_complete
 
     complete_checkpoint(tmp_path / "checkpoint-2")
     complete_checkpoint(tmp_path / "checkpoint-4", weights=b"\x00" * 20)  # truncated weights

@@ -20,14 +20,14 @@ def bare_dir(tiny_dir, tmp_path_factory):
 
 
 def chatml_text() -> str:
-    return (REPO / "medsft" / "templates" / "chatml.jinja").read_text()
+    return (REPO / "medsft" / "model" / "templates" / "chatml.jinja").read_text()
 
 
 # ---------------------------------------------------------------- before torch: names and files
 
 
 def test_check_value(tmp_path):
-    from medsft.chat_templates import check_value
+    from medsft.model.chat_templates import check_value
 
     check_value("chatml")
     check_value("llama3")
@@ -55,7 +55,7 @@ def test_recipe_validation_does_not_import_torch(tmp_path):
 
     good = tmp_path / "good.jinja"
     good.write_text(chatml_text())
-    code = ("import sys; from medsft.recipe import build; "
+    code = ("import sys; from medsft.recipe.schema import build; "
             f"build({{'model': {{'chat_template': {str(good)!r}}}}}); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -66,17 +66,17 @@ def test_recipe_validation_does_not_import_torch(tmp_path):
 
 
 def test_base_tokenizer_is_refused_without_a_template(bare_dir):
-    from medsft.model import load_tokenizer
-    from medsft.recipe import ModelSection
+    from medsft.model.load import load_tokenizer
+    from medsft.recipe.schema import ModelSection
 
     with pytest.raises(MedsftError, match="set model.chat_template: chatml"):
         load_tokenizer(ModelSection(name=str(bare_dir)))
 
 
 def test_named_templates_bring_their_tokens(bare_dir):
-    from medsft.chat_templates import template_token_ids
-    from medsft.model import load_tokenizer
-    from medsft.recipe import ModelSection
+    from medsft.model.chat_templates import template_token_ids
+    from medsft.model.load import load_tokenizer
+    from medsft.recipe.schema import ModelSection
 
     chatml = load_tokenizer(ModelSection(name=str(bare_dir), chat_template="chatml"))
     assert chatml.chat_template == chatml_text()
@@ -96,8 +96,8 @@ def test_named_templates_bring_their_tokens(bare_dir):
 
 
 def test_jinja_file_template(bare_dir, tmp_path):
-    from medsft.model import load_tokenizer
-    from medsft.recipe import ModelSection
+    from medsft.model.load import load_tokenizer
+    from medsft.recipe.schema import ModelSection
 
     path = tmp_path / "mine.jinja"
     path.write_text(chatml_text())
@@ -112,7 +112,7 @@ def test_training_template_choice(tiny_dir, bare_dir, tmp_path):
     outside them."""
     from transformers import AutoTokenizer
 
-    from medsft.chat_templates import NAMED, training_template
+    from medsft.model.chat_templates import NAMED, training_template
 
     own = AutoTokenizer.from_pretrained(tiny_dir)
     assert own.chat_template != chatml_text()
@@ -167,7 +167,7 @@ def test_fused_lm_head_reads_trained_token_rows(tiny_dir):
 def reference(tok, row: dict, fmt: str = "think") -> tuple[list[int], list[int]]:
     """The reference construction: prompt = template(user turn, add_generation_prompt), masked; the rest of
     template(user turn, assistant turn), end-of-turn included, trained."""
-    from medsft.formats import completion_text
+    from medsft.data.formats import completion_text
 
     user = [{"role": "user", "content": row["Question"]}]
     answer = [{"role": "assistant", "content": completion_text(row["Complex_CoT"], row["Response"], fmt)}]
@@ -206,10 +206,11 @@ def test_data_json_labels_with_chatml_on_a_base_tokenizer(bare_dir, demo_json):
 def test_qwen3_tokenizer_without_template(name, tmp_path, demo_json):
     """Qwen3's real vocabulary, template removed: every demo row labelled as the reference construction with
     each named template (llama3 adds its four tokens to Qwen's vocabulary)."""
-    from medsft import data, tokenized
-    from medsft.model import load_tokenizer
-    from medsft.data_section import DataSection
-    from medsft.recipe import ModelSection
+    from medsft.data import load as data
+    from medsft.data import tokenized
+    from medsft.model.load import load_tokenizer
+    from medsft.recipe.data_section import DataSection
+    from medsft.recipe.schema import ModelSection
 
     directory = qwen3_tokenizer_dir(tmp_path / "qwen3")
     tok = load_tokenizer(ModelSection(name=str(directory), chat_template=name))
@@ -229,10 +230,11 @@ def test_qwen3_tokenizer_without_template(name, tmp_path, demo_json):
 def test_multi_turn_llama3_token_by_token(bare_dir, demo_json, tmp_path):
     """llama3 on a base tokenizer, conversations of 3 assistant turns: every assistant content token and its
     <|eot_id|> labelled, every system/user token, header and the BOS masked."""
-    from medsft import data, tokenized
-    from medsft.model import load_tokenizer
-    from medsft.data_section import DataSection
-    from medsft.recipe import ModelSection
+    from medsft.data import load as data
+    from medsft.data import tokenized
+    from medsft.model.load import load_tokenizer
+    from medsft.recipe.data_section import DataSection
+    from medsft.recipe.schema import ModelSection
 
     rows = json.loads(demo_json.read_text())[:30]
     path = tmp_path / "conv.json"
@@ -286,7 +288,7 @@ def test_llama3_new_tokens_train_save_and_reload(bare_dir, demo_json, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from medsft.adapter import load_for_inference
+    from medsft.adapter.load import load_for_inference
     from medsft.upstream import keep_4bit_trainable_layout
 
     out = tmp_path / "run"

@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from medsft.recipe_files import load_recipe
+from medsft.recipe.files import load_recipe
 from tests.conftest import REPO, run_cli
 
 pytestmark = pytest.mark.slow
@@ -19,7 +19,7 @@ ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors", "tokenizer.
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from medsft.train import run
+    from medsft.train.run import run
 
     out = tmp_path_factory.mktemp("tiny-run")
     recipe = load_recipe(REPO / "recipes" / "tiny-cpu.yaml", [f"output.dir={out}"])

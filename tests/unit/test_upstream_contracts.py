@@ -1,4 +1,4 @@
-"""Contracts with the libraries' internals that medsft relies on (medsft/upstream.py, medsft/sft_fields.py).
+"""Contracts with the libraries' internals that medsft relies on (medsft/upstream.py, medsft/recipe/sft_fields.py).
 
 Each test names what an upgrade changed when it fails, so the fix starts at the right line."""
 
@@ -20,17 +20,17 @@ def test_recipe_training_fields_are_sftconfigs():
     """`training:` accepts exactly the installed SFTConfig's fields (read with ast, without importing trl)."""
     from trl import SFTConfig
 
-    from medsft.sft_fields import sft_config_fields
+    from medsft.recipe.sft_fields import sft_config_fields
 
     real = {f.name for f in dataclasses.fields(SFTConfig) if not f.name.startswith("_")}
-    assert set(sft_config_fields()) == real, "TRL/transformers changed SFTConfig's fields: check medsft/sft_fields.py"
+    assert set(sft_config_fields()) == real, "TRL/transformers changed SFTConfig's fields: check medsft/recipe/sft_fields.py"
 
 
 def test_declared_choices_are_the_libraries_own():
     """Choices come from TRL's metadata and transformers' enums, never narrower."""
     from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType
 
-    from medsft.sft_fields import sft_config_fields
+    from medsft.recipe.sft_fields import sft_config_fields
 
     fields = sft_config_fields()
     assert set(fields["eval_strategy"].choices) == {e.value for e in IntervalStrategy}
@@ -68,9 +68,10 @@ def test_eval_loss_is_nll_while_training_with_dft(tiny_dir, tmp_path):
     relies on TRL reading args.loss_type on every compute_loss call)."""
     import torch
 
-    from medsft import assembly, launch
-    from medsft.recipe_files import load_recipe
-    from medsft.runspec import resolve
+    from medsft.train import assembly
+    from medsft.launch import detect as launch
+    from medsft.recipe.files import load_recipe
+    from medsft.train.runspec import resolve
 
     recipe = load_recipe(REPO / "recipes" / "tiny-cpu.yaml", [f"output.dir={tmp_path}", "training.loss_type=dft",
                                                               "training.max_steps=1", "data.max_rows=60"])
@@ -91,7 +92,7 @@ def test_eval_loss_is_nll_while_training_with_dft(tiny_dir, tmp_path):
 
 def test_recipes_load_without_torch():
     """Validation runs before torch is imported: checked in a fresh interpreter."""
-    code = ("import sys, json; from medsft.recipe_files import load_recipe; "
+    code = ("import sys, json; from medsft.recipe.files import load_recipe; "
             "[load_recipe(p) for p in sys.argv[1:]]; "
             "print(json.dumps(sorted(m for m in ('torch', 'trl', 'transformers', 'datasets') if m in sys.modules)))")
     recipes = sorted(str(p) for p in (REPO / "recipes").glob("*.yaml"))

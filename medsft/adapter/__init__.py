@@ -1,0 +1,1 @@
+"""A trained LoRA adapter: loading it onto its base model, merging it."""

@@ -1,0 +1,134 @@
+"""The embedded default model `builtin:tiny-qwen2`: a random-init Qwen2 of a few layers, with a
+byte-level BPE tokenizer trained here on the generated rows.
+
+Why: no model hub is reachable offline, yet a newcomer must run the whole pipeline on a laptop. The
+model is a real architecture (Qwen2ForCausalLM, loadable by plain transformers) with a ChatML chat
+template and `<think>`/`</think>` as single tokens, built deterministically on first use and cached
+under `$MEDSFT_HOME` (default `~/.cache/medsft`). Several ranks may ask at once: a file lock and an
+atomic rename make exactly one build.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from medsft.paths import medsft_home
+
+BUILTIN_PREFIX = "builtin:"
+TINY_MODEL = "builtin:tiny-qwen2"
+TINY_BUILD_VERSION = "1"  # bump when the built files change, so caches rebuild
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+VOCAB_SIZE = 2048
+
+
+def is_builtin(name: str) -> bool:
+    return isinstance(name, str) and name.startswith(BUILTIN_PREFIX)
+
+
+def builtin_model_dir(name: str) -> Path:
+    """Local directory of a built-in model, built on first use."""
+    if name != TINY_MODEL:
+        raise ValueError(f"unknown built-in model {name!r}; the only one is {TINY_MODEL!r}")
+    target = medsft_home() / "models" / f"tiny-qwen2-v{TINY_BUILD_VERSION}"
+    if complete(target):
+        return target
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if not complete(target):
+            tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
+            try:
+                build_tiny(tmp)
+                if target.is_dir() and not complete(target):  # medsft's own cache, left incomplete: rebuilt
+                    shutil.rmtree(target)
+                try:
+                    os.replace(tmp, target)
+                except OSError:  # built meanwhile by a process the lock did not cover (another host)
+                    wait_for_build(target)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def complete(target: Path) -> bool:
+    return all((target / name).is_file() for name in ("config.json", "model.safetensors", "tokenizer.json"))
+
+
+def wait_for_build(target: Path, timeout: float = 120) -> None:
+    """Another process renamed its build into place; wait until its files are all visible."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not complete(target):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{target} exists but is incomplete; remove it and retry")
+        time.sleep(0.2)
+
+
+def build_tokenizer():
+    """Byte-level BPE over the generated corpus; any UTF-8 text still encodes (byte fallback)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from medsft.builtin.tiny_data import corpus, generate
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus(generate(2000, seed=1)), trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        model_max_length=4096,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def build_tiny(out_dir: Path) -> None:
+    """Write tokenizer + random-init Qwen2 weights (safetensors) into `out_dir`."""
+    import torch
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = build_tokenizer()
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+        dtype="float32", initializer_range=0.1,
+    )
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False
+    )
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)

@@ -1,0 +1,1 @@
+"""Training data: sources, formats, mixtures, splits, tokenized rows and their cache."""

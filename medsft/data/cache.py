@@ -1,0 +1,178 @@
+"""Tokenized datasets cached by fingerprint; under a multi-process launch the main process prepares them
+and every other rank loads the result.
+
+Why: tokenizing 25k long reasoning rows on every rank wastes minutes per launch and, done eight times
+at once, can outlast a collective's timeout. The key covers everything the tokens depend on: the raw
+data's fingerprint and the data section (format, sources, weights, seed), the tokenizer (vocabulary and
+added tokens, special tokens, chat template — `model.chat_template` applied — which also fixes the
+training variant `messages` rows are tokenized with),
+max_length/packing/loss settings and the TRL and medsft versions. Entries are written atomically under
+`$MEDSFT_HOME/datasets/<key>`; a second run with the same inputs starts training without tokenizing.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+
+from medsft.console import notice, say
+from medsft.io.outputs import atomic_dir, package_versions
+from medsft.paths import medsft_home
+
+CACHE_VERSION = "1"
+
+
+def cache_key(spec, raw_fingerprint: str, tokenizer) -> str:
+    versions = package_versions()
+    parts = {
+        "version": CACHE_VERSION,
+        "trl": versions.get("trl"),
+        "medsft": versions.get("medsft", "dev"),
+        "data": spec.recipe.data.model_dump(mode="json"),
+        "chat_template": spec.recipe.model.chat_template,
+        "raw": raw_fingerprint,
+        "content": content_fingerprint(spec.recipe.data),  # datasets' fingerprint of a local file omits its bytes
+        "training": spec.cache_inputs(),
+    }
+    h = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    h.update((backend.to_str() if backend is not None else str(sorted(tokenizer.get_vocab().items()))).encode())
+    h.update((tokenizer.chat_template or "").encode())
+    h.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:20]
+
+
+def raw_fingerprint(data_section, raw) -> str:
+    """datasets' own fingerprint for files and hub data; the generator's identity for built-in rows (a mixture's
+    is derived by datasets from its sources', the built-in one fixed by medsft/data/load.py)."""
+    if data_section.sources is None and data_section.source.startswith("builtin:"):
+        return builtin_fingerprint(data_section.source)
+    return raw._fingerprint
+
+
+def builtin_fingerprint(source: str) -> str:
+    from medsft.data.load import TINY_ROWS
+    from medsft.builtin.tiny_model import TINY_BUILD_VERSION
+
+    return f"{source}:{TINY_ROWS}:{TINY_BUILD_VERSION}"
+
+
+def content_fingerprint(data_section) -> dict[str, str]:
+    """What each source's rows are, known before anything is loaded (the run identity's data part, and the
+    tokenized cache's): a local file's bytes, the built-in generator's parameters, a hub dataset's commit.
+    Why bytes: a file corrected in place keeps its path (and can keep its mtime); its rows are what count."""
+    from medsft.data.mixture import sources_of
+
+    return {src.name: source_fingerprint(src.source, src.revision) for src in sources_of(data_section)}
+
+
+def source_fingerprint(source: str, revision: str | None = None) -> str:
+    from pathlib import Path
+
+    if source.startswith("builtin:"):
+        return builtin_fingerprint(source)
+    path = Path(source).expanduser()
+    try:
+        if path.is_file():
+            return "sha256:" + file_digest(path)
+        if path.is_dir():  # a local dataset folder: every file's name and bytes
+            h = hashlib.sha256()
+            for child in sorted(p for p in path.rglob("*") if p.is_file()):
+                h.update(f"{child.relative_to(path)}\0{file_digest(child)}\0".encode())
+            return "sha256:" + h.hexdigest()[:16]
+    except OSError as err:  # loading the data says so in one line; the identity only records it
+        return f"unreadable: {err.strerror}"
+    return "hub:" + hub_commit(source, revision)
+
+
+def file_digest(path) -> str:
+    """sha256 of a file's bytes, streamed; remembered per (file, size, mtime) within one process, since the
+    identity is asked for several times per run."""
+    st = path.stat()
+    return _file_digest(str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_digest(path: str, size: int, mtime_ns: int, inode: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=16)
+def hub_commit(repo: str, revision: str | None) -> str:
+    """The commit datasets will load: the hub's answer when online, else the one the local hub cache points
+    the revision at (what an offline load reads), else the revision as written."""
+    import re
+    from pathlib import Path
+
+    from huggingface_hub import constants
+
+    if revision and re.fullmatch(r"[0-9a-f]{40}", revision):
+        return revision
+    if not constants.HF_HUB_OFFLINE:
+        try:
+            from huggingface_hub import HfApi
+
+            return HfApi().dataset_info(repo, revision=revision, timeout=10).sha or revision or "main"
+        except Exception:  # unreachable hub, unknown repo: the local cache decides, as it does for datasets
+            pass
+    ref = Path(constants.HF_HUB_CACHE) / f"datasets--{repo.replace('/', '--')}" / "refs" / (revision or "main")
+    try:
+        return ref.read_text().strip()
+    except OSError:
+        return revision or "main"
+
+
+def load_cached(path):
+    from datasets import DatasetDict, load_from_disk
+
+    meta = json.loads((path / "medsft.json").read_text())
+    prepared = DatasetDict({name: load_from_disk(str(path / name)) for name in meta["splits"]})
+    return prepared, meta["stats"], meta["dropped"]
+
+
+def prepare_and_cache(spec, splits, tokenizer, path):
+    from medsft.data import tokenized
+
+    prepared, stats, dropped = tokenized.prepare_all(splits, tokenizer, spec)
+    try:
+        with atomic_dir(path) as tmp:
+            for name, ds in prepared.items():
+                ds.save_to_disk(str(tmp / name))
+            (tmp / "medsft.json").write_text(json.dumps({"splits": list(prepared), "stats": stats,
+                                                         "dropped": dropped}))
+    except OSError as err:  # a read-only or full cache never stops a run
+        notice(f"could not cache the tokenized data ({err})")
+    return prepared, stats, dropped
+
+
+def load_or_prepare(spec, splits, tokenizer, path, rank: int, report):
+    import time
+
+    start = time.perf_counter()
+    if (path / "medsft.json").is_file():
+        result = load_cached(path)
+        report(f"data[rank {rank}]: loaded tokenized splits from cache {path} in {time.perf_counter() - start:.2f} s")
+        return result
+    result = prepare_and_cache(spec, splits, tokenizer, path)
+    report(f"data[rank {rank}]: tokenized and cached to {path} in {time.perf_counter() - start:.2f} s")
+    return result
+
+
+def prepared_splits(spec, raw, splits, tokenizer, report=say):
+    """(prepared DatasetDict, stats, dropped): the main process prepares (or loads) while the other ranks
+    wait, then they load its result; a rank that cannot see the cache (node-local disk) prepares itself.
+    `report` receives one line per rank (the per-rank cache lines are the multi-process tests' evidence)."""
+    from accelerate import PartialState
+
+    path = medsft_home() / "datasets" / cache_key(spec, raw_fingerprint(spec.recipe.data, raw), tokenizer)
+    state = PartialState()
+    result = load_or_prepare(spec, splits, tokenizer, path, 0, report) if state.is_main_process else None
+    state.wait_for_everyone()
+    if result is None:
+        result = load_or_prepare(spec, splits, tokenizer, path, state.process_index, report)
+    return result

@@ -1,0 +1,1 @@
+"""Generation, answer extraction, benchmarks and their reports."""

@@ -1,0 +1,291 @@
+"""`medsft eval ADAPTER_DIR`: the held-out test split, with and without the adapter.
+
+Why: loss curves say little about a reasoning model; users need to know whether it answers in the
+trained format, stops, and gets multiple-choice items right, compared with the base model. Measured:
+- NLL and perplexity over completion tokens only (teacher-forced, batched, TRL's own labels);
+- on up to N test rows, generation: share with a well-formed closed `<think>` block, non-empty answer,
+  stopped at end-of-turn, mean reasoning/answer length (tokens of the generated text);
+- multiple-choice accuracy on rows with `options` and `answer_idx` (MedQA style), the question posed
+  with lettered options and the letter extracted by medsft.evaluation.answers;
+- the same for the base model (adapter disabled) and the difference. Written to eval.json.
+The scoring functions take a plain `generate(questions) -> texts` function, so they are tested with
+scripted outputs. `medsft eval --benchmark FILE` (run_benchmark) measures published benchmarks instead:
+medsft/evaluation/benchmark.py reads and scores them, medsft/evaluation/report.py reports.
+"""
+
+from __future__ import annotations
+
+import math
+from statistics import mean
+from typing import Callable
+
+from medsft.evaluation.answers import mc_prompt, read_output
+from medsft.data.formats import split_reasoning
+
+Generate = Callable[[list[str]], list[dict]]  # records as generate.generate_batch returns them
+
+
+def format_metrics(records: list[dict], tokenizer=None, fmt: str = "think") -> dict:
+    if not records:
+        return {}
+    parsed = [split_reasoning(r["text"], fmt) for r in records]
+    length = (lambda s: len(tokenizer(s, add_special_tokens=False)["input_ids"])) if tokenizer else len
+    return {
+        "n": len(records),
+        "well_formed_think": mean(p.well_formed for p in parsed),
+        "non_empty_answer": mean(bool(p.answer.strip()) for p in parsed),
+        "stopped_at_end_of_turn": mean(bool(r["stopped"]) for r in records),
+        "format_compliance": mean(p.well_formed and bool(p.answer.strip()) and r["stopped"]
+                                  for p, r in zip(parsed, records)),
+        "mean_reasoning_length": mean(length(p.reasoning) for p in parsed),
+        "mean_answer_length": mean(length(p.answer) for p in parsed),
+    }
+
+
+def mc_items(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if isinstance(r.get("options"), dict) and r.get("answer_idx") in (r.get("options") or {})]
+
+
+def mc_accuracy(items: list[dict], generate: Generate, question_column: str = "Question", fmt: str = "think") -> dict:
+    """Accuracy of the letters extracted from the generated answers (None counts as wrong). The MC item's
+    own `question` (MedQA style) is posed when the row has one, else the dataset's question column."""
+    if not items:
+        return {}
+    prompts = [mc_prompt(item.get("question") or item[question_column], item["options"]) for item in items]
+    records = generate(prompts)
+    chosen = [read_output(r["text"], item["options"], fmt).first for r, item in zip(records, items)]
+    correct = [c == item["answer_idx"] for c, item in zip(chosen, items)]
+    return {"n": len(items), "accuracy": mean(correct), "unparsed": mean(c is None for c in chosen)}
+
+
+def completion_nll(model, prepared, batch_size: int = 4) -> dict:
+    """Mean NLL per completion token (labels != -100), teacher-forced."""
+    import torch
+    import torch.nn.functional as F
+
+    total, count = 0.0, 0
+    device = next(model.parameters()).device
+    rows = [(r["input_ids"], r["labels"]) for r in prepared]
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            width = max(len(ids) for ids, _ in chunk)
+            ids = torch.tensor([i + [0] * (width - len(i)) for i, _ in chunk], device=device)
+            mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in chunk], device=device)
+            labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in chunk], device=device)
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            target = labels[:, 1:]
+            total += F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100,
+                                     reduction="sum").item()
+            count += int((target != -100).sum())
+    nll = total / max(count, 1)
+    return {"nll": nll, "perplexity": math.exp(nll) if nll < 50 else float("inf"), "tokens": count}
+
+
+HELD_OUT_FIX = "evaluate on benchmark files instead: medsft eval ADAPTER --benchmark FILE"
+
+
+def held_out_ids(adapter_dir, recipe) -> list[int]:
+    """The test split's row ids (test_ids.json, saved at training), checked with the training data's
+    presence before any model loads: unlike infer, merge and benchmarks, the held-out split needs the data."""
+    import json
+    from pathlib import Path
+
+    from medsft.recipe.data_section import check_data_files
+    from medsft.errors import MedsftError
+
+    path = Path(adapter_dir) / "test_ids.json"
+    try:
+        ids = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MedsftError(f"{str(path)!r} not found: the held-out split is not known",
+                          f"restore the test_ids.json the training wrote, or {HELD_OUT_FIX}") from None
+    except (OSError, ValueError) as err:
+        raise MedsftError(f"{str(path)!r} is not readable JSON ({type(err).__name__})",
+                          f"restore the test_ids.json the training wrote, or {HELD_OUT_FIX}") from None
+    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+        raise MedsftError(f"{str(path)!r} is not a list of row numbers",
+                          f"restore the test_ids.json the training wrote, or {HELD_OUT_FIX}")
+    if not ids:
+        raise MedsftError(f"{str(path)!r} lists no rows (trained with data.test_fraction: 0?)", HELD_OUT_FIX)
+    where = str(Path(adapter_dir) / "recipe.yaml")
+    try:
+        check_data_files(recipe.data, where)
+    except MedsftError as err:
+        raise MedsftError(f"the held-out split is read from the training data, and {err.what}",
+                          f"put the training data back at that path, or {HELD_OUT_FIX}", where) from None
+    return ids
+
+
+def held_out_rows(adapter_dir, recipe) -> list[dict]:
+    """The raw rows of the run's test split; ids beyond the data (another file at the same path) are refused."""
+    from pathlib import Path
+
+    from medsft.data import load as data
+    from medsft.errors import MedsftError
+
+    ids = held_out_ids(adapter_dir, recipe)
+    raw = data.load_raw(recipe.data)
+    if max(ids) >= len(raw):
+        raise MedsftError(f"{str(Path(adapter_dir) / 'test_ids.json')!r} names row {max(ids)} but the training data "
+                          f"has {len(raw)} rows (it changed since training)",
+                          f"put back the data the adapter was trained on, or {HELD_OUT_FIX}")
+    return [dict(raw[i]) for i in ids]
+
+
+def run_eval(adapter_dir, *, max_generations: int = 20, settings=None, with_base: bool = True) -> dict:
+    from pathlib import Path
+
+    from datasets import Dataset
+    from rich.table import Table
+
+    from medsft.data import load as data
+    from medsft.data import tokenized
+    from medsft.adapter.load import load_for_inference, recipe_of
+    from medsft.console import rich_console
+    from medsft.evaluation.generate import Settings, generate_batch
+    from medsft.io.outputs import write_json
+
+    adapter_dir = Path(adapter_dir)
+    settings = settings or Settings()
+    rows = held_out_rows(adapter_dir, recipe_of(adapter_dir))  # before the model: bad data is one line
+    model, tokenizer, recipe = load_for_inference(adapter_dir)
+    d = recipe.data
+    formatted, _ = data.to_prompt_completion(Dataset.from_list(rows), d)
+    prepared = tokenized.prepare_split(formatted, tokenizer, name="test")
+    questions = [data.question_of(r, d) for r in rows][:max_generations]
+    items = mc_items(rows)[:max_generations]
+
+    def gen(prompts):
+        return generate_batch(model, tokenizer, prompts, settings, d.system_prompt, d.format)
+
+    def measure() -> dict:
+        return {"completion": completion_nll(model, prepared),
+                "generation": format_metrics(gen(questions), tokenizer, d.format),
+                "multiple_choice": mc_accuracy(items, gen, d.question_column, d.format)}
+
+    results = {"adapter": measure()}
+    if with_base:
+        with model.disable_adapter():
+            results["base"] = measure()
+        results["delta"] = {section: {k: v - results["base"][section][k] for k, v in vals.items()
+                                      if isinstance(v, (int, float)) and k != "n" and k in results["base"][section]}
+                            for section, vals in results["adapter"].items()}
+    results["test_rows"] = len(rows)
+    write_json(adapter_dir / "eval.json", results)
+
+    table = Table(title=f"evaluation on {len(rows)} test rows ({len(questions)} generated, {len(items)} MC items)")
+    table.add_column("metric")
+    for name in ("adapter", "base", "delta"):
+        if name in results:
+            table.add_column(name, justify="right")
+    for section, vals in results["adapter"].items():
+        for key, value in vals.items():
+            if key in ("n", "tokens"):
+                continue
+            cells = [f"{results[n][section].get(key, float('nan')):.3f}" for n in ("adapter", "base", "delta")
+                     if n in results]
+            table.add_row(f"{section}: {key}", *cells)
+    rich_console().print(table)
+    return results
+
+
+def run_benchmark(adapter_dir, items, *, settings, prompt: str, samples: int = 1, engine: str = "transformers",
+                  with_base: bool = True, output_dir=None, files=()) -> dict | None:
+    """`medsft eval ADAPTER --benchmark FILE`: adapter and base on the same prompts, `samples` generations
+    per item, data-parallel under `accelerate launch`. The main rank scores, reports and returns the
+    benchmark.json document; the other ranks return None."""
+    import time
+    from contextlib import nullcontext
+    from pathlib import Path
+
+    from accelerate import PartialState
+
+    from medsft.evaluation import benchmark
+    from medsft.evaluation.report import report
+    from medsft.console import is_main, say
+    from medsft.evaluation.generate import generate_parallel
+
+    adapter_dir = Path(adapter_dir)
+    questions = [benchmark.pose(item, prompt) for item in items for _ in range(samples)]  # item-major
+    if engine == "vllm":
+        from transformers import AutoTokenizer
+
+        from medsft.adapter.load import recipe_of
+        from medsft.evaluation.generate import generate_vllm, load_vllm
+        from medsft.model.load import ready_tokenizer
+
+        recipe = recipe_of(adapter_dir)
+        tokenizer = ready_tokenizer(AutoTokenizer.from_pretrained(adapter_dir), recipe.model.name)
+        llm = load_vllm(recipe, adapter_dir, settings.seed)
+
+        def generate(name: str) -> list[dict]:
+            return generate_vllm(llm, tokenizer, questions, settings, recipe.data.system_prompt, recipe.data.format,
+                                 adapter_dir if name == "adapter" else None)
+    else:
+        model, tokenizer, recipe = load_replica(adapter_dir)
+
+        def generate(name: str) -> list[dict]:
+            with nullcontext() if name == "adapter" else model.disable_adapter():
+                return generate_parallel(model, tokenizer, questions, settings, recipe.data.system_prompt,
+                                         recipe.data.format, name)
+
+    runs = {}
+    for name in ("adapter", "base") if with_base else ("adapter",):
+        t0 = time.perf_counter()
+        records = generate(name)
+        runs[name] = (records, time.perf_counter() - t0)
+        say(f"{name}: {len(records)} generations in {runs[name][1]:.1f}s")
+    if not is_main():
+        return None
+    shared = {"engine": engine, "prompt": prompt, "prompt_template": benchmark.PROMPTS[prompt],
+              "system_prompt": recipe.data.system_prompt, "format": recipe.data.format,
+              "do_sample": settings.do_sample, "temperature": settings.temperature if settings.do_sample else None,
+              "top_p": settings.top_p if settings.do_sample else None, "max_new_tokens": settings.max_new_tokens,
+              "seed": settings.seed, "samples": samples, "batch_size": settings.batch_size,
+              "processes": PartialState().num_processes, "files": [str(f) for f in files], "adapter": str(adapter_dir),
+              "base_model": recipe.model.name, "metric": "first answer statement after the reasoning"}
+    results, per_item = {}, {}
+    for name, (records, seconds) in runs.items():
+        per = [records[i * samples:(i + 1) * samples] for i in range(len(items))]  # each item's samples
+        outputs = [[r["text"] for r in rs] for rs in per]
+        summary, scored = benchmark.score(items, outputs, recipe.data.format)
+        results[name] = {**summary, "settings": {**shared, "model": name},
+                         "generation": {"seconds": seconds, "items_per_second": len(records) / max(seconds, 1e-9),
+                                        "mean_new_tokens": mean(r["tokens"] for r in records),
+                                        "hit_max_new_tokens": sum(not r["stopped"] for r in records)},
+                         "predictions": f"predictions-{name}.jsonl"}
+        # one line per item, in the benchmark's order: `medsft score FILE --predictions` reads it back
+        per_item[f"predictions-{name}"] = [{**s, "question": item.question, "outputs": out,
+                                            "tokens": [r["tokens"] for r in rs]}
+                                           for s, item, out, rs in zip(scored, items, outputs, per)]
+    return report(results, items, output_dir or adapter_dir / "benchmark", per_item=per_item)
+
+
+def load_replica(adapter_dir):
+    """(model, tokenizer, recipe) for this process. One process, or CPUs: adapter.load_for_inference.
+    Under a multi-GPU `accelerate launch` each rank holds a whole replica on its own GPU, placement's
+    DDP row whatever the accelerate config (load_for_inference, which places one lone process, would
+    spread every rank's copy over all visible GPUs)."""
+    import torch
+
+    from medsft.adapter.load import load_for_inference
+    from medsft.launch.detect import Launch, from_env
+
+    launch = from_env(cuda=torch.cuda.is_available(), num_gpus=torch.cuda.device_count())
+    if launch.world_size == 1 or not launch.cuda:
+        return load_for_inference(adapter_dir)
+    from transformers import AutoTokenizer
+
+    from medsft.model import load as model_mod
+    from medsft.adapter.load import attach, recipe_of
+    from medsft.launch.placement import decide
+
+    recipe = recipe_of(adapter_dir)
+    replica = Launch(world_size=launch.world_size, rank=launch.rank, local_rank=launch.local_rank, distributed="ddp",
+                     cuda=True, num_gpus=launch.num_gpus)
+    placement = decide(replica, bits=recipe.quantization.bits, dtype=recipe.model.dtype)
+    tokenizer = model_mod.ready_tokenizer(AutoTokenizer.from_pretrained(adapter_dir), recipe.model.name)
+    base, _ = model_mod.load_model(recipe, placement, True)
+    base.config.use_cache = True
+    return attach(base, tokenizer, adapter_dir).eval(), tokenizer, recipe

@@ -1,0 +1,287 @@
+"""The benchmark report: a rich table, benchmark.json, per-item records and a bar chart per source,
+with the published HuatuoGPT-o1 figures beside ours where the sources match.
+
+Why: a number means little alone. The table shows each source with its standard error, how many
+generations had no answer (and how many of those ran out of tokens inside their reasoning) or were read
+from an option's text, the adapter against its base on the same prompts, and the paper's Table 1 rows
+for the same benchmarks, labelled as published figures (another model, another scorer: theirs takes the
+better of first- and last-match accuracy; benchmark.json has that number too, `best_of_first_last`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from medsft.errors import MedsftError
+
+# Chen et al., "HuatuoGPT-o1, Towards Medical Complex Reasoning with LLMs", arXiv:2412.18925, Table 1
+# (accuracy, %). A source matches a benchmark by name (MedQA_USLME_test, medqa_4options, …) and by its
+# items' option count (MedQA's 4-option USMLE set, not the 5-option one).
+PUBLISHED = {
+    "citation": "HuatuoGPT-o1 paper (Chen et al., arXiv:2412.18925), Table 1",
+    "benchmarks": {"medqa": ("MedQA (USMLE, 4 options)", 4), "medmcqa": ("MedMCQA (validation)", 4),
+                   "pubmedqa": ("PubMedQA (test)", 3)},
+    "models": {
+        "HuatuoGPT-o1-8B": {"medqa": 72.6, "medmcqa": 60.4, "pubmedqa": 79.2},
+        "HuatuoGPT-o1-8B, SFT only": {"medqa": 69.0, "medmcqa": 57.9, "pubmedqa": 77.7},
+        "Llama-3.1-8B-Instruct": {"medqa": 58.7, "medmcqa": 56.0, "pubmedqa": 75.2},
+    },
+}
+MARK = "medsft benchmark report"  # benchmark.json carries it: medsft may rewrite a directory that has it
+OURS = re.compile(r"^(benchmark\.json|predictions-.+\.jsonl|scores\.jsonl|accuracy-.+\.png)$")
+
+
+def published_key(source: str, items) -> str | None:
+    """The Table 1 benchmark a source is, or None."""
+    name = re.sub(r"[^a-z0-9]", "", source.lower())
+    for key in ("pubmedqa", "medmcqa", "medqa"):  # "pubmedqa" contains "medqa": longest first
+        if name.startswith(key):
+            counts = {len(i.options) for i in items if i.source == source}
+            return key if counts == {PUBLISHED["benchmarks"][key][1]} else None
+    return None
+
+
+def published_for(items) -> dict:
+    """{source: {model: accuracy (0-1)}} for the sources that match a published benchmark."""
+    out = {}
+    for source in dict.fromkeys(i.source for i in items):
+        key = published_key(source, items)
+        if key:
+            out[source] = {"benchmark": PUBLISHED["benchmarks"][key][0],
+                           "models": {m: v[key] / 100 for m, v in PUBLISHED["models"].items()}}
+    return out
+
+
+def check_output_dir(path: str | Path) -> Path:
+    """Where a report goes, checked before any model loads: new, empty, or a report medsft wrote."""
+    out = Path(path).expanduser()
+    if out.exists() and not out.is_dir():
+        raise MedsftError(f"--output-dir {str(out)!r} is a file", "choose a directory path")
+    if out.is_dir() and any(out.iterdir()):
+        try:
+            ours = json.loads((out / "benchmark.json").read_text()).get("written_by") == MARK
+        except (OSError, ValueError, AttributeError):
+            ours = False
+        if not ours:
+            raise MedsftError(f"--output-dir {str(out)!r} holds files medsft did not write",
+                              "choose a new directory (medsft only replaces what it wrote)")
+    from medsft.io.outputs import check_writable_dir
+
+    check_writable_dir(out, "--output-dir")
+    return out
+
+
+def report(results: dict[str, dict], items, output_dir, *, per_item: dict[str, list[dict]], single: bool = False,
+           extra: dict | None = None) -> dict:
+    """Print the table and write benchmark.json, `<name>.jsonl` per-item records and accuracy-<source>.png.
+    `results`: {model name: {"overall", "by_source", "settings", …}}; `single` writes the one model's
+    object at the top level of benchmark.json (`score`), else one object per model (`eval`)."""
+    from medsft.io.outputs import write_json
+
+    out = check_output_dir(output_dir)
+    charts = chart_names(results)
+    writes = [f"{n}.jsonl" for n in per_item] + list(charts.values()) + ["benchmark.json"]
+    previous = check_report_writes(out, writes, report_inputs(results))
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in previous:  # the previous report's files (other sources, other models); never an input
+        (out / stale).unlink(missing_ok=True)
+    published = published_for(items)
+    names = list(results)
+    doc = {"written_by": MARK, **(next(iter(results.values())) if single else results)}
+    if "adapter" in results and "base" in results:
+        doc["delta"] = {"overall": results["adapter"]["overall"]["accuracy"] - results["base"]["overall"]["accuracy"],
+                        "by_source": {s: b["accuracy"] - results["base"]["by_source"][s]["accuracy"]
+                                      for s, b in results["adapter"]["by_source"].items()}}
+    if published:
+        doc["published"] = {"citation": PUBLISHED["citation"], "by_source": published}
+    doc.update(extra or {})
+    for name, records in per_item.items():
+        with open(out / f"{name}.jsonl", "w", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    for source, png in charts.items():
+        plot_source(out / png, source, {n: r["by_source"][source] for n, r in results.items()}, published.get(source))
+    from medsft.io.ownership import inventory_one
+
+    doc["files"] = {name: inventory_one(out / name) for name in writes[:-1]}  # what a rewrite may replace
+    write_json(out / "benchmark.json", doc)  # last: a directory with benchmark.json has every file
+    print_tables(results, published)
+    from medsft.console import say
+
+    say(f"benchmark report written to {out}/ (benchmark.json, {', '.join(f'{n}.jsonl' for n in per_item)}, "
+        f"accuracy-*.png)")
+    return doc
+
+
+def chart_names(results: dict[str, dict]) -> dict[str, str]:
+    """{source: the file name of its chart}, one file per source (also on a case-insensitive disk)."""
+    sources = list(next(iter(results.values()))["by_source"])
+    names = {source: f"accuracy-{slug(source)}.png" for source in sources}
+    folded = [n.casefold() for n in names.values()]
+    for source, name in names.items():  # "MedQA" and "medqa", or a lossless name equal to another's slug
+        if folded.count(name.casefold()) > 1:
+            names[source] = f"accuracy-{slug(source, hashed=True)}.png"
+    folded = [n.casefold() for n in names.values()]
+    if len(set(folded)) < len(folded):  # only names made to collide with hashes are left: number them
+        names = {source: f"accuracy-{i}-{slug(source, hashed=True)}.png" for i, source in enumerate(sources)}
+    return names
+
+
+def report_inputs(results: dict[str, dict]) -> set[Path]:
+    """The files this report was made from (predictions, benchmark files), as its settings name them."""
+    found = set()
+    for result in results.values():
+        settings = result.get("settings", {})
+        for name in [settings.get("predictions"), *settings.get("files", [])]:
+            if name:
+                found.add(Path(name).expanduser().resolve())
+    return found
+
+
+def previous_report(out: Path) -> list[str]:
+    """The files of the report already in `out` that medsft may replace or delete: those its benchmark.json
+    lists, still unchanged (size, and hash of small files: medsft/io/ownership.py), and benchmark.json. A report
+    of an earlier medsft listed none: its files are those with a report's names written before its
+    benchmark.json (which is written last), so a file the user added later is never taken for one."""
+    from medsft.io.ownership import inventory_one
+
+    try:
+        doc = json.loads((out / "benchmark.json").read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(doc, dict) or doc.get("written_by") != MARK:
+        return []
+    files = doc.get("files")
+    if isinstance(files, dict):
+        ours = [n for n, entry in files.items() if "/" not in n and isinstance(entry, list)
+                and inventory_one(out / n) == entry]
+    else:
+        done = (out / "benchmark.json").stat().st_mtime_ns
+        ours = [p.name for p in out.iterdir() if OURS.match(p.name) and p.is_file() and not p.is_symlink()
+                and p.stat().st_mtime_ns <= done]
+    return sorted(set(ours) | {"benchmark.json"})
+
+
+def check_report_writes(out: Path, writes: list[str], inputs: set[Path]) -> list[str]:
+    """Before anything is written: every file the report writes is new or the previous report's, and none
+    is an input. Returns the previous report's files to delete (inputs kept)."""
+    previous = previous_report(out) if out.is_dir() else []
+    clash = [n for n in writes if ((out / n).exists() or (out / n).is_symlink()) and n not in previous]
+    if clash:
+        raise MedsftError(f"--output-dir {str(out)!r} holds {', '.join(clash[:3])}, which medsft did not write "
+                          "(the report would overwrite it)", "move it, or choose a new --output-dir")
+    read = [n for n in writes if (out / n).exists() and (out / n).resolve() in inputs]
+    if read:
+        raise MedsftError(f"--output-dir {str(out)!r}: the report would overwrite its own input {read[0]}",
+                          "choose another --output-dir")
+    return [n for n in previous if n not in writes and (out / n).resolve() not in inputs]
+
+
+SLUG_CHARS = 80  # a file name stays far below the 255 bytes file systems allow
+
+
+def slug(source: str, hashed: bool = False) -> str:
+    """A file-name form of a source name: the name itself where it is one, else its safe characters,
+    at most SLUG_CHARS of them, and a hash of the whole name ("MedQA/test" and "MedQA test" differ)."""
+    import hashlib
+
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", source).strip("_.") or "source"
+    if safe == source and len(safe) <= SLUG_CHARS and not hashed:
+        return safe
+    return f"{safe[:SLUG_CHARS]}-{hashlib.sha256(source.encode()).hexdigest()[:10]}"
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def print_tables(results: dict[str, dict], published: dict) -> None:
+    from rich.table import Table
+
+    from medsft.console import rich_console
+
+    names = list(results)
+    first = results[names[0]]
+    settings = first.get("settings", {})
+    how = "greedy" if settings.get("do_sample") is False else (
+        f"T={settings['temperature']}, top-p={settings['top_p']}" if "temperature" in settings else "as generated")
+    table = Table(title=f"accuracy % ± standard error: first answer statement after the reasoning ({how})")
+    table.add_column("source", no_wrap=True)
+    table.add_column("n", justify="right")
+    for name in names:
+        table.add_column(name, justify="right", no_wrap=True)
+    both = "adapter" in results and "base" in results
+    if both:
+        table.add_column("Δ", justify="right")
+    table.add_column("no answer", justify="right")
+    table.add_column("text", justify="right")
+    table.add_column("chance", justify="right")
+    rows = [(s, {n: results[n]["by_source"][s] for n in names}) for s in first["by_source"]]
+    rows.append(("overall", {n: results[n]["overall"] for n in names}))
+    for source, buckets in rows:
+        b0 = buckets[names[0]]
+        cells = [f"{pct(b['accuracy'])}±{pct(b['stderr'])}" for b in buckets.values()]
+        if both:
+            cells.append(f"{100 * (buckets['adapter']['accuracy'] - buckets['base']['accuracy']):+.1f}")
+        cells.append("/".join(str(b["no_answer"]) for b in buckets.values()))
+        cells.append("/".join(str(b["text_fallback"]) for b in buckets.values()))
+        cells.append(pct(b0["chance"]))
+        table.add_row(source, str(b0["n"]), *cells, end_section=source == rows[-2][0])
+    console = rich_console()
+    console.print(table)
+    if published:
+        ref = Table(title=f"published figures beside ours — {PUBLISHED['citation']}: other models and their "
+                          "scorer, not measured here")
+        ref.add_column("model")
+        for source, p in published.items():
+            ref.add_column(f"{source}\n({p['benchmark']})", justify="right")
+        for name in names:
+            ref.add_row(f"this run: {name}", *[pct(results[name]["by_source"][s]["accuracy"]) for s in published])
+        for model in PUBLISHED["models"]:
+            ref.add_row(f"published: {model}", *[pct(published[s]["models"][model]) for s in published])
+        console.print(ref)
+    from medsft.console import say
+
+    for name in names:
+        b = results[name]["overall"]
+        unclosed = (f" ({b['unclosed_reasoning']} ended inside their reasoning: raise --max-new-tokens)"
+                    if b["unclosed_reasoning"] else "")
+        say(f"{name}: {b['no_answer']} of {b['generations']} generations had no answer{unclosed}, "
+            f"{b['text_fallback']} were read from an option's text; HuatuoGPT-o1's scorer (best of first and last "
+            f"match) would report {pct(b['best_of_first_last'])}%")
+
+
+def plot_source(png: Path, source: str, ours: dict[str, dict], published: dict | None) -> None:
+    """Accuracy bars for one source: ours with ±1.96 standard errors, published figures hatched."""
+    import os
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    theirs = (published or {}).get("models", {})
+    labels = list(ours) + [f"{m.replace(', ', chr(10))}\n(published)" for m in theirs]
+    values = [100 * b["accuracy"] for b in ours.values()] + [100 * v for v in theirs.values()]
+    errors = [196 * b["stderr"] for b in ours.values()] + [0] * (len(labels) - len(ours))
+    fig, ax = plt.subplots(figsize=(max(4.0, 2.0 * len(labels)), 4.2))
+    bars = ax.bar(range(len(labels)), values,
+                  color=["tab:blue", "tab:orange", "tab:green"][:len(ours)] + ["lightgrey"] * (len(labels) - len(ours)))
+    ax.errorbar(range(len(ours)), values[:len(ours)], yerr=errors[:len(ours)], fmt="none", capsize=4, color="black")
+    for bar in bars[len(ours):]:
+        bar.set_hatch("//")
+    for bar, v, e in zip(bars, values, errors):
+        ax.annotate(f"{v:.1f}", (bar.get_x() + bar.get_width() / 2, v + e + 1), ha="center", va="bottom", fontsize=8)
+    chance = 100 * next(iter(ours.values()))["chance"]
+    ax.axhline(chance, ls="--", color="grey", lw=1, label=f"chance {chance:.1f}%")
+    ax.set_xticks(range(len(labels)), labels, fontsize=8)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("accuracy %")
+    ax.set_title(f"{source} (n={next(iter(ours.values()))['n']})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = png.with_name(f".{png.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, png)

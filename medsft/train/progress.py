@@ -1,0 +1,219 @@
+"""Training progress a person can read, and records they can look at later.
+
+Why: transformers' tqdm bar plus printed dicts is unreadable in a Slurm log and hides what matters for
+QLoRA. On a terminal, the main process shows a rich live view; elsewhere (log files) one plain line per
+logging step, with no control codes. Because the DFT loss can rise while the model improves, token
+accuracy and eval NLL/perplexity (medsft evaluates with the NLL loss whatever the training loss) are
+shown beside it. Every log event also goes to `metrics.jsonl`, and `loss.png` is drawn at the end.
+Other ranks print and write nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from medsft.console import is_main, rich_console
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f}{unit}" if unit != "B" else f"{int(n)}B"
+        n /= 1024
+    return str(n)
+
+
+def peak_memory() -> tuple[str, float]:
+    """(label, bytes): peak CUDA memory of this process, or its peak RSS on CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "peak mem", float(torch.cuda.max_memory_allocated())
+    import resource
+
+    return "peak RSS", float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def fmt_duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class ProgressCallback(TrainerCallback):
+    """Rich view on a terminal, plain lines otherwise; main process only."""
+
+    def __init__(self, console=None):
+        self.console = console or rich_console()
+        self.live = None
+        self.last = {}
+        self.start = None
+        self.prev_tokens = None
+        self.prev_time = None
+
+    # --- state
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not is_main():
+            return
+        self.start = time.monotonic()
+        self.first_step = state.global_step
+        if self.console.is_terminal:
+            from rich.live import Live
+
+            self.live = Live(self.render(state), console=self.console, refresh_per_second=4, transient=False)
+            self.live.start()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.live is not None:
+            self.live.update(self.render(state))
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not is_main() or not logs:
+            return
+        now = time.monotonic()
+        if "num_tokens" in logs and "loss" in logs:
+            tokens = float(logs["num_tokens"])
+            if self.prev_tokens is not None and now > self.prev_time and tokens >= self.prev_tokens:
+                self.last["tokens/s"] = (tokens - self.prev_tokens) / (now - self.prev_time)
+            self.prev_tokens, self.prev_time = tokens, now
+        for key in ("loss", "eval_loss", "mean_token_accuracy", "eval_mean_token_accuracy", "learning_rate",
+                    "grad_norm", "eval_perplexity", "eval_format_compliance"):
+            if key in logs:
+                self.last[key] = float(logs[key])
+        label, peak = peak_memory()
+        self.last[label] = peak
+        if self.live is not None:
+            self.live.update(self.render(state))
+        elif "loss" in logs or "eval_loss" in logs:
+            self.console.print(self.line(state), markup=False, highlight=False, soft_wrap=True)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.live is not None:
+            self.live.update(self.render(state))
+            self.live.stop()
+            self.live = None
+
+    # --- rendering
+    def eta(self, state) -> str:
+        done = state.global_step - getattr(self, "first_step", 0)
+        if not self.start or done <= 0 or not state.max_steps:
+            return "?"
+        per_step = (time.monotonic() - self.start) / done
+        return fmt_duration(per_step * (state.max_steps - state.global_step))
+
+    def fields(self, state) -> list[tuple[str, str]]:
+        v = self.last
+        out = [("step", f"{state.global_step}/{state.max_steps}"), ("epoch", f"{state.epoch or 0:.2f}"),
+               ("eta", self.eta(state))]
+        fmt = {"loss": "{:.4f}", "eval_loss": "{:.4f}", "eval_perplexity": "{:.2f}", "mean_token_accuracy": "{:.3f}",
+               "eval_mean_token_accuracy": "{:.3f}", "learning_rate": "{:.2e}", "grad_norm": "{:.3f}",
+               "eval_format_compliance": "{:.2f}", "tokens/s": "{:,.0f}"}
+        names = {"loss": "loss", "eval_loss": "eval nll", "eval_perplexity": "eval ppl", "mean_token_accuracy": "acc",
+                 "eval_mean_token_accuracy": "eval acc", "learning_rate": "lr", "grad_norm": "grad norm",
+                 "eval_format_compliance": "eval format", "tokens/s": "tok/s"}
+        for key, pattern in fmt.items():
+            if key in v:
+                out.append((names[key], pattern.format(v[key])))
+        for label in ("peak mem", "peak RSS"):
+            if label in v:
+                out.append((label, human_bytes(v[label])))
+        return out
+
+    def line(self, state) -> str:
+        return " | ".join(f"{k} {val}" for k, val in self.fields(state))
+
+    def render(self, state):
+        from rich.console import Group
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
+
+        table = Table.grid(padding=(0, 2))
+        fields = self.fields(state)
+        for _ in fields:
+            table.add_column()
+        table.add_row(*[f"[dim]{k}[/dim]" for k, _ in fields])
+        table.add_row(*[f"[bold]{val}[/bold]" for _, val in fields])
+        bar = ProgressBar(total=max(state.max_steps or 1, 1), completed=state.global_step)
+        return Group(bar, table)
+
+
+class MetricsFileCallback(TrainerCallback):
+    """Appends every log event to <output_dir>/metrics.jsonl and draws loss.png at the end."""
+
+    def __init__(self, output_dir: str):
+        self.path = Path(output_dir) / "metrics.jsonl"
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not is_main() or not logs:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        record = {"step": state.global_step, "epoch": state.epoch, "time": time.time(), **logs}
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if is_main() and self.path.exists():
+            plot_losses(self.path, self.path.with_name("loss.png"))
+
+
+class IdentityCallback(TrainerCallback):
+    """Writes the run's identity into every checkpoint it saves, so a resume can tell a checkpoint of another
+    recipe from its own (medsft/io/checkpoints.py)."""
+
+    def __init__(self, identity: dict):
+        self.identity = identity
+
+    def on_save(self, args, state, control, **kwargs):
+        from medsft.io.checkpoints import IDENTITY
+        from medsft.io.outputs import write_json
+
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if is_main() and checkpoint.is_dir():
+            write_json(checkpoint / IDENTITY, self.identity)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def plot_losses(metrics_path: Path, png_path: Path) -> None:
+    """Train and eval loss against step (left), token accuracy (right); written atomically."""
+    import os
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(metrics_path)
+    train = [(r["step"], r["loss"]) for r in records if "loss" in r and "train_runtime" not in r]
+    evals = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
+    acc = [(r["step"], r["mean_token_accuracy"]) for r in records if "mean_token_accuracy" in r]
+    eacc = [(r["step"], r["eval_mean_token_accuracy"]) for r in records if "eval_mean_token_accuracy" in r]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    if train:
+        left.plot(*zip(*train), label="train loss", color="tab:blue")
+    if evals:
+        left.plot(*zip(*evals), "o-", label="eval NLL", color="tab:orange")
+    left.set_xlabel("step")
+    left.set_ylabel("loss")
+    if train or evals:
+        left.legend()
+    left.set_title("loss")
+    if acc:
+        right.plot(*zip(*acc), label="train token accuracy", color="tab:blue")
+    if eacc:
+        right.plot(*zip(*eacc), "o-", label="eval token accuracy", color="tab:orange")
+    right.set_xlabel("step")
+    right.set_ylim(0, 1)
+    if acc or eacc:
+        right.legend()
+    right.set_title("token accuracy")
+    fig.tight_layout()
+    tmp = png_path.with_name(f".{png_path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, png_path)

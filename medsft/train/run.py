@@ -1,0 +1,223 @@
+"""`medsft train`: recipe → resolved run → data → model → SFTTrainer → adapter, in the order a reader expects.
+
+Why one function: like TRL's own sft.py, the whole run reads top to bottom on one screen; each stage is
+a plain call into the module that owns it (runspec; assembly for data → model → trainer; outputs).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medsft.console import is_main, notice, say
+from medsft.errors import MedsftError
+
+
+def preflight_gate(spec, force: bool, gpu_memory: str | None = None) -> None:
+    """Before loading anything on a GPU: the main process estimates this launch (ZeRO-3, FSDP and offload
+    included), every rank gets its verdict. `gpu_memory` replaces the measured free memory (tests)."""
+    import torch.distributed as dist
+
+    from medsft.memory.preflight import run_preflight
+
+    if not spec.launch.cuda and gpu_memory is None:
+        say("preflight: skipped (no GPU; `medsft preflight RECIPE --gpu-memory SIZE` estimates one)")
+        return
+    verdict = [None]
+    if is_main():
+        try:
+            verdict[0] = run_preflight(spec, gpu_memory=gpu_memory)[1]
+        except MedsftError as err:
+            verdict[0] = f"unknown ({err.what})"
+    if dist.is_available() and dist.is_initialized():
+        dist.broadcast_object_list(verdict, src=0)
+    if verdict[0] == "won't fit" and not force:
+        raise MedsftError("the memory preflight says this run won't fit on the device",
+                          "apply one of the listed changes, or pass --force to try anyway", spec.recipe.source_file)
+
+
+def gather_lines(lines: list[str]) -> list[str]:
+    """Every rank's lines, on the main process (others print nothing)."""
+    from accelerate.utils import gather_object
+
+    return gather_object([lines])
+
+
+def check_paths(recipe) -> None:
+    """Where this run writes, before anything is loaded: only what medsft wrote may be written into or replaced."""
+    from medsft.io.ownership import RunLock, check_ours, contains
+
+    out, adapter, where = Path(recipe.output.dir), recipe.adapter_dir, recipe.source_file
+    try:
+        if is_main():  # a live run first: its lock names it (only the main process ever takes the lock)
+            RunLock(out).check()
+        check_ours(out, "run", "output.dir")
+        if contains(adapter, out) or contains(adapter, Path.cwd()):
+            raise MedsftError(f"output.adapter_dir {str(adapter)!r} would contain output.dir or the current directory "
+                              "(the adapter directory is replaced as a whole)",
+                              "choose an adapter directory of its own, e.g. <output.dir>/adapter")
+        check_ours(adapter, "adapter", "output.adapter_dir")
+    except MedsftError as err:
+        raise err.at(where)
+
+
+def already_complete(spec) -> bool:
+    """The same run finished before (same identity, adapter written): re-running it trains nothing."""
+    from medsft.io.ownership import marker
+
+    run = marker(Path(spec.recipe.output.dir)) or {}
+    return (run.get("state") == "complete" and run.get("identity") == spec.identity()
+            and (spec.recipe.adapter_dir / "adapter_model.safetensors").is_file())
+
+
+def run(recipe, resume: str = "auto", force: bool = False, callbacks=()):
+    """Train and save the adapter. Returns the trainer (tests inspect it), or None when already complete.
+    `callbacks`: more TrainerCallbacks (benchmarks time and measure through them)."""
+    from contextlib import nullcontext
+
+    from medsft.launch import detect as launch
+    from medsft.io.checkpoints import resume_point
+    from medsft.memory.micro_batch import previous_choice
+    from medsft.io.ownership import RunLock
+    from medsft.train.runspec import resolve
+
+    check_paths(recipe)
+    here = launch.with_command(launch.detect())  # checked with every other launch rule by resolve()
+    previous = previous_choice(resume, recipe.output.dir) if "auto" in (
+        recipe.training.get("per_device_train_batch_size"), recipe.training.get("gradient_accumulation_steps")) else None
+    spec = resolve(recipe, here, previous_micro_batch=previous)
+    if is_main():  # only the main process takes the lock; another rank could find it held by rank 0
+        RunLock(Path(recipe.output.dir)).check()
+    if resume == "auto" and already_complete(spec):
+        say(f"already complete: this run finished and saved {recipe.adapter_dir} — nothing to train "
+            "(--resume never trains it again)")
+        return None
+    checkpoint = resume_point(resume, recipe.output.dir, spec.identity())  # every rank reads the same files
+    with RunLock(Path(recipe.output.dir)) if is_main() else nullcontext():
+        return train(spec, checkpoint, resume, force, callbacks)
+
+
+def train(spec, checkpoint: str | None, resume: str, force: bool, callbacks=()):
+    from medsft.train import assembly
+    from medsft.io.ownership import mark
+    from medsft.io.outputs import manifest, write_json
+    from medsft.train.preemption import EXIT_PREEMPTED, PreemptionCallback
+    from medsft.train.shards import gather_rows_seen
+
+    recipe = spec.recipe
+    for line in spec.notices:
+        notice(line)
+    args = spec.sft_config()  # also sets up the distributed state
+    preflight_gate(spec, force)
+    built = assembly.build(spec, args=args, after_data=say_data)  # data → model → trainer
+    tokenizer, splits, report, raw, prepared = built.tokenizer, built.splits, built.report, built.raw, built.prepared
+    trainer, attn, added_rows, kernels_ran = built.trainer, built.attention, built.embedding_rows_added, built.kernels
+    stats, dropped = built.stats, built.dropped
+    for callback in callbacks:
+        trainer.add_callback(callback)
+    if is_main():  # the first write into output.dir: every input has been checked by now
+        if resume == "never":
+            start_over(Path(recipe.output.dir))
+        mark(Path(recipe.output.dir), "run", state="training", identity=spec.identity())
+    if checkpoint:
+        say(f"resuming from {checkpoint}")
+    preemption = PreemptionCallback().install()
+    trainer.add_callback(preemption)
+    try:
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+    finally:
+        preemption.uninstall()
+    if preemption.stopped_for_signal:
+        say(f"preempted at step {trainer.state.global_step}: checkpoint saved in {recipe.output.dir}; "
+            f"exiting {EXIT_PREEMPTED} so the job is requeued (the same command resumes)")
+        raise SystemExit(EXIT_PREEMPTED)
+
+    rows_seen = gather_rows_seen(trainer)
+    if rows_seen is not None and not any(rows_seen.values()):
+        say("data: rows drawn per rank not recorded (packing builds new rows from several)")
+    elif rows_seen is not None:
+        say("data: rows drawn per rank: " + ", ".join(f"rank {r}: {len(v)} rows" for r, v in sorted(rows_seen.items())))
+        write_json(Path(recipe.output.dir) / "rows_seen.json", {str(r): v for r, v in sorted(rows_seen.items())})
+    info = manifest(
+        recipe=recipe.source_file, model=recipe.model.name, attn_implementation=attn,
+        **{**spec.manifest(), "kernels": kernels_ran,
+           "launch": {**spec.manifest()["launch"], "distributed_type": trainer.accelerator.distributed_type.value,
+                      "num_processes": trainer.accelerator.num_processes}},
+        data={"source": recipe.data.source, "format": recipe.data.format, "fingerprint": raw._fingerprint,
+              "rows": report.total, "kept": report.kept, "dropped": dict(report.reasons), "overlong_dropped": dropped,
+              "split_sizes": {k: len(v) for k, v in prepared.items()}, "token_lengths": stats,
+              "sources": report.source_counts(prepared, before=splits)},
+        chat_template={"name": recipe.model.chat_template, "embedding_rows_added": added_rows,
+                       "trainable_token_indices": getattr(getattr(trainer.model, "peft_config", {}).get("default"),
+                                                          "trainable_token_indices", None)},
+        train={"global_step": trainer.state.global_step, "train_loss": result.training_loss,
+               "resumed_from": checkpoint},
+    )
+    save_adapter(trainer, tokenizer, recipe, info, splits["test"]["row_id"])
+    if is_main():
+        mark(Path(recipe.output.dir), "run", state="complete", identity=spec.identity(),
+             global_step=trainer.state.global_step, adapter=str(recipe.adapter_dir))
+    say(f"adapter saved to {recipe.adapter_dir}")
+    return trainer
+
+
+def say_data(built) -> None:
+    """What the data stage produced, before any model loads; a mixture the drops unbalanced is refused here."""
+    from medsft.data import load as data
+
+    spec = built.spec
+    say(built.report.summary())
+    lines = built.cache_lines
+    for rank_lines in gather_lines(lines) if spec.launch.world_size > 1 else [lines]:
+        for line in rank_lines:
+            say(line)
+    for name, n in built.dropped.items():
+        if n:
+            say(f"data: {n} {name} rows longer than training.max_length={spec.drop_longer_than} dropped")
+    mixture = data.mixture_outcome(built.report, built.splits, built.prepared, spec.recipe.data, spec.drop_longer_than)
+    if mixture:
+        notice(mixture)
+    say("data: " + ", ".join(f"{k} {len(v)}" for k, v in built.prepared.items()) + " rows")
+
+
+def start_over(out: Path) -> None:
+    """`--resume never` in a run directory: the previous run's checkpoints go (medsft wrote them), so a later
+    auto-resume cannot pick one of them up."""
+    import shutil
+
+    from medsft.io.checkpoints import CHECKPOINT_RE
+
+    old = [p for p in out.iterdir() if CHECKPOINT_RE.match(p.name) and p.is_dir()] if out.is_dir() else []
+    for path in old:
+        shutil.rmtree(path)
+    if old:
+        notice(f"starting over: removed {len(old)} checkpoint(s) of the previous run in {out}")
+
+
+def save_adapter(trainer, tokenizer, recipe, info: dict, test_ids) -> None:
+    """Adapter + tokenizer + resolved recipe + manifest + test row ids, renamed into place at once."""
+    import shutil
+
+    import yaml
+
+    from medsft.memory.micro_batch import recorded_recipe
+    from medsft.io.outputs import replace_dir, write_json
+    from medsft.io.ownership import follow, mark
+
+    final = follow(recipe.adapter_dir, "output.adapter_dir")  # a symlink: staged beside its target, link kept
+    staging = final.with_name(f".{final.name}.partial")  # the same path on every rank (ZeRO-3 gathers)
+    if is_main():
+        shutil.rmtree(staging, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    if trainer.is_fsdp_enabled:  # Trainer.save_model writes nothing under FSDP's sharded state dict type
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    trainer.save_model(str(staging))  # every rank: gathers ZeRO-3/FSDP shards; only the main process writes
+    if is_main():
+        tokenizer.save_pretrained(staging)
+        (staging / "recipe.yaml").write_text(yaml.safe_dump(recorded_recipe(recipe, info.get("batch")), sort_keys=False),
+                                             encoding="utf-8")
+        write_json(staging / "test_ids.json", list(test_ids))
+        write_json(staging / "manifest.json", info)
+        (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; the recipe says it all
+        mark(staging, "adapter", recipe=recipe.source_file, run=str(recipe.output.dir))  # last: lists every file
+        replace_dir(staging, final, kind="adapter")
+    trainer.accelerator.wait_for_everyone()
