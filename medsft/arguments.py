@@ -100,19 +100,25 @@ def parser() -> argparse.ArgumentParser:
 
 
 def add_generation_args(p) -> None:
-    p.add_argument("--max-new-tokens", type=int, default=512)
+    from medsft.evaluation.generate import Settings
+
+    default = Settings()
+    p.add_argument("--max-new-tokens", type=int, default=default.max_new_tokens)
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--temperature", type=float, default=default.temperature)
+    p.add_argument("--top-p", type=float, default=default.top_p)
 
 
 def add_benchmark_args(e) -> None:
-    b = e.add_argument_group("benchmarks (with --benchmark; the papers' sampling: T 0.5, top-p 0.9, 2,048 new tokens)")
+    from medsft.evaluation.generate import PAPERS
+
+    b = e.add_argument_group(f"benchmarks (with --benchmark; the papers' sampling: T {PAPERS.temperature}, top-p "
+                             f"{PAPERS.top_p}, {PAPERS.max_new_tokens:,} new tokens)")
     b.add_argument("--benchmark", action="append", metavar="FILE",
                    help="MC items {question, options, answer_idx, source} as a JSON list, JSONL or {source: [items]} "
                         "(repeatable)")
     b.add_argument("--greedy", action="store_true", help="greedy decoding instead of the papers' sampling")
-    b.add_argument("--seed", type=int, help="sampling seed (default 42; batch k uses seed + k)")
+    b.add_argument("--seed", type=int, help=f"sampling seed (default {PAPERS.seed}; batch k uses seed + k)")
     b.add_argument("--samples", type=int, help="generations per item (default 1; accuracy averages them)")
     b.add_argument("--prompt", choices=("huatuo", "huatuo-strict", "medsft"),
                    help="how items are posed (default huatuo: HuatuoGPT-o1's evaluation prompt)")
@@ -120,7 +126,7 @@ def add_benchmark_args(e) -> None:
     b.add_argument("--batch-size", type=int, help="prompts per generate call (default 8)")
     b.add_argument("--limit", type=int, metavar="N", help="only the first N items of each source")
     b.add_argument("--output-dir", metavar="DIR", help="where the report goes (default ADAPTER/benchmark)")
-    # the test split keeps its defaults (512 tokens, greedy, --sample's 0.7/0.95); benchmarks take the papers'
+    # the test split keeps Settings' defaults (greedy unless --sample); benchmarks take the papers'
     e.set_defaults(max_new_tokens=None, temperature=None, top_p=None)
 
 

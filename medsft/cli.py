@@ -36,22 +36,26 @@ def benchmark_settings(args):
         if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
             raise MedsftError("--engine vllm runs in one process (vLLM batches and parallelizes itself)",
                               "run medsft eval without accelerate launch")
+    from medsft.evaluation.generate import PAPERS
+
     args.sample = not args.greedy
-    args.max_new_tokens = 2048 if args.max_new_tokens is None else args.max_new_tokens
-    args.temperature = 0.5 if args.temperature is None else args.temperature
-    args.top_p = 0.9 if args.top_p is None else args.top_p
-    return dataclasses.replace(generation_settings(args), seed=42 if args.seed is None else args.seed,
-                               batch_size=args.batch_size or 8)
+    for name in ("max_new_tokens", "temperature", "top_p"):
+        if getattr(args, name) is None:
+            setattr(args, name, getattr(PAPERS, name))
+    return dataclasses.replace(generation_settings(args), seed=PAPERS.seed if args.seed is None else args.seed,
+                               batch_size=args.batch_size or PAPERS.batch_size)
 
 
 def test_split_settings(args):
-    """`eval` without --benchmark: the held-out split's generation defaults (512 tokens, greedy)."""
+    """`eval` without --benchmark: the held-out split's generation defaults (generate.Settings: greedy)."""
     given = [f"--{name.replace('_', '-')}" for name in BENCHMARK_ONLY if getattr(args, name) not in (None, False)]
     if given:
         raise MedsftError(f"{given[0]} applies to benchmarks only", "add --benchmark FILE, or leave it out")
-    for name, default in (("max_new_tokens", 512), ("temperature", 0.7), ("top_p", 0.95)):
+    from medsft.evaluation.generate import Settings
+
+    for name in ("max_new_tokens", "temperature", "top_p"):
         if getattr(args, name) is None:
-            setattr(args, name, default)
+            setattr(args, name, getattr(Settings(), name))
     return generation_settings(args)
 
 

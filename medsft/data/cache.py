@@ -16,7 +16,7 @@ import functools
 import hashlib
 import json
 
-from medsft.console import notice, say
+from medsft.console import is_main, notice, rank, say
 from medsft.io.outputs import atomic_dir, package_versions
 from medsft.paths import medsft_home
 
@@ -171,8 +171,8 @@ def prepared_splits(spec, raw, splits, tokenizer, report=say):
 
     path = medsft_home() / "datasets" / cache_key(spec, raw_fingerprint(spec.recipe.data, raw), tokenizer)
     state = PartialState()
-    result = load_or_prepare(spec, splits, tokenizer, path, 0, report) if state.is_main_process else None
+    result = load_or_prepare(spec, splits, tokenizer, path, 0, report) if is_main() else None
     state.wait_for_everyone()
     if result is None:
-        result = load_or_prepare(spec, splits, tokenizer, path, state.process_index, report)
+        result = load_or_prepare(spec, splits, tokenizer, path, rank(), report)
     return result

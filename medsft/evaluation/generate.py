@@ -27,6 +27,10 @@ class Settings:
     seed: int | None = None  # transformers.set_seed before generating (sampling reproducibility)
 
 
+# the papers' benchmark sampling (HuatuoGPT-o1's evaluation): `medsft eval --benchmark` without flags
+PAPERS = Settings(max_new_tokens=2048, do_sample=True, temperature=0.5, top_p=0.9, seed=42)
+
+
 def stop_ids(tokenizer, model) -> list[int]:
     ids = {tokenizer.eos_token_id}
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)

@@ -29,7 +29,9 @@ def gather_rows_seen(trainer) -> dict[int, list[int]] | None:
     """{rank: row ids} on the main process (None elsewhere); every rank must call it."""
     from accelerate.utils import gather_object
 
-    per_rank = gather_object([(trainer.accelerator.process_index, trainer.rows_seen)])
-    if not trainer.accelerator.is_main_process:
+    from medsft.console import is_main, rank
+
+    per_rank = gather_object([(rank(), trainer.rows_seen)])
+    if not is_main():
         return None
     return {rank: rows for rank, rows in per_rank}

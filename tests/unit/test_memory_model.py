@@ -3,8 +3,8 @@
 torch.profiler with profile_memory=True records every CPU tensor allocation and free; summed in time order
 they give the live bytes through a forward and backward. A small Qwen3-shaped model (bf16, 4-bit NF4 base,
 LoRA in bf16 as TRL trains it, SDPA) is run at two sequence lengths; the difference per token is the
-activation cost, free of weights and other constant terms. It must agree with medsft/memory/model.py within
-15% with checkpointing on and off, and LoRA dropout on and off (the same formula, `device="cpu"`: the CPU
+activation cost, free of weights and other constant terms. It must not under-predict (3% slack) nor over-predict
+by more than 20% with checkpointing on and off, and LoRA dropout on and off (the same formula, `device="cpu"`: the CPU
 SDPA kernel returns its output already in the layout o_proj reads, so there is no transposing copy)."""
 
 from __future__ import annotations
@@ -84,7 +84,10 @@ def test_activation_bytes_per_token(tmp_path, checkpointing, dropout):
     predicted = layers + backward + final_norm + probe_loss
     print(f"checkpointing={checkpointing} dropout={dropout}: measured {measured:,.0f} B/token, "
           f"predicted {predicted:,.0f} (E = {e:,.0f} B/token/layer)")
-    assert predicted == pytest.approx(measured, rel=0.15)
+    # never under (a run the preflight passes must not run out of memory), and not far over (a run it refuses
+    # must not fit): with checkpointing the peak falls inside the recomputed layer's backward, where the order
+    # in which CPU kernels free a [tokens, hidden] tensor moves it by ~2h bytes per token between machines
+    assert measured * 0.97 <= predicted <= measured * 1.2
 
 
 @pytest.mark.parametrize("attention", ["sdpa_rows", "sdpa"], ids=["medsft row-by-row SDPA", "transformers SDPA"])
