@@ -212,12 +212,9 @@ def dispatch(args) -> int:
 def quiet_libraries() -> None:
     """Silence start-up chatter that tells the user nothing (called after the recipe validated); on
     non-main ranks, library warnings too: each rank would print the same ones."""
-    import logging
     import warnings
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # datasets.map forks after tokenizing
-    # bitsandbytes on AVX512-BF16 CPUs tries an optional hub kernel at import and warns without it
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     import torch
 
     if not torch.cuda.is_available():

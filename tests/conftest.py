@@ -57,3 +57,49 @@ def run_cli(*args, cwd=None, env=None, timeout=600) -> subprocess.CompletedProce
     full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
     return subprocess.run([sys.executable, "-m", "medsft", *map(str, args)], cwd=cwd or REPO, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def run_cli_here(*args, cwd) -> subprocess.CompletedProcess:
+    """`medsft ARGS` through the same `medsft.cli.main`, in this process: what it printed and its exit status,
+    a traceback as exit 1. For the many bad-input cases, which would each pay a Python and torch start-up as
+    subprocesses; cases that set launch variables, and the check that recipe errors come before torch, run
+    `run_cli`."""
+    import contextlib
+    import io
+    import traceback
+
+    from medsft.cli import main
+
+    import signal
+
+    out, err = io.StringIO(), io.StringIO()
+    before, environ = os.getcwd(), dict(os.environ)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                status = main([str(a) for a in args])
+            except SystemExit as exit_:  # argparse's own refusals
+                status = exit_.code if isinstance(exit_.code, int) else 1
+            except BaseException:  # noqa: BLE001 — what a user would see as a traceback
+                traceback.print_exc()
+                status = 1
+    finally:  # what a command changes in its process stays with that command
+        os.chdir(before)
+        os.environ.clear()
+        os.environ.update(environ)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    return subprocess.CompletedProcess(list(args), status, out.getvalue(), err.getvalue())
+
+
+SLOW_DIRS = ("integration", "launch", "slurm", "bundle")  # trainings, multi-process launches, a cluster, pip
+
+
+def pytest_collection_modifyitems(config, items):
+    """Everything under tests/{integration,launch,slurm,bundle} is `slow`: `pytest -m "not slow"` is the quick loop."""
+    for item in items:
+        parts = Path(str(item.fspath)).relative_to(REPO / "tests").parts
+        if parts[0] in SLOW_DIRS:
+            item.add_marker(pytest.mark.slow)

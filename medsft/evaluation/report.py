@@ -73,8 +73,8 @@ def check_output_dir(path: str | Path) -> Path:
     return out
 
 
-def report(results: dict[str, dict], items, output_dir, *, per_item: dict[str, list[dict]], single: bool = False,
-           extra: dict | None = None) -> dict:
+def report(results: dict[str, dict], items, output_dir, *, per_item: dict[str, list[dict]],
+           single: bool = False) -> dict:
     """Print the table and write benchmark.json, `<name>.jsonl` per-item records and accuracy-<source>.png.
     `results`: {model name: {"overall", "by_source", "settings", …}}; `single` writes the one model's
     object at the top level of benchmark.json (`score`), else one object per model (`eval`)."""
@@ -88,7 +88,6 @@ def report(results: dict[str, dict], items, output_dir, *, per_item: dict[str, l
     for stale in previous:  # the previous report's files (other sources, other models); never an input
         (out / stale).unlink(missing_ok=True)
     published = published_for(items)
-    names = list(results)
     doc = {"written_by": MARK, **(next(iter(results.values())) if single else results)}
     if "adapter" in results and "base" in results:
         doc["delta"] = {"overall": results["adapter"]["overall"]["accuracy"] - results["base"]["overall"]["accuracy"],
@@ -96,7 +95,6 @@ def report(results: dict[str, dict], items, output_dir, *, per_item: dict[str, l
                                       for s, b in results["adapter"]["by_source"].items()}}
     if published:
         doc["published"] = {"citation": PUBLISHED["citation"], "by_source": published}
-    doc.update(extra or {})
     for name, records in per_item.items():
         with open(out / f"{name}.jsonl", "w", encoding="utf-8") as fh:
             fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)

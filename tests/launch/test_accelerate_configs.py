@@ -13,7 +13,6 @@ import pytest
 
 from tests.conftest import REPO, free_port
 
-pytestmark = pytest.mark.slow
 STEPS = 4
 
 

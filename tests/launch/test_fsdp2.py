@@ -13,12 +13,10 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 from tests.conftest import REPO
 from tests.conftest import free_port
 
-pytestmark = pytest.mark.slow
 STEPS = 12
 
 

@@ -16,7 +16,6 @@ import pytest
 
 from tests.conftest import REPO
 
-pytestmark = pytest.mark.slow
 CONFIGS = REPO / "tests" / "launch" / "user_configs"
 TRAIN = ["train", str(REPO / "recipes" / "tiny-cpu.yaml"), "--set", "training.max_steps=2", "--set",
          "training.eval_strategy=no", "--set", "training.save_strategy=no", "--set", "training.logging_steps=1"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, run_cli_here
 
 BASE = yaml.safe_load((REPO / "recipes" / "tiny-cpu.yaml").read_text())
 ROWS_OK = [{"Question": f"q{i}?", "Complex_CoT": f"because {i}", "Response": f"answer {i}"} for i in range(40)]
@@ -66,7 +66,7 @@ def run_case(workspace: Path, args, expected: str, env=None, files=None) -> None
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content if isinstance(content, bytes) else content.encode())
     before = snapshot(workspace)
-    res = run_cli(*args, cwd=workspace, env=env, timeout=300)
+    res = run_cli(*args, cwd=workspace, env=env, timeout=300) if env else run_cli_here(*args, cwd=workspace)
     check_one_line_error(res, expected)
     assert snapshot(workspace) == before, "a failed command changed or wrote files"
 
@@ -345,6 +345,25 @@ def test_bad_recipe(name, workspace):
         recipe = {**recipe, "output": {**recipe.get("output", {}), "dir": "out"}}
     files = {"recipe.yaml": recipe_file(recipe), **RECIPE_FILES.get(name, {})}
     run_case(workspace, ["train", "recipe.yaml", *extra], expected, files=files)
+
+
+@pytest.mark.parametrize("name", ["malformed yaml", "misspelt model key", "rank not a number"])
+def test_recipe_errors_come_before_torch(name, workspace):
+    """The in-process cases above cannot see imports; here, as a subprocess, a recipe error is said before
+    torch (seconds of start-up) is imported at all."""
+    import subprocess
+    import sys
+
+    recipe, extra, expected = RECIPE_CASES[name]
+    (workspace / "recipe.yaml").write_bytes(recipe_file(recipe))
+    res = subprocess.run([sys.executable, "-X", "importtime", "-m", "medsft", "train", "recipe.yaml", *extra],
+                         cwd=workspace, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    imported = {line.rsplit("|", 1)[1].strip() for line in res.stderr.splitlines() if line.startswith("import time:")}
+    assert "pydantic" in imported, "the import trace is empty: nothing to check"
+    assert not {"torch", "transformers", "trl"} & imported, sorted({"torch", "transformers", "trl"} & imported)
+    res.stderr = "\n".join(line for line in res.stderr.splitlines() if not line.startswith("import time:"))
+    check_one_line_error(res, expected)
 
 
 @pytest.mark.parametrize("name", LAUNCH_CASES)

@@ -154,6 +154,7 @@ def data_command(tmp_path, recipe: dict, *extra):
     return " ".join(res.stdout.split())
 
 
+@pytest.mark.slow
 def test_mixture_says_what_it_became(tmp_path):
     """Upsampling says how often each row repeats; every source's kept rows, trained rows and share are shown;
     `medsft data` says when train would refuse, and allow_share_drift lets the drifted mixture through."""

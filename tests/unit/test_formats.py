@@ -160,6 +160,7 @@ def test_multi_turn_labels_token_by_token(sharegpt, demo_json, tiny_dir, tmp_pat
     assert SYSTEM in tok.decode(examples[0]["input_ids"])
 
 
+@pytest.mark.slow
 def test_data_view_shows_each_format(demo_json, tmp_path):
     """`medsft data` highlights the trained spans of every format: think, huatuo, a conversation."""
     rows = json.loads(demo_json.read_text())[:40]

@@ -123,6 +123,7 @@ def test_the_preflight_prints_the_choice():
         in res.stdout
 
 
+@pytest.mark.slow
 def test_tiny_cpu_trains_with_auto_and_records_the_resolved_values(tmp_path):
     out = tmp_path / "run"
     res = run_cli("train", REPO / "recipes" / "tiny-cpu.yaml", "--set", "training.per_device_train_batch_size=auto",

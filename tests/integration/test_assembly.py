@@ -9,7 +9,6 @@ import pytest
 
 from tests.conftest import REPO, run_cli
 
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

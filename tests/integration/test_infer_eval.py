@@ -11,7 +11,6 @@ import yaml
 from medsft.recipe.files import load_recipe
 from tests.conftest import REPO, run_cli
 
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ import pytest
 from medsft.recipe.files import load_recipe
 from tests.conftest import REPO, free_port, run_cli
 
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import pytest
 from medsft.recipe.files import load_recipe
 from tests.conftest import REPO, run_cli
 
-pytestmark = pytest.mark.slow
 ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json",
                  "chat_template.jinja", "recipe.yaml", "manifest.json", "test_ids.json"]
 

@@ -8,11 +8,9 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 from tests.conftest import REPO
 
-pytestmark = pytest.mark.slow
 
 
 def test_gpu_bench_smoke(tmp_path, tiny_dir):

@@ -11,7 +11,6 @@ import yaml
 
 from tests.conftest import REPO, run_cli
 
-pytestmark = pytest.mark.slow
 RENAMED = {"Question": "Frage", "Complex_CoT": "Begruendung", "Response": "Antwort"}
 
 
