@@ -128,18 +128,20 @@ def describe_gpu(gpu: dict) -> str:
     return " · ".join(p for p in parts if p)
 
 
+def cell(v) -> str:
+    """A value as a results table shows it."""
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
+    return str(v)
+
+
 def append_summary(title: str, note: str, columns: list[str], rows: list[list], name: str = SUMMARY) -> Path:
     """Append one markdown section (a title line, a note, a table) to the results summary file."""
     results = results_dir()
     results.mkdir(parents=True, exist_ok=True)
     path = results / name
-
-    def cell(v) -> str:
-        if v is None:
-            return "–"
-        if isinstance(v, float):
-            return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
-        return str(v)
 
     lines = [f"## {title}", "", note, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]

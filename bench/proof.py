@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gpu  # noqa: E402  (bench/gpu.py: the child runner, one measured run, the notebook run)
-from common import describe_gpu, environment, random_weights_dir  # noqa: E402
+from common import cell, describe_gpu, environment, random_weights_dir  # noqa: E402
 
 REPO = gpu.REPO
 PEAK_TFLOPS = 989.0  # H100 / H200 SXM, dense bf16 tensor cores (NVIDIA's datasheet, no sparsity)
@@ -119,14 +119,6 @@ def write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     tmp.replace(path)
-
-
-def cell(v) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
-    return str(v)
 
 
 # ---------------------------------------------------------------- step 0: what is installed, and does it fit
