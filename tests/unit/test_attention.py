@@ -283,6 +283,7 @@ def test_padded_batch_keeps_transformers_sdpa_behaviour(reference_varlen):
 
 # --- what the preflight assumes and what it charges -----------------------------------------------------------
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the assumption made without CUDA")
 def test_preflight_without_cuda_shows_the_attention_auto_would_pick_on_a_gpu():
     """No CUDA here: the estimate is for a CUDA GPU with the installed torch and packages: flash-attn 2 where
     it imports, else torch's varlen kernel (torch >= 2.10), for a bf16 recipe; no dense mask is charged."""
@@ -291,8 +292,6 @@ def test_preflight_without_cuda_shows_the_attention_auto_would_pick_on_a_gpu():
     from medsft.model.attention import flash_attn_imports, torch_at_least
     from tests.conftest import REPO, run_cli
 
-    if torch.cuda.is_available():
-        pytest.skip("checks the assumption made without CUDA")
     res = run_cli("preflight", REPO / "recipes" / "qwen3-0.6b.yaml", "--gpu-memory", "80GiB", timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     lines = [line for line in res.stdout.splitlines() if line.startswith("estimated with attention:")]

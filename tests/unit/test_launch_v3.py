@@ -115,11 +115,10 @@ def test_train_refuses_a_malformed_launch_environment(name, workspace):
     run_case(workspace, ["train", "recipe.yaml"], text, env=env, files={"recipe.yaml": recipe_file(recipe)})
 
 
+@pytest.mark.skipif(cuda_here(), reason="this machine has a GPU; the test names GPUs a CPU machine does not have")
 @pytest.mark.parametrize("device_map", [5, {"": 3}, {"model": "cuda:1", "lm_head": "cpu"}])
 def test_device_map_naming_a_missing_gpu(device_map, workspace):
     """An earlier campaign's `model.device_map: 5` on a CPU: a traceback from transformers while loading."""
-    if cuda_here():
-        pytest.skip("this machine has a GPU; the test names GPUs a CPU machine does not have")
     recipe = recipe_with(model__device_map=device_map, output__dir="out")
     run_case(workspace, ["train", "recipe.yaml"], "but this machine has no CUDA GPU",
              files={"recipe.yaml": recipe_file(recipe)})
