@@ -165,7 +165,7 @@ def random_model_dir(config_path: Path, root: Path, seed: int = 0) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from medsft.builtin.tiny_model import build_tokenizer
+    from medsft.model.builtin.tiny_model import build_tokenizer
 
     config = json.loads(Path(config_path).read_text())
     dtype = getattr(torch, config.get("torch_dtype", "bfloat16"))
@@ -194,7 +194,7 @@ def synthetic_rows(path: Path, rows: int, seed: int = 0) -> Path:
     enough tokens for long packed sequences (about 105 tokens a row with the built-in tokenizer)."""
     import json
 
-    from medsft.builtin.tiny_data import generate
+    from medsft.model.builtin.tiny_data import generate
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -217,7 +217,7 @@ def random_weights_dir(config: dict, out: Path, seed: int = 0) -> Path:
 
     from transformers import AutoConfig
 
-    from medsft.builtin.tiny_model import build_tokenizer
+    from medsft.model.builtin.tiny_model import build_tokenizer
 
     out = Path(out)
     if (out / RANDOM_MARKER).is_file():

@@ -32,7 +32,7 @@ def write_rows(path: Path, n: int) -> str:
     if DEMO.is_file():
         base, origin = json.loads(DEMO.read_text()), "demo rows repeated"
     else:
-        from medsft.builtin.tiny_data import generate
+        from medsft.model.builtin.tiny_data import generate
 
         base, origin = generate(800), "generated tiny-medical rows"
     with path.open("w", encoding="utf-8") as fh:

@@ -65,7 +65,7 @@ class Proof:
 
     def model(self, name: str) -> str:
         if self.smoke:
-            from medsft.builtin.tiny_model import TINY_MODEL, builtin_model_dir
+            from medsft.model.builtin.tiny_model import TINY_MODEL, builtin_model_dir
 
             config = json.loads((Path(builtin_model_dir(TINY_MODEL)) / "config.json").read_text())
         else:

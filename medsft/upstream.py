@@ -58,14 +58,6 @@ def keep_4bit_trainable_layout(model) -> int:
     return seen
 
 
-def packed_4bit_layers(model) -> list[str]:
-    """Names of 4-bit layers currently in bitsandbytes' CPU inference layout (should be none in training)."""
-    import bitsandbytes as bnb
-
-    return [name for name, module in model.named_modules() if isinstance(module, bnb.nn.Linear4bit)
-            and getattr(getattr(module.weight, "quant_state", None), "packing_format_for_cpu", False)]
-
-
 # ---------------------------------------------------------------- TRL: dataset preparation
 
 # What `SFTTrainer._prepare_dataset` reads from `self` and from `args` in TRL 1.16 (checked by

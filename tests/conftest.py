@@ -37,7 +37,7 @@ def demo_json() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_dir(medsft_env) -> Path:
-    from medsft.builtin.tiny_model import TINY_MODEL, builtin_model_dir
+    from medsft.model.builtin.tiny_model import TINY_MODEL, builtin_model_dir
 
     return builtin_model_dir(TINY_MODEL)
 

@@ -90,23 +90,46 @@ def attach(base, tokenizer, adapter_dir):
     return PeftModel.from_pretrained(base, str(adapter_dir))
 
 
-def load_for_inference(adapter_dir, *, use_adapter: bool = True):
-    """(model, tokenizer, recipe): the quantized base as trained, with the adapter unless told not to."""
-    import torch
+def adapter_tokenizer(adapter_dir, recipe):
+    """The tokenizer as trained (its chat template included), ready for the base model."""
     from transformers import AutoTokenizer
 
+    from medsft.model.load import ready_tokenizer
+
+    return ready_tokenizer(AutoTokenizer.from_pretrained(adapter_dir), recipe.model.name)
+
+
+def inference_launch(data_parallel: bool):
+    """Where this process's copy of the model goes. One lone process (placed over every visible GPU), or,
+    data-parallel under a multi-GPU `accelerate launch`, a whole replica on this rank's GPU: placement's DDP
+    row whatever the accelerate config (a lone process's placement would spread every rank's copy over all
+    the GPUs)."""
+    import torch
+
+    from medsft.launch.detect import Launch, from_env
+
+    cuda = torch.cuda.is_available()
+    num_gpus = torch.cuda.device_count() if cuda else 0
+    lone = from_env({}, cuda=cuda, num_gpus=num_gpus)
+    launch = from_env(cuda=cuda, num_gpus=num_gpus) if data_parallel else lone
+    if launch.world_size == 1 or not launch.cuda:
+        return lone
+    return Launch(world_size=launch.world_size, rank=launch.rank, local_rank=launch.local_rank, distributed="ddp",
+                  cuda=True, num_gpus=launch.num_gpus)
+
+
+def load_for_inference(adapter_dir, *, use_adapter: bool = True, data_parallel: bool = False):
+    """(model, tokenizer, recipe): the quantized base as trained, with the adapter unless told not to; one
+    replica per rank when `data_parallel` (inference_launch)."""
     from medsft.model import load as model_mod
-    from medsft.launch.detect import from_env
     from medsft.launch.placement import decide
 
     adapter_dir = check_adapter_dir(adapter_dir)
     recipe = recipe_of(adapter_dir)
-    cuda = torch.cuda.is_available()
-    one_process = from_env({}, cuda=cuda, num_gpus=torch.cuda.device_count() if cuda else 0)
-    placement = decide(one_process, bits=recipe.quantization.bits, dtype=recipe.model.dtype)
-    # the tokenizer as trained (chat template included)
-    tokenizer = model_mod.ready_tokenizer(AutoTokenizer.from_pretrained(adapter_dir), recipe.model.name)
-    base, _ = model_mod.load_model(recipe, placement, cuda)
+    launch = inference_launch(data_parallel)
+    placement = decide(launch, bits=recipe.quantization.bits, dtype=recipe.model.dtype)
+    tokenizer = adapter_tokenizer(adapter_dir, recipe)
+    base, _ = model_mod.load_model(recipe, placement, launch.cuda)
     base.config.use_cache = True
     if not use_adapter:
         model_mod.fit_embeddings(base, tokenizer, training=False)  # the template's tokens must have rows

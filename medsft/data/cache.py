@@ -43,19 +43,10 @@ def cache_key(spec, raw_fingerprint: str, tokenizer) -> str:
     return h.hexdigest()[:20]
 
 
-def raw_fingerprint(data_section, raw) -> str:
-    """datasets' own fingerprint for files and hub data; the generator's identity for built-in rows (a mixture's
-    is derived by datasets from its sources', the built-in one fixed by medsft/data/load.py)."""
-    if data_section.sources is None and data_section.source.startswith("builtin:"):
-        return builtin_fingerprint(data_section.source)
+def raw_fingerprint(raw) -> str:
+    """datasets' own fingerprint of the rows load_raw returned (derived from its sources': datasets' for files and
+    hub data, the generator's identity for built-in rows, medsft/data/load.py)."""
     return raw._fingerprint
-
-
-def builtin_fingerprint(source: str) -> str:
-    from medsft.data.load import TINY_ROWS
-    from medsft.builtin.tiny_model import TINY_BUILD_VERSION
-
-    return f"{source}:{TINY_ROWS}:{TINY_BUILD_VERSION}"
 
 
 def content_fingerprint(data_section) -> dict[str, str]:
@@ -71,6 +62,8 @@ def source_fingerprint(source: str, revision: str | None = None) -> str:
     from pathlib import Path
 
     if source.startswith("builtin:"):
+        from medsft.data.load import builtin_fingerprint
+
         return builtin_fingerprint(source)
     path = Path(source).expanduser()
     try:
@@ -169,7 +162,7 @@ def prepared_splits(spec, raw, splits, tokenizer, report=say):
     `report` receives one line per rank (the per-rank cache lines are the multi-process tests' evidence)."""
     from accelerate import PartialState
 
-    path = medsft_home() / "datasets" / cache_key(spec, raw_fingerprint(spec.recipe.data, raw), tokenizer)
+    path = medsft_home() / "datasets" / cache_key(spec, raw_fingerprint(raw), tokenizer)
     state = PartialState()
     result = load_or_prepare(spec, splits, tokenizer, path, 0, report) if is_main() else None
     state.wait_for_everyone()

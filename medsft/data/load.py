@@ -9,8 +9,8 @@ any number of them) stay `messages`: their loss is on every assistant turn and n
 Malformed rows are dropped and counted, and too many of them stop the run. The split reproduces the
 notebook's two `train_test_split` calls with seed 816, so a migrating user gets the same test rows.
 
-A mixture (`data.sources`, medsft/data/mixture.py) formats every source its own way and splits each source on
-its own with the seed, so validation and test hold every source in its natural share and never a row that
+Every recipe is a mixture (`data.sources`, or the mixture of one `data.source` names; medsft/data/mixture.py),
+and each source runs one pipeline: load → cap → canonical columns → format → split with the seed, so validation and test hold every source in its natural share and never a row that
 is also trained; weights then sample the training split only. Row ids index the sources' rows
 concatenated in recipe order (what `load_raw` returns), so `test_ids.json` still names rows evaluation
 can reload.
@@ -25,8 +25,7 @@ from pathlib import Path
 
 from medsft.errors import MedsftError
 from medsft.data.formats import completion_text, conversation, prompt_messages
-from medsft.data.mixture import (SOURCE_COLUMN, Source, check_columns, combine, reading_sources, sources_of,  # noqa: F401
-                            weigh)
+from medsft.data.mixture import SOURCE_COLUMN, Source, capped, combine, reading_sources, sources_of, weigh
 
 TINY_DATASET = "builtin:tiny-medical"
 TINY_ROWS = 800
@@ -114,28 +113,22 @@ class SourceReport:
 
 
 def load_raw(d):
-    """The rows as published: one source (hub id + config, a local file, the built-in generated rows), or a
-    mixture's sources concatenated in recipe order (each capped to its max_rows, its columns renamed to
-    the data section's, a `medsft_source` column saying which source a row came from)."""
-    sources = sources_of(d)
-    if not d.sources:
-        return load_source(sources[0])
-    parts = [load_source(src) for src in sources]
-    return combine([ds.select(range(min(src.max_rows, len(ds)))) if src.max_rows is not None else ds
-                    for ds, src in zip(parts, sources)], d)
+    """The rows as published, every source's (hub id + config, a local file, the built-in generated rows)
+    capped to its max_rows and concatenated in recipe order, its columns renamed to the data section's, a
+    `medsft_source` column saying which source a row came from."""
+    return combine([capped(load_source(src), src) for src in sources_of(d)], d)
 
 
 def load_source(src: Source):
-    """One source's rows as published (a mixture's `max_rows` is applied by the caller)."""
+    """One source's rows as published (its `max_rows` is applied by the caller)."""
     from datasets import Dataset, load_dataset
 
     source, where = src.source, src.where
     if source == TINY_DATASET:
-        from medsft.builtin.tiny_data import generate
-        from medsft.builtin.tiny_model import TINY_BUILD_VERSION
+        from medsft.model.builtin.tiny_data import generate
 
         ds = Dataset.from_list(generate(TINY_ROWS))  # a fixed fingerprint: the generator is deterministic
-        return Dataset(ds.data, info=ds.info, fingerprint=f"builtin-tiny-medical-{TINY_ROWS}-v{TINY_BUILD_VERSION}")
+        return Dataset(ds.data, info=ds.info, fingerprint=builtin_fingerprint(source))
     if source.startswith("builtin:"):
         raise MedsftError(f"unknown built-in dataset {source!r}", f"use {TINY_DATASET!r}", where)
     suffix = Path(source).suffix.lower()
@@ -156,6 +149,13 @@ def load_source(src: Source):
     if len(ds) == 0:
         raise MedsftError(f"{source!r} has no rows", f"point {where} at a file with rows", where)
     return ds
+
+
+def builtin_fingerprint(source: str) -> str:
+    """The built-in rows' identity: the generator's parameters (it is deterministic), before and after loading."""
+    from medsft.model.builtin.tiny_model import TINY_BUILD_VERSION
+
+    return f"builtin-{source.removeprefix('builtin:')}-{TINY_ROWS}-v{TINY_BUILD_VERSION}"
 
 
 def check_utf8(path: str, where: str = "data.source") -> None:
@@ -189,7 +189,7 @@ def describe_load_error(source: str, err: Exception) -> tuple[str, str]:
 
 def row_problem(row: dict, d, src: Source | None = None) -> str | None:
     """Why a row is unusable, or None."""
-    src = src or reading_sources(d, list(row))[0]
+    src = src or reading_sources(d)[row.get(SOURCE_COLUMN) or 0]
     if src.format == "messages":
         return conversation(row.get(src.messages_column), src.roles)[1]
     for key in ("question_column", "reasoning_column", "response_column"):
@@ -209,10 +209,10 @@ def to_prompt_completion(ds, d):
     one of them empty per row, when a mixture has both kinds)."""
     from datasets import Dataset, Features, List, Value
 
-    sources = reading_sources(d, ds.column_names)
-    owner = list(ds[SOURCE_COLUMN]) if SOURCE_COLUMN in ds.column_names else [0] * len(ds)
-    if not d.sources:
-        check_columns(ds, d, sources[0])
+    if SOURCE_COLUMN not in ds.column_names:  # rows of a one-source recipe not read by load_raw (tests, bench)
+        ds = combine([ds], d)
+    sources = reading_sources(d)
+    owner = list(ds[SOURCE_COLUMN])
     bounds = source_bounds(owner, len(sources))
     report = DropReport(total=len(ds), sources=[
         SourceReport(s.name, s.source, s.config, s.format, s.weight, s.max_rows, *bounds[i])
@@ -288,8 +288,7 @@ def eval_questions(ds, n: int) -> list[str]:
 
 def question_of(row: dict, d) -> str | None:
     """A raw row's question as evaluation poses it: the question column, or a conversation's first user turn."""
-    sources = reading_sources(d, list(row))
-    src = sources[row.get(SOURCE_COLUMN) or 0] if d.sources else sources[0]
+    src = reading_sources(d)[row.get(SOURCE_COLUMN) or 0]
     if src.format != "messages":
         return row.get(src.question_column)
     messages, _ = conversation(row.get(src.messages_column), src.roles)
@@ -354,8 +353,8 @@ def mixture_outcome(report: DropReport, formatted, prepared, d, max_length: int 
     (mixture.share_tolerance), unless data.allow_share_drift."""
     from medsft.data.mixture import share_tolerance
 
-    if not d.sources:
-        return None
+    if len(report.sources) == 1:
+        return None  # one source: the data line says it all
     counts = report.source_counts(prepared, before=formatted)
     total = len(prepared["train"])
     weights = [s.weight for s in report.sources]
@@ -393,19 +392,17 @@ def mixture_outcome(report: DropReport, formatted, prepared, d, max_length: int 
 
 
 def load_splits(d):
-    """Everything above in order: (DatasetDict, DropReport, raw dataset)."""
-    raw = load_raw(d)
-    if not d.sources:
-        rows = raw.select(range(min(d.max_rows, len(raw)))) if d.max_rows is not None else raw
-        formatted, report = to_prompt_completion(rows, d)
-        return split(formatted, d), report, raw
+    """Everything above in order: (DatasetDict, DropReport, raw dataset). Each source is split on its own, then
+    the sources' splits are weighed (when weighted) and concatenated."""
     from datasets import DatasetDict, concatenate_datasets
 
+    raw = load_raw(d)
     formatted, report = to_prompt_completion(raw, d)
     ids = list(formatted["row_id"])
+    named = len(report.sources) > 1
     parts = []
     for sr in report.sources:
         positions = [i for i, r in enumerate(ids) if sr.start <= r < sr.end]
-        parts.append(split(formatted.select(positions), d, sr.name))
+        parts.append(split(formatted.select(positions), d, sr.name if named else None))
     weigh(parts, [sr.weight for sr in report.sources], d, [sr.name for sr in report.sources])
     return DatasetDict({name: concatenate_datasets([p[name] for p in parts]) for name in SPLITS}), report, raw

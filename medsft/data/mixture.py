@@ -1,5 +1,5 @@
-"""Where a run's rows come from: its sources (one, or a mixture under `data.sources`), their columns, and the
-shares a mixture's weights give each source in the training split.
+"""Where a run's rows come from: its sources (a mixture under `data.sources`, or the mixture of one that
+`data.source` names), their columns, and the shares a mixture's weights give each source in the training split.
 
 Why a module: a mixture is more than a list of files. Each source keeps its own hub config, split, columns
 and format, so the medical-o1 `en` and `zh` configs, the authors' `huatuo` layout and a general ShareGPT
@@ -12,7 +12,7 @@ test never hold a trained row):
   runs out first sets the total; an epoch never sees a row twice;
 - `upsample`: the source with the most rows for its share keeps them all, the others repeat theirs
   (every row as often as fits, the remainder drawn without replacement).
-`max_rows` caps a source before anything else (its first N rows, like `data.max_rows`).
+`max_rows` caps a source before anything else (its first N rows; `data.max_rows` for a single source).
 """
 
 from __future__ import annotations
@@ -45,20 +45,17 @@ class Source:
 
 
 def sources_of(d) -> list[Source]:
-    """The recipe's sources: data.sources, or the one source data.source names."""
+    """The recipe's sources, one pipeline for each: data.sources, or the mixture of one data.source names."""
     common = dict(question_column=d.question_column, reasoning_column=d.reasoning_column,
                   response_column=d.response_column, messages_column=d.messages_column, format=d.format)
-    if not d.sources:
-        return [Source(name=label(d.source, d.config), source=d.source, config=d.config, split=d.split,
-                       revision=d.revision, roles=d.roles, max_rows=d.max_rows, **common)]
-    labels = [label(s.source, s.config) for s in d.sources]
+    entries = d.source_entries()
+    labels = [label(s.source, s.config) for _, s in entries]
     out = []
-    for i, s in enumerate(d.sources):
+    for i, (where, s) in enumerate(entries):
         name = labels[i] if labels.count(labels[i]) == 1 else f"{labels[i]}#{i + 1}"
         own = {k: getattr(s, k) for k in common if getattr(s, k) is not None}
         out.append(Source(name=name, source=s.source, config=s.config, split=s.split, revision=s.revision,
-                          roles=d.roles, weight=s.weight, max_rows=s.max_rows, where=f"data.sources[{i}]",
-                          **{**common, **own}))
+                          roles=d.roles, weight=s.weight, max_rows=s.max_rows, where=where, **{**common, **own}))
     return out
 
 
@@ -74,10 +71,14 @@ def combine(parts, d):
     `medsft_source` column, the union of columns."""
     from datasets import concatenate_datasets
 
-    sources = sources_of(d)
-    named = [canonical_columns(ds, src, d) for ds, src in zip(parts, sources)]
+    named = [canonical_columns(ds, src, d) for ds, src in zip(parts, sources_of(d))]
     tagged = [ds.add_column(SOURCE_COLUMN, [index] * len(ds)) for index, ds in enumerate(named)]
     return concatenate_datasets(align_columns(tagged, d))
+
+
+def capped(ds, src: Source):
+    """A source's first max_rows rows (all of them when it has no cap)."""
+    return ds.select(range(min(src.max_rows, len(ds)))) if src.max_rows is not None else ds
 
 
 def messages_column(column_names, src: Source) -> str:
@@ -100,16 +101,12 @@ def canonical_names(d) -> dict[str, str]:
             "reasoning_column": d.reasoning_column, "response_column": d.response_column}
 
 
-def reading_sources(d, column_names) -> list[Source]:
-    """The Source each row is read with: a mixture's (columns made canonical by load_raw), or the only one."""
-    if d.sources:
-        return [replace(s, **canonical_names(d)) for s in sources_of(d)]
-    src = sources_of(d)[0]
-    return [replace(src, messages_column=messages_column(column_names, src))]
+def reading_sources(d) -> list[Source]:
+    """The Source each row of `combine`'s result is read with: its own, through the data section's columns."""
+    return [replace(s, **canonical_names(d)) for s in sources_of(d)]
 
 
-def check_columns(ds, d, src: Source | None = None) -> None:
-    src = src or sources_of(d)[0]
+def check_columns(ds, src: Source) -> None:
     for key, col in used_columns(ds, src).items():
         if col not in ds.column_names:
             setting = f"{src.where}.{key}" if src.where != "data.source" else f"data.{key}"
@@ -118,9 +115,9 @@ def check_columns(ds, d, src: Source | None = None) -> None:
 
 
 def canonical_columns(ds, src: Source, d):
-    """A mixture source's columns renamed to the data section's names, so every row of the mixture is read
-    (and evaluated) through the same names."""
-    check_columns(ds, d, src)
+    """A source's columns renamed to the data section's names, so every row is read (and evaluated) through
+    the same names."""
+    check_columns(ds, src)
     target = canonical_names(d)
     rename = {col: target[key] for key, col in used_columns(ds, src).items() if col != target[key]}
     clash = [new for new in rename.values() if new in ds.column_names and new not in rename]

@@ -127,11 +127,6 @@ def read_choice(answer: str, options: dict[str, str] | None = None) -> Reading:
     return Reading(chosen, chosen, "text") if chosen else Reading(None, None, "none")
 
 
-def extract_choice(answer: str, options: dict[str, str] | None = None) -> str | None:
-    """The letter the text chooses, or None."""
-    return read_choice(answer, options).first
-
-
 def reasoning_unclosed(text: str, fmt: str = "think") -> bool:
     """The output opened a reasoning block and never closed it (it ran out of tokens): no answer."""
     s = text.strip()
@@ -171,9 +166,3 @@ def _by_option_text(text: str, options: dict[str, str]) -> str | None:
     pool = after or hits
     longest = min(pool, key=lambda h: (h[1], h[0]))
     return longest[2]
-
-
-def mc_prompt(question: str, options: dict[str, str]) -> str:
-    """The question posed with lettered options, as MedQA does."""
-    lines = [question.strip(), ""] + [f"{k}. {v}" for k, v in sorted(options.items())]
-    return "\n".join(lines) + "\n\nAnswer with the letter of the correct option."

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean, stdev
 
-from medsft.evaluation.answers import LETTERS, mc_prompt, read_output
+from medsft.evaluation.answers import LETTERS, read_output
 from medsft.errors import MedsftError
 
 # how an item is posed; "huatuo" and "huatuo-strict" are HuatuoGPT-o1's evaluation prompts (their
@@ -27,7 +27,7 @@ PROMPTS = {
     "huatuo": "Please answer the following multiple-choice question:\n{question}\n{options}",
     "huatuo-strict": "Please answer the following multiple-choice questions, ensuring your response concludes "
                      "with the correct option in the format: 'The answer is A.'.\n{question}\n{options}",
-    "medsft": "{question}\n\n{options}\n\nAnswer with the letter of the correct option.",  # answers.mc_prompt
+    "medsft": "{question}\n\n{options}\n\nAnswer with the letter of the correct option.",  # as MedQA poses it
 }
 DEFAULT_PROMPT = "huatuo"
 ITEM_FIX = 'write items as {"question": "...", "options": {"A": "...", "B": "..."}, "answer_idx": "A", "source": "..."}'
@@ -43,10 +43,13 @@ class Item:
 
 def pose(item: Item, prompt: str = DEFAULT_PROMPT) -> str:
     """The user turn for an item (the chat template and system prompt are added at generation)."""
-    if prompt == "medsft":
-        return mc_prompt(item.question, item.options)
-    options = "\n".join(f"{k}. {v}" for k, v in sorted(item.options.items()))
-    return PROMPTS[prompt].format(question=item.question.strip(), options=options)
+    return pose_question(item.question, item.options, prompt)
+
+
+def pose_question(question: str, options: dict[str, str], prompt: str = DEFAULT_PROMPT) -> str:
+    """A question with lettered options, one "A. text" per line in letter order, in one of PROMPTS."""
+    listed = "\n".join(f"{k}. {v}" for k, v in sorted(options.items()))
+    return PROMPTS[prompt].format(question=question.strip(), options=listed)
 
 
 def _read_text(path: Path, what: str, fix: str) -> str:

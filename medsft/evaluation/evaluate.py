@@ -19,7 +19,8 @@ import math
 from statistics import mean
 from typing import Callable
 
-from medsft.evaluation.answers import mc_prompt, read_output
+from medsft.evaluation.answers import read_output
+from medsft.evaluation.benchmark import pose_question
 from medsft.data.formats import split_reasoning
 
 Generate = Callable[[list[str]], list[dict]]  # records as generate.generate_batch returns them
@@ -47,11 +48,13 @@ def mc_items(rows: list[dict]) -> list[dict]:
 
 
 def mc_accuracy(items: list[dict], generate: Generate, question_column: str = "Question", fmt: str = "think") -> dict:
-    """Accuracy of the letters extracted from the generated answers (None counts as wrong). The MC item's
-    own `question` (MedQA style) is posed when the row has one, else the dataset's question column."""
+    """Accuracy of the letters read from the generated answers (None counts as wrong). The MC item's own
+    `question` (MedQA style) is posed when the row has one, else the dataset's question column, with
+    benchmark's "medsft" prompt."""
     if not items:
         return {}
-    prompts = [mc_prompt(item.get("question") or item[question_column], item["options"]) for item in items]
+    prompts = [pose_question(item.get("question") or item[question_column], item["options"], "medsft")
+               for item in items]
     records = generate(prompts)
     chosen = [read_output(r["text"], item["options"], fmt).first for r, item in zip(records, items)]
     correct = [c == item["answer_idx"] for c, item in zip(chosen, items)]
@@ -209,21 +212,20 @@ def run_benchmark(adapter_dir, items, *, settings, prompt: str, samples: int = 1
     adapter_dir = Path(adapter_dir)
     questions = [benchmark.pose(item, prompt) for item in items for _ in range(samples)]  # item-major
     if engine == "vllm":
-        from transformers import AutoTokenizer
-
-        from medsft.adapter.load import recipe_of
+        from medsft.adapter.load import adapter_tokenizer, recipe_of
         from medsft.evaluation.generate import generate_vllm, load_vllm
-        from medsft.model.load import ready_tokenizer
 
         recipe = recipe_of(adapter_dir)
-        tokenizer = ready_tokenizer(AutoTokenizer.from_pretrained(adapter_dir), recipe.model.name)
+        tokenizer = adapter_tokenizer(adapter_dir, recipe)
         llm = load_vllm(recipe, adapter_dir, settings.seed)
 
         def generate(name: str) -> list[dict]:
             return generate_vllm(llm, tokenizer, questions, settings, recipe.data.system_prompt, recipe.data.format,
                                  adapter_dir if name == "adapter" else None)
     else:
-        model, tokenizer, recipe = load_replica(adapter_dir)
+        from medsft.adapter.load import load_for_inference
+
+        model, tokenizer, recipe = load_for_inference(adapter_dir, data_parallel=True)
 
         def generate(name: str) -> list[dict]:
             with nullcontext() if name == "adapter" else model.disable_adapter():
@@ -260,32 +262,3 @@ def run_benchmark(adapter_dir, items, *, settings, prompt: str, samples: int = 1
                                             "tokens": [r["tokens"] for r in rs]}
                                            for s, item, out, rs in zip(scored, items, outputs, per)]
     return report(results, items, output_dir or adapter_dir / "benchmark", per_item=per_item)
-
-
-def load_replica(adapter_dir):
-    """(model, tokenizer, recipe) for this process. One process, or CPUs: adapter.load_for_inference.
-    Under a multi-GPU `accelerate launch` each rank holds a whole replica on its own GPU, placement's
-    DDP row whatever the accelerate config (load_for_inference, which places one lone process, would
-    spread every rank's copy over all visible GPUs)."""
-    import torch
-
-    from medsft.adapter.load import load_for_inference
-    from medsft.launch.detect import Launch, from_env
-
-    launch = from_env(cuda=torch.cuda.is_available(), num_gpus=torch.cuda.device_count())
-    if launch.world_size == 1 or not launch.cuda:
-        return load_for_inference(adapter_dir)
-    from transformers import AutoTokenizer
-
-    from medsft.model import load as model_mod
-    from medsft.adapter.load import attach, recipe_of
-    from medsft.launch.placement import decide
-
-    recipe = recipe_of(adapter_dir)
-    replica = Launch(world_size=launch.world_size, rank=launch.rank, local_rank=launch.local_rank, distributed="ddp",
-                     cuda=True, num_gpus=launch.num_gpus)
-    placement = decide(replica, bits=recipe.quantization.bits, dtype=recipe.model.dtype)
-    tokenizer = model_mod.ready_tokenizer(AutoTokenizer.from_pretrained(adapter_dir), recipe.model.name)
-    base, _ = model_mod.load_model(recipe, placement, True)
-    base.config.use_cache = True
-    return attach(base, tokenizer, adapter_dir).eval(), tokenizer, recipe

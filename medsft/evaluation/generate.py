@@ -32,10 +32,14 @@ PAPERS = Settings(max_new_tokens=2048, do_sample=True, temperature=0.5, top_p=0.
 
 
 def stop_ids(tokenizer, model) -> list[int]:
+    """eos, the model's configured eos ids, and every named template's end of turn the vocabulary holds (a
+    tokenizer whose eos is not its template's end of turn still stops at the turn's end)."""
+    from medsft.model.chat_templates import NAMED
+
     ids = {tokenizer.eos_token_id}
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids |= set(configured if isinstance(configured, list) else [configured])
-    for token in ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>"):
+    for token in sorted({named.end_of_turn for named in NAMED.values()}):
         tid = tokenizer.convert_tokens_to_ids(token)
         if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid is not None and tid >= 0:
             ids.add(tid)

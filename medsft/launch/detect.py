@@ -29,7 +29,6 @@ class Launch:
     local_world_size: int = 1
     distributed: str = "none"  # none | ddp | deepspeed | fsdp
     zero_stage: int | None = None
-    zero3_init: bool = False
     offload_optimizer: bool = False
     offload_params: bool = False
     fsdp_version: int | None = None
@@ -93,7 +92,7 @@ def from_env(env: Mapping[str, str] | None = None, *, cuda: bool, num_gpus: int,
     return Launch(
         world_size=world, rank=env_int(env, "RANK", 0, 0, world - 1), local_rank=env_int(env, "LOCAL_RANK", 0, 0),
         local_world_size=env_int(env, "LOCAL_WORLD_SIZE", world, 1),
-        distributed=distributed, zero_stage=stage, zero3_init=truthy(env.get("ACCELERATE_DEEPSPEED_ZERO3_INIT")),
+        distributed=distributed, zero_stage=stage,
         offload_optimizer=env.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", device("offload_optimizer"))
         not in ("none", "") or offload_fsdp,
         offload_params=env.get("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE", device("offload_param"))

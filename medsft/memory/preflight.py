@@ -29,7 +29,7 @@ def verdict(total: float, device: float) -> str:
 def read_config(model_name: str, revision: str | None = None) -> tuple[dict, str]:
     """(config.json, where it came from) for a built-in, local, hub-cached or shipped architecture; never
     downloads. A login node without internet can check every recipe medsft ships."""
-    from medsft.builtin.tiny_model import builtin_model_dir, is_builtin
+    from medsft.model.builtin.tiny_model import builtin_model_dir, is_builtin
 
     if is_builtin(model_name):
         return json.loads((builtin_model_dir(model_name) / "config.json").read_text()), "the built-in model"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from medsft.console import notice
 from medsft.errors import MedsftError
-from medsft.builtin.tiny_model import builtin_model_dir, is_builtin
+from medsft.model.builtin.tiny_model import builtin_model_dir, is_builtin
 
 
 def resolve_model_path(name: str) -> str:

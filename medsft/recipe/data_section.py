@@ -25,6 +25,9 @@ Weight = Annotated[Float, rule(lambda v: 0 < v <= 1, "must be in (0, 1] — weig
 MaxRows = Annotated[Int, rule(lambda v: v > 0, "must be positive — use null for all rows")]
 
 
+SINGLE_SOURCE_KEYS = ("source", "config", "split", "revision", "max_rows")  # data.sources names them per source
+
+
 class SourceSection(Section):
     """One entry of data.sources; a key left out takes the data section's value (columns, format)."""
     source: PathText  # hub id, local .json/.jsonl/.parquet, or builtin:tiny-medical
@@ -63,15 +66,21 @@ class DataSection(Section):
     val_fraction: Fraction = 0.1
     test_fraction: Fraction = 0.1
 
+    def source_entries(self) -> list[tuple[str, SourceSection]]:
+        """The sources as one list, with the key each is written under: data.sources, or a mixture of one made
+        of data.source and its keys (the one place the two ways of writing a recipe differ)."""
+        if self.sources is not None:
+            return [(f"data.sources[{i}]", s) for i, s in enumerate(self.sources)]
+        return [("data.source", SourceSection(**{key: getattr(self, key) for key in SINGLE_SOURCE_KEYS}))]
+
 
 def check_data_files(d: DataSection, where: str) -> None:
     """Every file the data section names exists and is a type datasets reads; conversation settings are
     only set where a source reads conversations."""
     check_conversation_keys(d, where)
-    if d.sources is None:
-        check_data_file(d.source, "data.source", where)
-    else:
-        check_sources(d, where)
+    check_sources(d, where)
+    for key, entry in d.source_entries():
+        check_data_file(entry.source, f"{key}.source" if key != "data.source" else key, where)
 
 
 def check_data_file(source: str, key: str, where: str) -> None:
@@ -89,35 +98,32 @@ def check_data_file(source: str, key: str, where: str) -> None:
 def check_conversation_keys(d: DataSection, where: str) -> None:
     """data.roles and messages_column are read only by `format: messages`; set beside another format they
     would be silently ignored."""
-    entries = [(f"data.sources[{i}]", s.format or d.format, s.messages_column) for i, s in enumerate(d.sources or [])]
+    entries = [(key, s.format or d.format, s.messages_column) for key, s in d.source_entries()]
     for key, fmt, column in entries:
         if column is not None and fmt != "messages":
             raise MedsftError(f"{key}.messages_column is set but its format is {fmt}",
                               f"set {key}.format: messages, or remove messages_column", where)
-    if any(fmt == "messages" for _, fmt, _ in entries or [("data", d.format, None)]):
+    if any(fmt == "messages" for _, fmt, _ in entries):
         return
     for key in ("roles", "messages_column"):
         if getattr(d, key) is not None:
-            fmt = "no source has format: messages" if d.sources else f"data.format is {d.format}"
+            fmt = f"data.format is {entries[0][1]}" if len(entries) == 1 else "no source has format: messages"
             raise MedsftError(f"data.{key} is set but {fmt}, and only conversations read it",
                               f"set data.format: messages (or remove data.{key})", where)
 
 
-SINGLE_SOURCE_KEYS = {"source": DEFAULT_DATASET, "config": "en", "split": "train", "revision": None, "max_rows": None}
-
-
 def check_sources(d: DataSection, where: str) -> None:
-    """data.sources: every file exists, single-source keys are not set beside it, weights are all-or-none shares
-    that sum to 1 (within 0.01, then normalized)."""
+    """data.sources: not empty, single-source keys are not set beside it, weights are all-or-none shares that
+    sum to 1 (within 0.01, then normalized)."""
+    if d.sources is None:
+        return
     if not d.sources:
         raise MedsftError("data.sources is empty", "list at least one source, or remove data.sources and use "
                           "data.source", where)
-    for key, default in SINGLE_SOURCE_KEYS.items():
-        if getattr(d, key) != default:
+    for key in SINGLE_SOURCE_KEYS:
+        if getattr(d, key) != DataSection.model_fields[key].default:
             raise MedsftError(f"data.{key} is set beside data.sources", f"move it into each entry of data.sources "
                               f"(`- source: ...` with `{key}:`), or remove data.sources", where)
-    for i, s in enumerate(d.sources):
-        check_data_file(s.source, f"data.sources[{i}].source", where)
     weights = [s.weight for s in d.sources]
     given = [w for w in weights if w is not None]
     if given and len(given) != len(weights):

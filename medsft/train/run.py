@@ -142,7 +142,7 @@ def train(spec, checkpoint: str | None, resume: str, force: bool, callbacks=()):
         **{**spec.manifest(), "kernels": kernels_ran,
            "launch": {**spec.manifest()["launch"], "distributed_type": trainer.accelerator.distributed_type.value,
                       "num_processes": trainer.accelerator.num_processes}},
-        data={"source": recipe.data.source, "format": recipe.data.format, "fingerprint": raw._fingerprint,
+        data={"fingerprint": raw._fingerprint,
               "rows": report.total, "kept": report.kept, "dropped": dict(report.reasons), "overlong_dropped": dropped,
               "split_sizes": {k: len(v) for k, v in prepared.items()}, "token_lengths": stats,
               "sources": report.source_counts(prepared, before=splits)},

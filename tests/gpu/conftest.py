@@ -74,7 +74,7 @@ def target(tmp_path_factory, medsft_env) -> Target:
         root = Path(os.environ.get("MEDSFT_BENCH_MODELS") or tmp_path_factory.mktemp("models"))
         model = bench_common().random_model_dir(REPO / "medsft" / "memory" / "architectures" / f"{ARCHITECTURE}.json", root)
         return Target(True, str(model), ARCHITECTURE, "bfloat16")
-    from medsft.builtin.tiny_model import TINY_MODEL, builtin_model_dir
+    from medsft.model.builtin.tiny_model import TINY_MODEL, builtin_model_dir
 
     builtin_model_dir(TINY_MODEL)
     return Target(False, TINY_MODEL, "tiny-qwen2", "float32")
@@ -134,7 +134,7 @@ def check_adapter_reloads(target: Target, adapter: Path, rows: int = 8) -> dict:
 
     from transformers import AutoTokenizer
 
-    from medsft.builtin.tiny_data import generate
+    from medsft.model.builtin.tiny_data import generate
     from medsft.upstream import keep_4bit_trainable_layout
 
     files = sorted(p.name for p in adapter.iterdir())

@@ -45,7 +45,7 @@ def test_eval_format_compliance(adapter):
 def test_infer_batch_writes_jsonl(adapter, tmp_path):
     """Two held-out questions of the built-in data (what the tiny model learned: an out-of-distribution question
     makes its format depend on float noise in training), one long and one short."""
-    from medsft.builtin.tiny_data import generate
+    from medsft.model.builtin.tiny_data import generate
 
     rows = generate()
     held_out = [rows[i]["Question"] for i in json.loads((adapter / "test_ids.json").read_text())]

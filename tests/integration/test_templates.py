@@ -108,13 +108,15 @@ def test_jinja_file_template(bare_dir, tmp_path):
 
 def test_training_template_choice(tiny_dir, bare_dir, tmp_path):
     """The template conversations are tokenized with: medsft's training variant when the template writes what
-    a named one writes (the tiny model's own ChatML), a refusal without markers or with the end-of-turn token
+    a named one writes (ChatML in other words), a refusal without markers or with the end-of-turn token
     outside them."""
     from transformers import AutoTokenizer
 
     from medsft.model.chat_templates import NAMED, training_template
 
     own = AutoTokenizer.from_pretrained(tiny_dir)
+    assert own.chat_template == chatml_text()  # the tiny model ships medsft's ChatML, written once
+    own.chat_template = "{#- the same turns, written otherwise -#}\n" + chatml_text().split("#}", 1)[1]
     assert own.chat_template != chatml_text()
     assert training_template(own) == NAMED["chatml"].training()
     tok = AutoTokenizer.from_pretrained(bare_dir)

@@ -39,7 +39,7 @@ def check_one_adapter(out, world_size: int, placement: str) -> dict:
     weights = load_file(out / "adapter" / "adapter_model.safetensors")
     assert weights and all(t.numel() > 0 for t in weights.values()), "empty (unGathered ZeRO-3?) LoRA tensors"
     assert any(t.abs().sum() > 0 for k, t in weights.items() if "lora_B" in k), "lora_B never trained"
-    from medsft.builtin.tiny_model import TINY_MODEL, builtin_model_dir
+    from medsft.model.builtin.tiny_model import TINY_MODEL, builtin_model_dir
 
     base = AutoModelForCausalLM.from_pretrained(builtin_model_dir(TINY_MODEL), dtype=torch.float32)
     PeftModel.from_pretrained(base, out / "adapter")  # reloads

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from medsft.evaluation.answers import extract_choice, mc_prompt, read_choice, read_output
+from medsft.evaluation.answers import read_choice, read_output
+from medsft.evaluation.benchmark import pose_question
 from medsft.data.formats import split_reasoning
 
 OPTIONS = {"A": "Benign genetic carrier condition", "B": "Folate deficiency", "C": "Iron deficiency",
@@ -84,13 +85,13 @@ PUBMEDQA = {"A": "yes", "B": "no", "C": "maybe"}
 
 
 @pytest.mark.parametrize("text,expected", CASES10, ids=[f"10opt-{i:02d}" for i in range(len(CASES10))])
-def test_extract_choice_ten_options(text, expected):
-    assert extract_choice(text, OPTIONS10) == expected
+def test_read_choice_ten_options(text, expected):
+    assert read_choice(text, OPTIONS10).first == expected
 
 
 def test_option_text_matches_whole_words():
-    assert extract_choice("The diagnosis remains uncertain; maybe.", PUBMEDQA) == "C"  # "no" in "diagnosis"
-    assert extract_choice("Yes, the trial supports it.", PUBMEDQA) == "A"
+    assert read_choice("The diagnosis remains uncertain; maybe.", PUBMEDQA).first == "C"  # "no" in "diagnosis"
+    assert read_choice("Yes, the trial supports it.", PUBMEDQA).first == "A"
 
 
 REASONING = [  # (whole output, options, choice, how): only the answer after the reasoning is read
@@ -121,8 +122,8 @@ def test_first_and_last_statements():
 
 
 @pytest.mark.parametrize("text,expected", CASES, ids=[f"{i:02d}" for i in range(len(CASES))])
-def test_extract_choice(text, expected):
-    assert extract_choice(text, OPTIONS) == expected
+def test_read_choice(text, expected):
+    assert read_choice(text, OPTIONS).first == expected
 
 
 def test_split_reasoning():
@@ -133,6 +134,7 @@ def test_split_reasoning():
     assert split_reasoning("reasoning</think>answer").answer == "answer"
 
 
-def test_mc_prompt_lists_options_in_order():
-    text = mc_prompt("Which?", {"B": "two", "A": "one"})
+def test_medsft_prompt_lists_options_in_order():
+    text = pose_question(" Which? ", {"B": "two", "A": "one"}, "medsft")
+    assert text == "Which?\n\nA. one\nB. two\n\nAnswer with the letter of the correct option."
     assert text.index("A. one") < text.index("B. two") and text.startswith("Which?")

@@ -7,7 +7,15 @@ from __future__ import annotations
 
 import pytest
 
-from medsft.upstream import keep_4bit_trainable_layout, packed_4bit_layers
+from medsft.upstream import keep_4bit_trainable_layout
+
+
+def packed_4bit_layers(model) -> list[str]:
+    """Names of 4-bit layers currently in bitsandbytes' CPU inference layout (should be none in training)."""
+    import bitsandbytes as bnb
+
+    return [name for name, module in model.named_modules() if isinstance(module, bnb.nn.Linear4bit)
+            and getattr(getattr(module.weight, "quant_state", None), "packing_format_for_cpu", False)]
 
 
 def qlora_tiny(tiny_dir):

@@ -3,7 +3,7 @@ process, a partial copy) is rebuilt rather than refused forever."""
 
 from __future__ import annotations
 
-from medsft.builtin import tiny_model
+from medsft.model.builtin import tiny_model
 
 
 def test_an_incomplete_cached_build_is_rebuilt(tmp_path, monkeypatch):

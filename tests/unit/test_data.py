@@ -58,3 +58,26 @@ def test_custom_columns():
     ds, _ = to_prompt_completion(Dataset.from_list(rows), d)
     parts = split(ds, d)
     assert (len(parts["train"]), len(parts["validation"]), len(parts["test"])) == (16, 2, 2)
+
+
+@pytest.mark.parametrize("cap", [None, 120])
+def test_one_source_written_either_way_holds_out_the_same_rows(demo_json, tmp_path, cap):
+    """`data.source` and a one-entry `data.sources` are the same recipe: the same splits, the same held-out rows
+    evaluation reloads (with and without a row cap), the same questions."""
+    from medsft.evaluation.evaluate import held_out_rows
+    from medsft.recipe.schema import build
+
+    def held_out(data: dict):
+        recipe = build({"model": {"name": "builtin:tiny-qwen2"}, "data": data, "output": {"dir": str(tmp_path / "r")}},
+                       "recipe.yaml")
+        splits, report, raw = load_splits(recipe.data)
+        (tmp_path / "test_ids.json").write_text(json.dumps(list(splits["test"]["row_id"])))
+        rows = held_out_rows(tmp_path, recipe)
+        return {name: list(ds["row_id"]) for name, ds in splits.items()}, rows, report
+
+    one, one_rows, one_report = held_out({"source": str(demo_json), "max_rows": cap})
+    listed, listed_rows, listed_report = held_out({"sources": [{"source": str(demo_json), "max_rows": cap}]})
+    assert one == listed and one_rows == listed_rows
+    assert len(one_rows) == (12 if cap else 20) and max(one["train"] + one["test"]) < (cap or 198)
+    assert [r["Question"] for r in one_rows] == [json.loads(demo_json.read_text())[i]["Question"] for i in one["test"]]
+    assert one_report.summary() == listed_report.summary() == f"data: {cap or 198} of {cap or 198} rows kept"

@@ -182,7 +182,7 @@ def test_template_file_end_of_turn_becomes_eos(tmp_path):
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     from transformers import AutoTokenizer
 
-    from medsft.builtin.tiny_model import TINY_MODEL, builtin_model_dir
+    from medsft.model.builtin.tiny_model import TINY_MODEL, builtin_model_dir
 
     eos = AutoTokenizer.from_pretrained(builtin_model_dir(TINY_MODEL)).convert_tokens_to_ids("<|endoftext|>")
     res = run_cli("data", tmp_path / "recipe.yaml", "--json", cwd=tmp_path, timeout=300)

@@ -159,7 +159,7 @@ def test_max_generations_with_benchmark_must_be_positive(workspace):  # noqa: F8
 def moved_adapter(tmp_path_factory):
     """A tiny adapter trained on a local file, copied elsewhere, its training data then moved away."""
     from medsft.recipe.files import load_recipe
-    from medsft.builtin.tiny_data import generate
+    from medsft.model.builtin.tiny_data import generate
     from medsft.train.run import run
 
     root = tmp_path_factory.mktemp("travel")

@@ -44,10 +44,6 @@ def test_design_table(env, cuda, gpus, device_map, storage, reentrant, unused, n
     assert (plan.substituted is not None) == (env is FSDP2 and not cuda)
 
 
-def test_zero3_reads_init_flag():
-    assert launch(ZERO3, True, 2).zero3_init is True
-
-
 @pytest.mark.parametrize("env,bits,forced,expected", [
     (ZERO3, 8, None, "ZeRO-3 with quantization.bits: 8"),
     (ZERO3, 4, {"": 0}, "cannot be used with ZeRO-3"),

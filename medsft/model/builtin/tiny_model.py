@@ -19,15 +19,10 @@ from medsft.paths import medsft_home
 
 BUILTIN_PREFIX = "builtin:"
 TINY_MODEL = "builtin:tiny-qwen2"
-TINY_BUILD_VERSION = "1"  # bump when the built files change, so caches rebuild
+TINY_BUILD_VERSION = "2"  # bump when the built files change, so caches rebuild
 
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+PAD_TOKEN = "<|endoftext|>"
+REASONING_TOKENS = ("<think>", "</think>")  # single tokens, as in Qwen3's vocabulary
 VOCAB_SIZE = 2048
 
 
@@ -81,14 +76,17 @@ def build_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from medsft.builtin.tiny_data import corpus, generate
+    from medsft.model.builtin.tiny_data import corpus, generate
+    from medsft.model.chat_templates import NAMED
+
+    chatml = NAMED["chatml"]  # the template, its tokens and its end of turn are the named template's
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=VOCAB_SIZE,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=[PAD_TOKEN, *chatml.tokens, *REASONING_TOKENS],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -96,12 +94,12 @@ def build_tokenizer():
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=None,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
+        eos_token=chatml.end_of_turn,
+        pad_token=PAD_TOKEN,
         unk_token=None,
         model_max_length=4096,
     )
-    fast.chat_template = CHAT_TEMPLATE
+    fast.chat_template = chatml.plain()
     return fast
 
 
