@@ -167,6 +167,9 @@ def dispatch(args) -> int:
         from medsft.io.checkpoints import check_resume_argument
 
         check_resume_argument(args.resume)  # the launch rules: runspec.resolve, first thing train.run decides
+        from medsft.launch.detect import from_env
+
+        from_env(cuda=False, num_gpus=0)  # a malformed launch variable refuses before torch is imported
         quiet_libraries()
         from medsft.train.run import run
 

@@ -171,3 +171,26 @@ def nll_loss(trainer):
         yield
     finally:
         trainer.args.loss_type = loss_type
+
+
+# ---------------------------------------------------------------- torch.distributed: gloo at interpreter exit
+
+
+def destroy_process_group_at_exit() -> None:
+    """Destroy the default process group while the interpreter is still alive (atexit), once per process.
+
+    torch ≤ 2.13: a process that exits with a gloo group still alive can abort (SIGABRT, no traceback) in
+    interpreter finalization: gloo's worker threads still hold finished work whose tensors reach back into
+    Python (pytorch/pytorch#179291 proposed this very atexit hook inside `init_process_group`, not merged).
+    Seen in data-parallel generation, where the ranks' last collective is `gather_object`."""
+    import atexit
+
+    import torch.distributed as dist
+
+    def destroy():
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+    if not getattr(destroy_process_group_at_exit, "registered", False):
+        atexit.register(destroy)
+        destroy_process_group_at_exit.registered = True

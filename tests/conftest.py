@@ -59,11 +59,12 @@ def run_cli(*args, cwd=None, env=None, timeout=600) -> subprocess.CompletedProce
                           capture_output=True, text=True, timeout=timeout)
 
 
-def run_cli_here(*args, cwd) -> subprocess.CompletedProcess:
+def run_cli_here(*args, cwd=None, env=None, timeout=None) -> subprocess.CompletedProcess:
     """`medsft ARGS` through the same `medsft.cli.main`, in this process: what it printed and its exit status,
-    a traceback as exit 1. For the many bad-input cases, which would each pay a Python and torch start-up as
-    subprocesses; cases that set launch variables, and the check that recipe errors come before torch, run
-    `run_cli`."""
+    a traceback as exit 1; `env` added for the command only. For single-process commands whose output is what
+    is checked, which would each pay a Python and torch start-up as subprocesses; what depends on the process
+    (launch variables, imports, signals, library logging set up on import) runs `run_cli`. `timeout`: unused,
+    so the two read alike."""
     import contextlib
     import io
     import traceback
@@ -75,7 +76,8 @@ def run_cli_here(*args, cwd) -> subprocess.CompletedProcess:
     out, err = io.StringIO(), io.StringIO()
     before, environ = os.getcwd(), dict(os.environ)
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
-    os.chdir(cwd)
+    os.chdir(cwd or REPO)
+    os.environ.update(env or {})
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:

@@ -122,7 +122,11 @@ def generate_parallel(model, tokenizer, questions: list[str], settings: Settings
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
+    from medsft.upstream import destroy_process_group_at_exit
+
     state = PartialState(cpu=not torch.cuda.is_available())  # without CUDA, accelerate needs cpu=True for gloo
+    if state.num_processes > 1:
+        destroy_process_group_at_exit()
     _, lengths = _prompts_and_lengths(tokenizer, questions, system_prompt)
     batches = list(enumerate(length_sorted_batches(lengths, settings.batch_size)))
     mine = batches[state.process_index::state.num_processes]

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli_here
 
 
 
@@ -27,7 +27,7 @@ def built(tmp_path_factory, tiny_dir):
 
 def test_trainer_trains_on_what_medsft_data_shows(built):
     """Every train row, in order, with the same input_ids and labels as `medsft data --json` prints."""
-    res = run_cli("data", REPO / "recipes" / "tiny-cpu.yaml", "--json", "--split", "train", timeout=300)
+    res = run_cli_here("data", REPO / "recipes" / "tiny-cpu.yaml", "--json", "--split", "train", timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     shown = [json.loads(line) for line in res.stdout.splitlines()]
     train = built.trainer.train_dataset

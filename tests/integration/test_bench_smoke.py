@@ -84,7 +84,7 @@ def test_cpu_bench_runs_end_to_end(tmp_path, tiny_dir):
 
 
 def test_data_stage_bench_hits_the_cache_when_warm(tmp_path, tiny_dir):
-    res = run_bench(["bench/data_stage.py", "--rows", "300", "--reps", "1"], tmp_path)
+    res = run_bench(["bench/data_stage.py", "--rows", "300", "--reps", "1", "--num-proc", "1"], tmp_path)
     (result,) = tmp_path.glob("data-stage-*.json")
     data = json.loads(result.read_text())
     assert data["rows"] == 300 and data["train_rows"] > 200

@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from medsft.recipe.files import load_recipe
-from tests.conftest import REPO, free_port, run_cli
+from tests.conftest import REPO, free_port, run_cli_here
 
 
 
@@ -42,7 +42,7 @@ def bench(demo_json, tmp_path_factory):
 
 def test_eval_benchmark_demo(adapter, bench, tmp_path):
     out = tmp_path / "report"
-    res = run_cli("eval", adapter, "--benchmark", bench, "--max-new-tokens", "12", "--batch-size", "16",
+    res = run_cli_here("eval", adapter, "--benchmark", bench, "--max-new-tokens", "12", "--batch-size", "16",
                   "--output-dir", out, env={"COLUMNS": "160"}, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     doc = json.loads((out / "benchmark.json").read_text())
@@ -67,7 +67,7 @@ def test_eval_benchmark_demo(adapter, bench, tmp_path):
 
     # `medsft score` on eval's own predictions reads exactly what eval read
     scored = tmp_path / "scored"
-    res = run_cli("score", bench, "--predictions", out / "predictions-adapter.jsonl", "--output-dir", scored,
+    res = run_cli_here("score", bench, "--predictions", out / "predictions-adapter.jsonl", "--output-dir", scored,
                   timeout=120)
     assert res.returncode == 0, res.stderr[-3000:]
     again = json.loads((scored / "benchmark.json").read_text())

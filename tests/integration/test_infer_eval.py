@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from medsft.recipe.files import load_recipe
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, run_cli_here
 
 
 
@@ -27,7 +27,7 @@ def adapter(tmp_path_factory):
 
 
 def test_eval_format_compliance(adapter):
-    res = run_cli("eval", adapter, "--max-generations", "20", "--max-new-tokens", "160", timeout=900)
+    res = run_cli_here("eval", adapter, "--max-generations", "20", "--max-new-tokens", "160", timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     results = json.loads((adapter / "eval.json").read_text())
     ours, base = results["adapter"], results["base"]
@@ -53,7 +53,7 @@ def test_infer_batch_writes_jsonl(adapter, tmp_path):
     questions = tmp_path / "q.jsonl"
     questions.write_text("".join(json.dumps({"question": q}) + "\n" for q in picked))
     out = tmp_path / "a.jsonl"
-    res = run_cli("infer", adapter, "--file", questions, "--output", out, "--max-new-tokens", "160", timeout=600)
+    res = run_cli_here("infer", adapter, "--file", questions, "--output", out, "--max-new-tokens", "160", timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     records = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(records) == 2
@@ -76,7 +76,7 @@ def test_merge_loads_without_peft(adapter, tmp_path, tiny_dir):
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "merged"
-    res = run_cli("merge", adapter, out, timeout=600)
+    res = run_cli_here("merge", adapter, out, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert (out / "model.safetensors").is_file() and not (out / "adapter_config.json").exists()
     assert not list(out.glob("*.bin"))
@@ -96,19 +96,19 @@ def test_merge_loads_without_peft(adapter, tmp_path, tiny_dir):
 
 
 def test_bad_adapter_dirs(adapter, tmp_path):
-    res = run_cli("infer", tmp_path / "missing", "--question", "q", timeout=60)
+    res = run_cli_here("infer", tmp_path / "missing", "--question", "q", timeout=60)
     assert res.returncode == 2 and res.stderr.startswith("error:") and "not found" in res.stderr
     assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    res = run_cli("infer", empty, "--question", "q", timeout=60)
+    res = run_cli_here("infer", empty, "--question", "q", timeout=60)
     assert res.returncode == 2 and "has no adapter_config.json" in res.stderr
 
     broken = tmp_path / "broken"
     shutil.copytree(adapter, broken)
     (broken / "adapter_model.safetensors").write_bytes(b"\x00garbage" * 10)
-    res = run_cli("infer", broken, "--question", "q", timeout=60)
+    res = run_cli_here("infer", broken, "--question", "q", timeout=60)
     assert res.returncode == 2 and "corrupted adapter" in res.stderr and "Traceback" not in res.stderr
 
     offline = tmp_path / "offline"
@@ -116,5 +116,5 @@ def test_bad_adapter_dirs(adapter, tmp_path):
     recipe = yaml.safe_load((offline / "recipe.yaml").read_text())
     recipe["model"]["name"] = "example-org/not-downloaded-8b"
     (offline / "recipe.yaml").write_text(yaml.safe_dump(recipe))
-    res = run_cli("infer", offline, "--question", "q", timeout=300)
+    res = run_cli_here("infer", offline, "--question", "q", timeout=300)
     assert res.returncode == 2 and "not available offline" in res.stderr and "Traceback" not in res.stderr

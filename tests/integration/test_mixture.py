@@ -10,7 +10,7 @@ import pytest
 from medsft.data.load import load_splits
 from medsft.data.mixture import sample_rows, weighted_sizes
 from medsft.recipe.data_section import DataSection
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, run_cli_here
 from tests.unit.template_fixtures import conversations
 
 
@@ -111,12 +111,12 @@ def test_sources_of_different_formats_and_columns(demo_json, tiny_dir, tmp_path)
 def test_data_command_reports_sources(demo_json, tmp_path):
     recipe = yaml_recipe(tmp_path, {"sources": [{"source": str(demo_json), "weight": 0.75},
                                                 {"source": str(demo_json), "weight": 0.25, "format": "huatuo"}]})
-    res = run_cli("data", recipe, "--limit", "2", timeout=300)
+    res = run_cli_here("data", recipe, "--limit", "2", timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "sources" in res.stdout and "medical-o1-demo.json#2" in res.stdout
     assert "(medical-o1-demo.json#1)" in res.stdout and "(medical-o1-demo.json#2)" in res.stdout
     assert "data: 396 of 396 rows kept — medical-o1-demo.json#1: 198 of 198 (weight 0.75)" in " ".join(res.stdout.split())
-    res = run_cli("data", recipe, "--json", timeout=300)
+    res = run_cli_here("data", recipe, "--json", timeout=300)
     examples = [json.loads(line) for line in res.stdout.splitlines()]
     assert len(examples) == 211
     assert {e["source"] for e in examples} == {"medical-o1-demo.json#1", "medical-o1-demo.json#2"}

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from medsft.io.ownership import LOCK, RunLock, inventory_one, mark
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, run_cli_here
 from tests.unit.test_bad_input import check_one_line_error, fake_adapter, run_case, snapshot, workspace  # noqa: F401
 
 TINY = str(REPO / "recipes" / "tiny-cpu.yaml")
@@ -139,7 +139,7 @@ def test_rescoring_a_reports_predictions_into_it_keeps_the_input_and_the_users_f
     hand_made_eval_report(rep, '{"output": "The answer is B."}\n')
     (rep / "NOTES.md").write_text("mine\n")
     (rep / "predictions-gpt4.jsonl").write_text('{"output": "A"}\n')  # the user's, with a report's name
-    res = run_cli("score", "bench.json", "--predictions", "rep/predictions-adapter.jsonl", "--output-dir", "rep",
+    res = run_cli_here("score", "bench.json", "--predictions", "rep/predictions-adapter.jsonl", "--output-dir", "rep",
                   cwd=tmp_path, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     assert (rep / "predictions-adapter.jsonl").read_text() == '{"output": "The answer is B."}\n'  # the input
@@ -148,7 +148,7 @@ def test_rescoring_a_reports_predictions_into_it_keeps_the_input_and_the_users_f
     doc = json.loads((rep / "benchmark.json").read_text())
     assert doc["overall"]["accuracy"] == 1.0 and set(doc["files"]) == {"scores.jsonl", "accuracy-S.png"}
     # scoring again replaces the report medsft wrote
-    assert run_cli("score", "bench.json", "--predictions", "rep/predictions-gpt4.jsonl", "--output-dir", "rep",
+    assert run_cli_here("score", "bench.json", "--predictions", "rep/predictions-gpt4.jsonl", "--output-dir", "rep",
                    cwd=tmp_path, timeout=120).returncode == 0
     assert json.loads((rep / "benchmark.json").read_text())["overall"]["accuracy"] == 0.0
     assert (rep / "predictions-adapter.jsonl").is_file() and (rep / "NOTES.md").is_file()
@@ -170,7 +170,7 @@ def test_an_earlier_medsfts_report_keeps_the_predictions_being_scored(tmp_path):
     rep.mkdir()
     (rep / "predictions-adapter.jsonl").write_text('{"output": "B"}\n')
     (rep / "benchmark.json").write_text(json.dumps({"written_by": "medsft benchmark report"}))
-    res = run_cli("score", "bench.json", "--predictions", "rep/predictions-adapter.jsonl", "--output-dir", "rep",
+    res = run_cli_here("score", "bench.json", "--predictions", "rep/predictions-adapter.jsonl", "--output-dir", "rep",
                   cwd=tmp_path, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     assert (rep / "predictions-adapter.jsonl").read_text() == '{"output": "B"}\n'
@@ -245,10 +245,10 @@ def test_after_training_a_user_file_in_the_adapter_or_the_merge_refuses(trained)
         assert snapshot(root) == before and (other / "NOTES.md").read_text() == "mine\n"
     finally:
         (other / "NOTES.md").unlink()
-    merged = run_cli("merge", "ad", "merged", cwd=root, timeout=300)
+    merged = run_cli_here("merge", "ad", "merged", cwd=root, timeout=300)
     assert merged.returncode == 0, merged.stderr[-3000:]
-    assert run_cli("merge", "ad", "merged", cwd=root, timeout=300).returncode == 0  # medsft's own: replaced
+    assert run_cli_here("merge", "ad", "merged", cwd=root, timeout=300).returncode == 0  # medsft's own: replaced
     (root / "merged" / "serve.sh").write_text("vllm serve .\n")
-    check_one_line_error(run_cli("merge", "ad", "merged", cwd=root, timeout=300),
+    check_one_line_error(run_cli_here("merge", "ad", "merged", cwd=root, timeout=300),
                          "the merge output 'merged' holds files medsft did not write (serve.sh)")
     assert (root / "merged" / "serve.sh").read_text() == "vllm serve .\n"

@@ -9,7 +9,7 @@ import json
 import pytest
 import yaml
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, run_cli_here
 
 RENAMED = {"Question": "Frage", "Complex_CoT": "Begruendung", "Response": "Antwort"}
 
@@ -35,7 +35,7 @@ def test_activation_checkpointing_false_trains_and_is_recorded(run):
 
 
 def test_eval_reads_the_recipes_question_column(run):
-    res = run_cli("eval", run / "adapter", "--max-generations", "3", "--max-new-tokens", "8", "--no-base",
+    res = run_cli_here("eval", run / "adapter", "--max-generations", "3", "--max-new-tokens", "8", "--no-base",
                   timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     results = json.loads((run / "adapter" / "eval.json").read_text())["adapter"]

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from medsft.errors import MedsftError
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, run_cli_here
 from tests.unit.template_fixtures import (HAVE_QWEN3_TOKENIZER, bare_model, conversations, qwen3_tokenizer_dir,
                                          turn_spans)
 
@@ -190,7 +190,7 @@ def test_data_json_labels_with_chatml_on_a_base_tokenizer(bare_dir, demo_json):
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
     seen = []
     for split in ("train", "validation", "test"):
-        res = run_cli("data", REPO / "recipes" / "tiny-cpu.yaml", "--json", "--split", split,
+        res = run_cli_here("data", REPO / "recipes" / "tiny-cpu.yaml", "--json", "--split", split,
                       "--set", f"model.name={bare_dir}", "--set", "model.chat_template=chatml",
                       "--set", f"data.source={demo_json}", "--set", "training.max_length=4096", timeout=300)
         assert res.returncode == 0, res.stderr[-3000:]
@@ -275,7 +275,7 @@ def test_chatml_base_model_trains_and_answers(bare_dir, demo_json, tmp_path):
     manifest = json.loads((adapter / "manifest.json").read_text())
     assert manifest["chat_template"]["name"] == "chatml" and manifest["chat_template"]["embedding_rows_added"] == 0
     assert manifest["chat_template"]["trainable_token_indices"] == {"embed_tokens": [1, 2]}
-    res = run_cli("infer", adapter, "--question", "A 30-year-old woman has heat intolerance. Diagnosis?",
+    res = run_cli_here("infer", adapter, "--question", "A 30-year-old woman has heat intolerance. Diagnosis?",
                   "--max-new-tokens", "8", timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "answer" in res.stdout
@@ -324,7 +324,7 @@ def test_llama3_new_tokens_train_save_and_reload(bare_dir, demo_json, tmp_path):
     initial, trained = saved[prefix + "base_layer.weight"][1406:], saved[prefix + "trainable_tokens_delta"]
     assert trained.shape == (4, 128) and not torch.allclose(initial, trained), "the template's rows were trained"
     merged_dir = tmp_path / "merged"
-    res = run_cli("merge", adapter, merged_dir, timeout=300)
+    res = run_cli_here("merge", adapter, merged_dir, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32)
     assert merged.get_input_embeddings().weight.shape[0] == 1410

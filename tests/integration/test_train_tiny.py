@@ -10,7 +10,7 @@ import math
 import pytest
 
 from medsft.recipe.files import load_recipe
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, run_cli_here
 
 ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json",
                  "chat_template.jinja", "recipe.yaml", "manifest.json", "test_ids.json"]
@@ -90,7 +90,7 @@ def test_token_accuracy_rises(trained):
 
 def test_trainer_sees_the_labels_data_shows(trained):
     recipe, trainer = trained
-    res = run_cli("data", REPO / "recipes" / "tiny-cpu.yaml", "--json", "--limit", "50", timeout=300)
+    res = run_cli_here("data", REPO / "recipes" / "tiny-cpu.yaml", "--json", "--limit", "50", timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     shown = {ex["row_id"]: ex for ex in map(json.loads, res.stdout.splitlines())}
     seen = {r["row_id"]: r for r in trainer.train_dataset.select(range(len(trainer.train_dataset)))

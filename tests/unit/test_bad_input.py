@@ -351,14 +351,19 @@ def test_bad_recipe(name, workspace):
 def test_recipe_errors_come_before_torch(name, workspace):
     """The in-process cases above cannot see imports; here, as a subprocess, a recipe error is said before
     torch (seconds of start-up) is imported at all."""
+    recipe, extra, expected = RECIPE_CASES[name]
+    (workspace / "recipe.yaml").write_bytes(recipe_file(recipe))
+    check_said_before_torch(workspace, ["train", "recipe.yaml", *extra], expected)
+
+
+def check_said_before_torch(workspace, args, expected: str, env=None) -> None:
+    """The CLI, as a subprocess under `-X importtime`, says its one error line without importing torch."""
     import subprocess
     import sys
 
-    recipe, extra, expected = RECIPE_CASES[name]
-    (workspace / "recipe.yaml").write_bytes(recipe_file(recipe))
-    res = subprocess.run([sys.executable, "-X", "importtime", "-m", "medsft", "train", "recipe.yaml", *extra],
+    res = subprocess.run([sys.executable, "-X", "importtime", "-m", "medsft", *args],
                          cwd=workspace, capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "PYTHONPATH": str(REPO)})
+                         env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
     imported = {line.rsplit("|", 1)[1].strip() for line in res.stderr.splitlines() if line.startswith("import time:")}
     assert "pydantic" in imported, "the import trace is empty: nothing to check"
     assert not {"torch", "transformers", "trl"} & imported, sorted({"torch", "transformers", "trl"} & imported)

@@ -12,7 +12,7 @@ import pytest
 from medsft.evaluation.benchmark import Item, pose, read_benchmark, read_benchmarks
 from medsft.evaluation.report import published_for
 from medsft.evaluation.generate import length_sorted_batches
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_cli_here
 
 OPT4 = {"A": "Benign genetic carrier condition", "B": "Folate deficiency", "C": "Iron deficiency",
         "D": "Parvovirus B19 infection"}
@@ -99,7 +99,7 @@ def expected(rows) -> dict:
 def test_score_hand_written_predictions(tmp_path):
     bench, pred = write_script(tmp_path)
     out = tmp_path / "report"
-    res = run_cli("score", bench, "--predictions", pred, "--output-dir", out, env={"COLUMNS": "160"}, timeout=120)
+    res = run_cli_here("score", bench, "--predictions", pred, "--output-dir", out, env={"COLUMNS": "160"}, timeout=120)
     assert res.returncode == 0, res.stderr[-3000:]
     doc = json.loads((out / "benchmark.json").read_text())
     got = {k: doc["overall"][k] for k in expected(SCRIPT)}
@@ -126,7 +126,7 @@ def test_score_several_samples_per_item(tmp_path):
     pred = tmp_path / "samples.jsonl"
     pred.write_text(json.dumps({"outputs": ["The answer is D.", "The answer is A.", ""]}) + "\n"
                     + json.dumps({"outputs": ["D", "D", "D"]}) + "\n")
-    res = run_cli("score", bench, "--predictions", pred, "--output-dir", tmp_path / "r", timeout=120)
+    res = run_cli_here("score", bench, "--predictions", pred, "--output-dir", tmp_path / "r", timeout=120)
     assert res.returncode == 0, res.stderr[-3000:]
     doc = json.loads((tmp_path / "r" / "benchmark.json").read_text())
     assert doc["overall"]["accuracy"] == 4 / 6 and doc["overall"]["generations"] == 6
@@ -137,7 +137,7 @@ def test_report_directory_is_rewritten_only_if_ours(tmp_path):
     bench, pred = write_script(tmp_path, SCRIPT[:3])
     out = tmp_path / "report"
     for _ in range(2):  # the second run replaces the first's report
-        assert run_cli("score", bench, "--predictions", pred, "--output-dir", out, timeout=120).returncode == 0
+        assert run_cli_here("score", bench, "--predictions", pred, "--output-dir", out, timeout=120).returncode == 0
     assert (out / "benchmark.json").is_file()
 
 
@@ -232,7 +232,7 @@ def test_bad_files_are_one_line(name, tmp_path):
     bench_text, pred_text, words = BAD_FILES[name]
     (tmp_path / "bench.json").write_text(bench_text)
     (tmp_path / "pred.jsonl").write_text(pred_text)
-    res = run_cli("score", "bench.json", "--predictions", "pred.jsonl", cwd=tmp_path, timeout=60)
+    res = run_cli_here("score", "bench.json", "--predictions", "pred.jsonl", cwd=tmp_path, timeout=60)
     one_line_error(res, words)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json", "pred.jsonl"], "a failed score wrote files"
 
@@ -240,11 +240,11 @@ def test_bad_files_are_one_line(name, tmp_path):
 def test_bad_paths_are_one_line(tmp_path):
     (tmp_path / "bench.json").write_text(json.dumps(GOOD))
     (tmp_path / "pred.jsonl").write_text('{"output": "B"}\n')
-    one_line_error(run_cli("score", "missing.json", "--predictions", "pred.jsonl", cwd=tmp_path), "not found")
-    one_line_error(run_cli("score", "bench.json", "--predictions", "nope.jsonl", cwd=tmp_path), "not found")
+    one_line_error(run_cli_here("score", "missing.json", "--predictions", "pred.jsonl", cwd=tmp_path), "not found")
+    one_line_error(run_cli_here("score", "bench.json", "--predictions", "nope.jsonl", cwd=tmp_path), "not found")
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("precious")
-    one_line_error(run_cli("score", "bench.json", "--predictions", "pred.jsonl", "--output-dir", "mine", cwd=tmp_path),
+    one_line_error(run_cli_here("score", "bench.json", "--predictions", "pred.jsonl", "--output-dir", "mine", cwd=tmp_path),
                    "holds files medsft did not write")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "precious"
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from medsft.recipe.data_section import DataSection
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, run_cli_here
 from tests.unit.test_bad_input import BASE, recipe_file, recipe_with, run_case, workspace  # noqa: F401
 
 CHATML_TRAINING = (REPO / "medsft" / "model" / "templates" / "chatml_training.jinja").read_text()
@@ -149,7 +149,7 @@ def data_command(tmp_path, recipe: dict, *extra):
     recipe = {**recipe, "output": {"dir": str(tmp_path / "run")}}
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    res = run_cli("data", path, "--limit", "1", *extra, cwd=tmp_path, timeout=300)
+    res = run_cli_here("data", path, "--limit", "1", *extra, cwd=tmp_path, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     return " ".join(res.stdout.split())
 
@@ -185,7 +185,7 @@ def test_template_file_end_of_turn_becomes_eos(tmp_path):
     from medsft.model.builtin.tiny_model import TINY_MODEL, builtin_model_dir
 
     eos = AutoTokenizer.from_pretrained(builtin_model_dir(TINY_MODEL)).convert_tokens_to_ids("<|endoftext|>")
-    res = run_cli("data", tmp_path / "recipe.yaml", "--json", cwd=tmp_path, timeout=300)
+    res = run_cli_here("data", tmp_path / "recipe.yaml", "--json", cwd=tmp_path, timeout=300)
     rows = [json.loads(line) for line in res.stdout.splitlines()]
     assert res.returncode == 0 and len(rows) == 32, res.stderr[-3000:]
     assert all([lab for lab in r["labels"] if lab != -100][-1] == eos == r["input_ids"][-1] for r in rows)

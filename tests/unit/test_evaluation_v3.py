@@ -14,7 +14,7 @@ import yaml
 from medsft.evaluation.answers import read_output
 from medsft.evaluation.benchmark import Item, score
 from medsft.evaluation.report import chart_names
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli_here
 from tests.unit.test_bad_input import check_one_line_error, fake_adapter, recipe_with, run_case, snapshot
 from tests.unit.test_bad_input import workspace  # noqa: F401  (the fixture)
 
@@ -98,7 +98,7 @@ def score_files(directory: Path, sources: list[str]) -> tuple[Path, Path]:
 def test_score_sources_differing_by_slash_or_space_keep_their_own_charts(tmp_path):
     sources = ["MedQA/test", "MedQA test", "MedQA_test", "medqa_test"]
     bench, pred = score_files(tmp_path, sources)
-    res = run_cli("score", bench, "--predictions", pred, "--output-dir", tmp_path / "rep", timeout=300)
+    res = run_cli_here("score", bench, "--predictions", pred, "--output-dir", tmp_path / "rep", timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     charts = sorted(p.name for p in (tmp_path / "rep").glob("accuracy-*.png"))
     assert len({c.casefold() for c in charts}) == 4, charts
@@ -109,7 +109,7 @@ def test_score_sources_differing_by_slash_or_space_keep_their_own_charts(tmp_pat
 def test_score_source_name_too_long_for_a_file_name(tmp_path):
     sources = ["x" * 300, "y" * 5000]
     bench, pred = score_files(tmp_path, sources)
-    res = run_cli("score", bench, "--predictions", pred, "--output-dir", tmp_path / "rep", timeout=300)
+    res = run_cli_here("score", bench, "--predictions", pred, "--output-dir", tmp_path / "rep", timeout=300)
     assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr[-2000:]
     out = tmp_path / "rep"
     assert len(list(out.glob("accuracy-*.png"))) == 2 and (out / "benchmark.json").is_file()
@@ -181,13 +181,13 @@ def moved_adapter(tmp_path_factory):
 @pytest.mark.slow
 def test_adapter_travels_without_its_training_data(moved_adapter, tmp_path):
     adapter, bench = moved_adapter
-    res = run_cli("infer", adapter, "--question", "A 40-year-old man has fatigue.", "--max-new-tokens", "4")
+    res = run_cli_here("infer", adapter, "--question", "A 40-year-old man has fatigue.", "--max-new-tokens", "4")
     assert res.returncode == 0, res.stderr[-2000:]
-    res = run_cli("merge", adapter, tmp_path / "merged")
+    res = run_cli_here("merge", adapter, tmp_path / "merged")
     assert res.returncode == 0 and (tmp_path / "merged" / "config.json").is_file(), res.stderr[-2000:]
     # --max-generations with --benchmark: the first N items are scored, and it says so
     out = tmp_path / "rep"
-    res = run_cli("eval", adapter, "--benchmark", bench, "--max-new-tokens", "4", "--no-base", "--max-generations", "2",
+    res = run_cli_here("eval", adapter, "--benchmark", bench, "--max-new-tokens", "4", "--no-base", "--max-generations", "2",
                   "--output-dir", out)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "scoring the first 2 of 5 items" in res.stdout + res.stderr
@@ -195,6 +195,6 @@ def test_adapter_travels_without_its_training_data(moved_adapter, tmp_path):
     assert doc["adapter"]["overall"]["n"] == 2 and len((out / "predictions-adapter.jsonl").read_text().splitlines()) == 2
     # the held-out split genuinely needs the data: one line, exit 2, nothing written
     before = snapshot(adapter)
-    res = run_cli("eval", adapter)
+    res = run_cli_here("eval", adapter)
     check_one_line_error(res, "the held-out split is read from the training data")
     assert snapshot(adapter) == before

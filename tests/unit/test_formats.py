@@ -8,7 +8,7 @@ import json
 import pytest
 
 from medsft.data.formats import conversation
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli_here
 from tests.unit.template_fixtures import SYSTEM, conversations, turn_spans
 
 
@@ -20,7 +20,7 @@ def test_huatuo_labels_start_at_thinking(demo_json, tiny_dir):
     `## Final Response` before the response, and ends with the end-of-turn token."""
     from transformers import AutoTokenizer
 
-    res = run_cli("data", REPO / "recipes" / "tiny-cpu.yaml", "--json", "--set", f"data.source={demo_json}",
+    res = run_cli_here("data", REPO / "recipes" / "tiny-cpu.yaml", "--json", "--set", f"data.source={demo_json}",
                   "--set", "data.format=huatuo", "--set", "training.max_length=4096", timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     tok = AutoTokenizer.from_pretrained(tiny_dir)
@@ -135,7 +135,7 @@ def test_multi_turn_labels_token_by_token(sharegpt, demo_json, tiny_dir, tmp_pat
     convs = conversations(rows, sharegpt=sharegpt)
     path = tmp_path / "conv.json"
     path.write_text(json.dumps(convs))
-    res = run_cli("data", REPO / "recipes" / "tiny-cpu.yaml", "--json", "--set", f"data.source={path}",
+    res = run_cli_here("data", REPO / "recipes" / "tiny-cpu.yaml", "--json", "--set", f"data.source={path}",
                   "--set", "data.format=messages", "--set", "training.max_length=16384", timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     tok = AutoTokenizer.from_pretrained(tiny_dir)
@@ -167,7 +167,7 @@ def test_data_view_shows_each_format(demo_json, tmp_path):
     path = tmp_path / "conv.json"
     path.write_text(json.dumps(conversations(rows)))
     for source, fmt in ((demo_json, "think"), (demo_json, "huatuo"), (path, "messages")):
-        res = run_cli("data", REPO / "recipes" / "tiny-cpu.yaml", "--limit", "1", "--set", f"data.source={source}",
+        res = run_cli_here("data", REPO / "recipes" / "tiny-cpu.yaml", "--limit", "1", "--set", f"data.source={source}",
                       "--set", f"data.format={fmt}", "--set", "training.max_length=16384", timeout=300)
         assert res.returncode == 0, res.stderr[-2000:]
         assert "trained (green)" in res.stdout

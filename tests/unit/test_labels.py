@@ -7,12 +7,12 @@ import json
 
 import pytest
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli_here
 
 
 @pytest.fixture(scope="module")
 def demo_examples(demo_json, tiny_dir):
-    res = run_cli("data", REPO / "recipes" / "tiny-cpu.yaml", "--json",
+    res = run_cli_here("data", REPO / "recipes" / "tiny-cpu.yaml", "--json",
                   "--set", f"data.source={demo_json}", "--set", "training.max_length=4096", timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     return [json.loads(line) for line in res.stdout.splitlines()]
@@ -41,7 +41,7 @@ def test_labels_mask_exactly_the_prompt(demo_examples, demo_json, tiny_dir):
 
 
 def test_human_view_highlights(demo_json, tiny_dir):
-    res = run_cli("data", REPO / "recipes" / "tiny-cpu.yaml", "--limit", "1", timeout=300)
+    res = run_cli_here("data", REPO / "recipes" / "tiny-cpu.yaml", "--limit", "1", timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "800 of 800 rows kept" in res.stdout
     assert "trained (green)" in res.stdout and "median" in res.stdout

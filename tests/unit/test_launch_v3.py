@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import REPO, run_cli
-from tests.unit.test_bad_input import check_one_line_error, recipe_file, recipe_with, run_case, workspace  # noqa: F401
+from tests.unit.test_bad_input import (  # noqa: F401
+    check_one_line_error, check_said_before_torch, recipe_file, recipe_with, run_case, snapshot, workspace)
 
 
 def cuda_here() -> bool:
@@ -112,7 +113,14 @@ def test_train_refuses_a_malformed_launch_environment(name, workspace):
     if name == "fp8 without FP8" and cuda_here():
         pytest.skip("on a CUDA machine FP8 may be available; the CPU refusal is what is tested")
     recipe = recipe_with(training__bf16=None, output__dir="out")
-    run_case(workspace, ["train", "recipe.yaml"], text, env=env, files={"recipe.yaml": recipe_file(recipe)})
+    if name == "fp8 without FP8":  # FP8 needs torch to see the GPU
+        run_case(workspace, ["train", "recipe.yaml"], text, env=env, files={"recipe.yaml": recipe_file(recipe)})
+        return
+    # a variable's form is checked before torch is imported (one run: the line is said once per launcher)
+    (workspace / "recipe.yaml").write_bytes(recipe_file(recipe))
+    before = snapshot(workspace)
+    check_said_before_torch(workspace, ["train", "recipe.yaml"], text, env=env)
+    assert snapshot(workspace) == before
 
 
 @pytest.mark.skipif(cuda_here(), reason="this machine has a GPU; the test names GPUs a CPU machine does not have")

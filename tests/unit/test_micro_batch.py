@@ -17,7 +17,7 @@ from medsft.memory.micro_batch import Memory
 from medsft.memory.preflight import setup_from, verdict
 from medsft.recipe.files import load_recipe
 from medsft.train.runspec import resolve
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, run_cli_here
 from tests.unit.test_bad_input import recipe_file, recipe_with, run_case, workspace  # noqa: F401
 
 CONFIGS = REPO / "accelerate_configs"
@@ -113,7 +113,7 @@ def test_fixed_numbers_are_unchanged_and_a_resume_keeps_its_micro_batch():
 
 
 def test_the_preflight_prints_the_choice():
-    res = run_cli("preflight", LLAMA8B, "--set", "training.per_device_train_batch_size=auto", "--set",
+    res = run_cli_here("preflight", LLAMA8B, "--set", "training.per_device_train_batch_size=auto", "--set",
                   "training.gradient_accumulation_steps=auto", "--gpu-memory", "24GiB")
     assert res.returncode == 0, res.stderr[-2000:]
     spec = auto_spec("llama3.1-8b", "1 gpu", 24)

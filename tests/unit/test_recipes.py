@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from itertools import takewhile
 from pathlib import Path
 
 import pytest
@@ -13,11 +15,29 @@ from tests.conftest import REPO
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 
 
+def header_configs(path: Path) -> list[str]:
+    """The accelerate configs a recipe's header comment tells its reader to launch it with."""
+    header = "".join(takewhile(lambda line: line.startswith("#"), path.read_text().splitlines(True)))
+    named = dict.fromkeys(re.findall(r"(?:accelerate_configs/)?([\w-]+\.yaml)", header))
+    return [f"accelerate_configs/{n}" for n in named if (REPO / "accelerate_configs" / n).is_file()]
+
+
 @pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
-def test_every_recipe_loads(path):
+def test_every_recipe_passes_the_rule_book_on_the_launches_its_header_names(path):
+    """What a recipe's header tells its reader to run is a run the rule book accepts (one GPU, and each named
+    accelerate config; the embedded default on a CPU too), trained on the answer only."""
+    from medsft.launch.detect import from_accelerate_config, from_env
+    from medsft.train.runspec import resolve
+
     recipe = load_recipe(path)
-    assert recipe.model.name and recipe.data.source
-    assert recipe.training["completion_only_loss"] is True
+    launches = [from_env({}, cuda=True, num_gpus=1)]
+    launches += [from_accelerate_config(str(REPO / config)) for config in header_configs(path)]
+    if recipe.model.name.startswith("builtin:"):
+        launches.append(from_env({}, cuda=False, num_gpus=0))
+    for launch in launches:
+        spec = resolve(recipe, launch, "off")
+        assert spec.recipe.training["completion_only_loss"] is True, launch.source
+        assert spec.micro_batch >= 1 and spec.grad_accum >= 1
 
 
 def test_set_overrides_with_validation(tmp_path):
