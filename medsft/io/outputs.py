@@ -124,14 +124,3 @@ def check_writable_dir(out: Path, name: str) -> None:
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise MedsftError(f"{name} {str(out)!r} is not writable ({str(ancestor)!r} is read-only)",
                           f"choose a writable location for {name}")
-
-
-def check_output_paths(recipe) -> None:
-    """Where the run writes, checked before anything is loaded."""
-    for key in ("dir", "adapter_dir"):
-        value = getattr(recipe.output, key)
-        if value is not None:
-            try:
-                check_writable_dir(Path(value), f"output.{key}")
-            except MedsftError as err:
-                raise err.at(recipe.source_file)

@@ -115,9 +115,9 @@ def check_conversation_keys(d: DataSection, where: str) -> None:
 def check_sources(d: DataSection, where: str) -> None:
     """data.sources: not empty, single-source keys are not set beside it, weights are all-or-none shares that
     sum to 1 (within 0.01, then normalized)."""
-    if d.sources is None:
+    if d.sources is None:  # written as one data.source: no list to check
         return
-    if not d.sources:
+    if len(d.sources) == 0:
         raise MedsftError("data.sources is empty", "list at least one source, or remove data.sources and use "
                           "data.source", where)
     for key in SINGLE_SOURCE_KEYS:

@@ -53,10 +53,21 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     except MedsftError as err:
         raise err.at(where)
     recipe = build(raw, where)
-    from medsft.io.outputs import check_output_paths
-
     check_output_paths(recipe)
     return recipe
+
+
+def check_output_paths(recipe) -> None:
+    """Where the run writes, checked before anything is loaded."""
+    from medsft.io.outputs import check_writable_dir
+
+    for key in ("dir", "adapter_dir"):
+        value = getattr(recipe.output, key)
+        if value is not None:
+            try:
+                check_writable_dir(Path(value), f"output.{key}")
+            except MedsftError as err:
+                raise err.at(recipe.source_file)
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
