@@ -13,6 +13,7 @@ they were written in two places they drifted. A format is the assistant turn's l
 from __future__ import annotations
 
 from dataclasses import dataclass
+from statistics import mean
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 HUATUO_THINKING, HUATUO_FINAL = "## Thinking", "## Final Response"
@@ -96,3 +97,22 @@ def split_reasoning(text: str, fmt: str = "think") -> Parsed:
         reasoning, answer = stripped.rsplit(THINK_CLOSE, 1)
         return Parsed(reasoning.replace(THINK_OPEN, "").strip(), answer.strip(), False)
     return Parsed("", stripped.replace(THINK_OPEN, "").strip(), False)
+
+
+def format_metrics(records: list[dict], tokenizer=None, fmt: str = "think") -> dict:
+    """How well generated records (generate.generate_batch's) keep the format: shares and mean lengths (tokens
+    with a tokenizer, else characters); what `medsft eval` reports and the training callback logs."""
+    if not records:
+        return {}
+    parsed = [split_reasoning(r["text"], fmt) for r in records]
+    length = (lambda s: len(tokenizer(s, add_special_tokens=False)["input_ids"])) if tokenizer else len
+    return {
+        "n": len(records),
+        "well_formed_think": mean(p.well_formed for p in parsed),
+        "non_empty_answer": mean(bool(p.answer.strip()) for p in parsed),
+        "stopped_at_end_of_turn": mean(bool(r["stopped"]) for r in records),
+        "format_compliance": mean(p.well_formed and bool(p.answer.strip()) and r["stopped"]
+                                  for p, r in zip(parsed, records)),
+        "mean_reasoning_length": mean(length(p.reasoning) for p in parsed),
+        "mean_answer_length": mean(length(p.answer) for p in parsed),
+    }

@@ -21,26 +21,9 @@ from typing import Callable
 
 from medsft.evaluation.answers import read_output
 from medsft.evaluation.benchmark import pose_question
-from medsft.data.formats import split_reasoning
+from medsft.data.formats import format_metrics
 
 Generate = Callable[[list[str]], list[dict]]  # records as generate.generate_batch returns them
-
-
-def format_metrics(records: list[dict], tokenizer=None, fmt: str = "think") -> dict:
-    if not records:
-        return {}
-    parsed = [split_reasoning(r["text"], fmt) for r in records]
-    length = (lambda s: len(tokenizer(s, add_special_tokens=False)["input_ids"])) if tokenizer else len
-    return {
-        "n": len(records),
-        "well_formed_think": mean(p.well_formed for p in parsed),
-        "non_empty_answer": mean(bool(p.answer.strip()) for p in parsed),
-        "stopped_at_end_of_turn": mean(bool(r["stopped"]) for r in records),
-        "format_compliance": mean(p.well_formed and bool(p.answer.strip()) and r["stopped"]
-                                  for p, r in zip(parsed, records)),
-        "mean_reasoning_length": mean(length(p.reasoning) for p in parsed),
-        "mean_answer_length": mean(length(p.answer) for p in parsed),
-    }
 
 
 def mc_items(rows: list[dict]) -> list[dict]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from transformers import TrainerCallback
 
 from medsft.console import is_main
-from medsft.evaluation.evaluate import format_metrics
+from medsft.data.formats import format_metrics
 from medsft.evaluation.generate import Settings, generate_batch
 
 

@@ -40,7 +40,8 @@ def test_huatuo_labels_start_at_thinking(demo_json, tiny_dir):
 
 def test_huatuo_metrics_and_choice_read_final_response(demo_json):
     """Format metrics and the multiple-choice extractor read the answer after `## Final Response`."""
-    from medsft.evaluation.evaluate import format_metrics, mc_accuracy, mc_items
+    from medsft.data.formats import format_metrics
+    from medsft.evaluation.evaluate import mc_accuracy, mc_items
     from medsft.data.formats import completion_text, split_reasoning
 
     rows = json.loads(demo_json.read_text())

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from medsft.evaluation.evaluate import format_metrics, mc_accuracy, mc_items
+from medsft.data.formats import format_metrics
+from medsft.evaluation.evaluate import mc_accuracy, mc_items
 
 
 def scripted(texts):
