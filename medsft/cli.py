@@ -60,7 +60,7 @@ def test_split_settings(args):
 
 
 def generation_settings(args):
-    """Generation flags checked before any model loads (a temperature of 0 used to hang `infer --sample`)."""
+    """Generation flags checked before any model loads (a sampling temperature of 0 would hang `infer --sample`)."""
     import math
 
     from medsft.evaluation.generate import Settings

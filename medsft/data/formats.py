@@ -1,8 +1,8 @@
 """The shape of a training example and of a model's answer: written once, read everywhere.
 
 Why: training (medsft/data/load.py), `medsft data`, inference, evaluation and the answer extractor must agree
-on how a question becomes a prompt and how reasoning and answer are laid out in the completion; when
-they were written in two places they drifted. A format is the assistant turn's layout:
+on how a question becomes a prompt and how reasoning and answer are laid out in the completion, so it is
+written here only. A format is the assistant turn's layout:
 
     think     <think>{Complex_CoT}</think>{Response}                  (medsft's default, Qwen3-style)
     huatuo    ## Thinking\\n\\n{Complex_CoT}\\n\\n## Final Response\\n\\n{Response}   (HuatuoGPT-o1's own)

@@ -2,9 +2,9 @@
 decided once.
 
 Why: SFTConfig, the memory preflight (command and training gate), the tokenized-data cache key and the
-manifest must describe the same run. Each used to re-read `training:` with its own defaults, and the
-gate once estimated a ZeRO-3 launch as if it ran on one GPU. Now they all read a `RunSpec`, built once
-by `resolve()` and immutable; a value that depends on several inputs (checkpointing under either name,
+manifest must describe the same run: each reading `training:` with its own defaults would drift (a gate that
+estimates a ZeRO-3 launch as if it ran on one GPU). They all read a `RunSpec`, built once by `resolve()` and
+immutable; a value that depends on several inputs (checkpointing under either name,
 the length above which rows are dropped, mixed precision from the recipe or the accelerate config) is
 decided here and nowhere else.
 """
