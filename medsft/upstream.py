@@ -182,7 +182,9 @@ def destroy_process_group_at_exit() -> None:
     torch ≤ 2.13: a process that exits with a gloo group still alive can abort (SIGABRT, no traceback) in
     interpreter finalization: gloo's worker threads still hold finished work whose tensors reach back into
     Python (pytorch/pytorch#179291 proposed this very atexit hook inside `init_process_group`, not merged).
-    Seen in data-parallel generation, where the ranks' last collective is `gather_object`."""
+    Seen as "terminate called without an active exception" in a worker that had finished: after data-parallel
+    generation (`gather_object`) and after a ZeRO-3 training on gloo. Registered by every multi-process
+    training and generation."""
     import atexit
 
     import torch.distributed as dist

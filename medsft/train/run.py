@@ -82,6 +82,10 @@ def run(recipe, resume: str = "auto", force: bool = False, callbacks=()):
 
     check_paths(recipe)
     here = launch.with_command(launch.detect())  # checked with every other launch rule by resolve()
+    if here.world_size > 1:
+        from medsft.upstream import destroy_process_group_at_exit
+
+        destroy_process_group_at_exit()
     previous = previous_choice(resume, recipe.output.dir) if "auto" in (
         recipe.training.get("per_device_train_batch_size"), recipe.training.get("gradient_accumulation_steps")) else None
     spec = resolve(recipe, here, previous_micro_batch=previous)
