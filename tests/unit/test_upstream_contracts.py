@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import os
 import re
 import subprocess
 import sys
@@ -99,3 +100,27 @@ def test_recipes_load_without_torch():
     res = subprocess.run([sys.executable, "-c", code, *recipes], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout.strip().splitlines()[-1]) == [], "a heavy library was imported to validate a recipe"
+
+
+def test_the_gloo_group_is_gone_before_the_interpreter_finalizes(tmp_path):
+    """upstream.destroy_process_group_at_exit: a process that ends with its gloo group alive has destroyed it by
+    the time the last atexit handler runs (one registered first runs last), so finalization finds no gloo work."""
+    from tests.conftest import free_port
+
+    code = f"""
+import atexit, os
+import torch.distributed as dist
+atexit.register(lambda: print("initialized at the end:", dist.is_initialized(), flush=True))
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="{free_port()}")
+dist.init_process_group("gloo", rank=0, world_size=1)
+from medsft.upstream import destroy_process_group_at_exit
+destroy_process_group_at_exit()
+destroy_process_group_at_exit()  # once per process, however often it is asked
+obj = [None]
+dist.all_gather_object(obj, {{"rank": 0}})
+print("gathered:", obj, flush=True)
+"""
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.splitlines() == ["gathered: [{'rank': 0}]", "initialized at the end: False"], res.stdout
