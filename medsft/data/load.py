@@ -10,10 +10,10 @@ Malformed rows are dropped and counted, and too many of them stop the run. The s
 notebook's two `train_test_split` calls with seed 816, so a migrating user gets the same test rows.
 
 Every recipe is a mixture (`data.sources`, or the mixture of one `data.source` names; medsft/data/mixture.py),
-and each source runs one pipeline: load → cap → canonical columns → format → split with the seed, so validation and test hold every source in its natural share and never a row that
-is also trained; weights then sample the training split only. Row ids index the sources' rows
-concatenated in recipe order (what `load_raw` returns), so `test_ids.json` still names rows evaluation
-can reload.
+and each source runs one pipeline: load → cap → canonical columns → format → split with the seed, so
+validation and test hold every source in its natural share and never a row that is also trained; weights
+then sample the training split only. Row ids index the sources' rows concatenated in recipe order (what
+`load_raw` returns), so `test_ids.json` still names rows evaluation can reload.
 """
 
 from __future__ import annotations
