@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import REPO, run_cli
 from tests.unit.test_bad_input import (  # noqa: F401
-    check_one_line_error, check_said_before_torch, recipe_file, recipe_with, run_case, snapshot, workspace)
+    check_said_before_torch, recipe_file, recipe_with, run_case, snapshot, workspace)
 
 
 def cuda_here() -> bool:
@@ -44,15 +44,15 @@ def one_line_only(res) -> None:
     assert res.stderr.count("\n") == 1 and res.stderr.startswith("error:"), res.stderr[-3000:]
 
 
-def expect(name: str) -> str:
-    if name == "fp8 without FP8" and cuda_here():
-        pytest.skip("on a CUDA machine FP8 may be available; the CPU refusal is what is tested")
-    return CONFIGS[name][1]
+def cases(table: dict) -> list:
+    """The table's case names as parameters; the FP8 refusal only on a machine without a CUDA GPU."""
+    fp8 = pytest.mark.skipif(cuda_here(), reason="on a CUDA machine FP8 may be available; the CPU refusal is tested")
+    return [pytest.param(name, marks=fp8) if name == "fp8 without FP8" else name for name in table]
 
 
-@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("name", cases(CONFIGS))
 def test_medsft_launch_refuses_a_malformed_config(name, workspace):
-    text = expect(name)
+    text = CONFIGS[name][1]
     args = ["launch", "--config_file", "acc.yaml", "train", str(REPO / "recipes" / "tiny-cpu.yaml"), *NO_PRECISION,
             "--set", "output.dir=run"]
     run_case(workspace, args, text, files={"acc.yaml": CONFIGS[name][0]})
@@ -60,9 +60,9 @@ def test_medsft_launch_refuses_a_malformed_config(name, workspace):
     assert not (workspace / "run").exists()
 
 
-@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("name", cases(CONFIGS))
 def test_preflight_refuses_a_malformed_config(name, workspace):
-    text = expect(name)
+    text = CONFIGS[name][1]
     run_case(workspace, ["preflight", str(REPO / "recipes" / "tiny-cpu.yaml"), *NO_PRECISION, "--gpu-memory", "8GiB",
                          "--accelerate-config", "acc.yaml"], text, files={"acc.yaml": CONFIGS[name][0]})
 
@@ -107,11 +107,9 @@ ENVIRONMENTS = {
 }
 
 
-@pytest.mark.parametrize("name", ENVIRONMENTS)
+@pytest.mark.parametrize("name", cases(ENVIRONMENTS))
 def test_train_refuses_a_malformed_launch_environment(name, workspace):
     env, text = ENVIRONMENTS[name]
-    if name == "fp8 without FP8" and cuda_here():
-        pytest.skip("on a CUDA machine FP8 may be available; the CPU refusal is what is tested")
     recipe = recipe_with(training__bf16=None, output__dir="out")
     if name == "fp8 without FP8":  # FP8 needs torch to see the GPU
         run_case(workspace, ["train", "recipe.yaml"], text, env=env, files={"recipe.yaml": recipe_file(recipe)})
