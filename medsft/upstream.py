@@ -8,6 +8,7 @@ contracts and fail with a clear message when an upgrade changes one.
 from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
+from functools import cache
 from types import SimpleNamespace
 
 
@@ -176,6 +177,7 @@ def nll_loss(trainer):
 # ---------------------------------------------------------------- torch.distributed: gloo at interpreter exit
 
 
+@cache
 def destroy_process_group_at_exit() -> None:
     """Destroy the default process group while the interpreter is still alive (atexit), once per process.
 
@@ -187,12 +189,11 @@ def destroy_process_group_at_exit() -> None:
     training and generation."""
     import atexit
 
+    atexit.register(_destroy_default_group)
+
+
+def _destroy_default_group() -> None:
     import torch.distributed as dist
 
-    def destroy():
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-
-    if not getattr(destroy_process_group_at_exit, "registered", False):
-        atexit.register(destroy)
-        destroy_process_group_at_exit.registered = True
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
