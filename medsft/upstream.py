@@ -12,18 +12,74 @@ from functools import cache
 from types import SimpleNamespace
 
 
-# ---------------------------------------------------------------- bitsandbytes: import-time noise
+# ---------------------------------------------------------------- bitsandbytes: no hub lookup at import
 KERNEL_HUB_LINE = "Failed to load CPU gemm_4bit_forward from kernels-community"
+BNB_CPU_OPS = "bitsandbytes.backends.cpu.ops"
 
 
-def quiet_bitsandbytes_kernel_hub() -> None:
-    """Drop the one line bitsandbytes ≥ 0.49 logs on import on an AVX512-BF16 CPU without the optional `kernels`
-    package (a Hub kernel for CPU 4-bit inference): medsft runs offline, trains outside that path and infers
-    through bitsandbytes' own CPU kernel, so the line is noise on every command. Its other records stay."""
+class _CpuOpsWithoutHubKernel:
+    """Meta-path finder that runs bitsandbytes' CPU backend module as if the `kernels` package were absent.
+
+    bitsandbytes ≥ 0.49 (`bitsandbytes/backends/cpu/ops.py`), on an AVX512-BF16 CPU, calls
+    `kernels.get_kernel("kernels-community/quantization-bitsandbytes")` while it is imported, and transformers
+    ≥ 5.25 installs `kernels` with it: every import then asks the Hugging Face Hub (a network round trip, or with
+    HF_HUB_OFFLINE=1 a 'Skipping publisher trust check' line from `kernels`) for a CPU inference kernel medsft does
+    not use. Neither package has a setting for it. With `kernels` hidden from that one module, bitsandbytes takes
+    its own fallback (its built-in CPU kernel, the path medsft is tested on) and logs one line, dropped below;
+    transformers' own use of `kernels` (GPU hub kernels, medsft/model/kernels.py) is untouched."""
+
+    def find_spec(self, name, path, target=None):
+        if name != BNB_CPU_OPS:
+            return None
+        from importlib.machinery import PathFinder
+
+        spec = PathFinder.find_spec(name, path, target)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            import sys
+
+            hidden = sys.modules.get("kernels", _ABSENT)
+            sys.modules["kernels"] = None  # `from kernels import …` raises ImportError
+            try:
+                run(module)
+            finally:
+                if hidden is _ABSENT:
+                    sys.modules.pop("kernels", None)
+                else:
+                    sys.modules["kernels"] = hidden
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+_ABSENT = object()
+
+
+@cache
+def keep_bitsandbytes_off_the_hub() -> None:
+    """Before anything imports bitsandbytes: its CPU backend loads without a hub lookup (above), and the one line
+    it logs for the missing hub kernel is dropped; its other records stay."""
     import logging
+    import sys
 
-    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
-        lambda record: not str(record.msg).startswith(KERNEL_HUB_LINE))
+    sys.meta_path.insert(0, _CpuOpsWithoutHubKernel())
+    logging.getLogger(BNB_CPU_OPS).addFilter(lambda record: not str(record.msg).startswith(KERNEL_HUB_LINE))
+
+
+# ---------------------------------------------------------------- PEFT: a deprecated transformers alias
+CHECKPOINTING_ALIAS_WARNING = r"`is_gradient_checkpointing` is deprecated"
+
+
+def quiet_peft_checkpointing_alias() -> None:
+    """PEFT 0.21 (`PeftModel.__init__`: `getattr(model, "is_gradient_checkpointing", True)`) reads the alias
+    transformers ≥ 5.25 deprecated for `is_activation_checkpointing`, so every training prints a FutureWarning
+    that no call of medsft's can avoid. Only that warning is ignored."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=CHECKPOINTING_ALIAS_WARNING, category=FutureWarning)
 
 
 # ---------------------------------------------------------------- bitsandbytes: CPU 4-bit layout

@@ -17,7 +17,8 @@ import hashlib
 import json
 
 from medsft.console import is_main, notice, rank, say
-from medsft.io.outputs import atomic_dir, package_versions
+from medsft.io.outputs import atomic_dir
+from medsft.versions import package_versions
 from medsft.paths import medsft_home
 
 CACHE_VERSION = "1"

@@ -16,24 +16,10 @@ import subprocess
 import time
 import uuid
 from contextlib import contextmanager
-from importlib import metadata
 from pathlib import Path
 
 from medsft.errors import MedsftError
-
-PACKAGES = ("medsft", "torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets",
-            "deepspeed", "tokenizers", "safetensors")
-
-
-def package_versions() -> dict:
-    out = {}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
-
+from medsft.versions import package_versions, untested_versions
 
 def git_commit(cwd: str | None = None) -> str | None:
     try:
@@ -106,6 +92,7 @@ def manifest(**fields) -> dict:
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": package_versions(),
+        "versions_not_tested": untested_versions(),  # {} when every package is the tested set's (medsft/versions.py)
         "git_commit": git_commit(),
         **fields,
     }

@@ -35,6 +35,9 @@ def test_files_written(trained):
     assert not list(adapter.glob("*.bin")), "weights must be safetensors only"
     m = json.loads((adapter / "manifest.json").read_text())
     assert m["versions"]["trl"] and m["versions"]["peft"] and m["versions"]["bitsandbytes"]
+    from medsft.versions import untested_versions
+
+    assert m["versions_not_tested"] == untested_versions()  # {} where the lock is installed (.ci/run checks that)
     assert m["launch"]["world_size"] == 1 and m["placement"]["name"] == "cpu"
     assert m["data"]["split_sizes"] == {"train": 640, "validation": 80, "test": 80}
     assert m["data"]["fingerprint"]
