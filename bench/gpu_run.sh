@@ -40,6 +40,9 @@ case $what in
   *) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2 ;;
 esac
 
+if [ "$what" = proof ]; then  # a mistake in the words after OUT, or an OUT that is a file: said before the install
+  "$PYTHON" bench/proof.py "$results" ${extra[@]+"${extra[@]}"} --check || exit 2
+fi
 wheels=("$wheelhouse"/*.whl)
 [ -f "${wheels[0]}" ] || { echo "error: no wheels in $wheelhouse (launch/offline_bundle.sh makes them)" >&2; exit 2; }
 for w in "${wheels[@]}"; do

@@ -336,8 +336,16 @@ FUNCTIONS = {"requirements": step_requirements, "tests": step_tests, "throughput
              "attention": step_attention, "notebook": step_notebook, "maxlen": step_maxlen}
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's usage text is ten lines for one mistake: say the mistake and where the options are, exit 2."""
+
+    def error(self, message):
+        print(f"error: bench/proof.py: {message} — see `python bench/proof.py --help`", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def parse(argv=None) -> argparse.Namespace:
+    p = OneLineParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("out", help="results folder (proof.json, proof.md, freeze.txt, gpu-tests.xml)")
     p.add_argument("--smoke", action="store_true", help="the same steps on the CPU: tiny shapes, few steps (CI)")
     p.add_argument("--deadline-s", type=float, default=450, help="for the whole proof, counted from "
@@ -355,7 +363,25 @@ def main(argv=None) -> int:
     p.add_argument("--tests-k", help=f"pytest -k for step 1 [{GPU_TESTS!r}; --smoke: {SMOKE_TESTS!r}]")
     p.add_argument("--only", nargs="*", choices=STEPS, help="run these steps only (the others: skipped)")
     p.add_argument("--work", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--check", action="store_true", help="check the arguments and OUT, run nothing (gpu_run.sh, "
+                   "before its pip install)")
     args = p.parse_args(argv)
+    import math
+
+    if not (math.isfinite(args.deadline_s) and args.deadline_s > 0):
+        p.error(f"--deadline-s must be a positive number of seconds (got {args.deadline_s})")
+    for name in ("steps", "notebook_length", "notebook_steps", "maxlen_probes", "maxlen_steps"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(args, name)})")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        p.error(f"OUT {args.out!r} is a file: name a folder for the results")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    if args.check:
+        return 0
     args.tests_k = args.tests_k or (SMOKE_TESTS if args.smoke else GPU_TESTS)
     if args.smoke:  # the built-in tiny model's shapes on the CPU: every step's code path in about a minute
         args.models, args.lengths, args.steps, args.notebook_length, args.notebook_steps = ["tiny"], [256], 3, 256, 3

@@ -163,6 +163,10 @@ def dispatch(args) -> int:
     from medsft.recipe.files import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)  # before any heavy import
+    if args.command in ("train", "data"):
+        from medsft.io.outputs import check_caches
+
+        check_caches()
     if args.command == "train":
         from medsft.io.checkpoints import check_resume_argument
 

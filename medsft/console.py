@@ -47,10 +47,9 @@ def error(line: str) -> None:
 
 
 def first_to_say(line: str) -> bool:
-    """True in a single process; under a launcher, for the first local rank to claim `line`. The claim is a
-    file created exclusively, named after the launcher process (pid and start time, so never a stale one)."""
-    import hashlib
-    import tempfile
+    """True in a single process; under a launcher, for the first local rank to claim `line`
+    (medsft/io/process.py)."""
+    from medsft.io.process import first_claim
 
     try:
         alone = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")) or 1) <= 1
@@ -58,21 +57,8 @@ def first_to_say(line: str) -> bool:
         alone = True
     if alone:
         return True
-    parent = os.getppid()
-    try:
-        with open(f"/proc/{parent}/stat") as f:
-            started = f.read().rsplit(")", 1)[1].split()[19]  # field 22, starttime
-    except (OSError, IndexError):
-        started = "0"
-    digest = hashlib.sha1(line.encode()).hexdigest()[:16]
-    claim = os.path.join(tempfile.gettempdir(), f"medsft-said-{parent}-{started}-{digest}")
-    try:
-        os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-        return True
-    except FileExistsError:
-        return False
-    except OSError:
-        return is_main()
+    claimed = first_claim(line)
+    return is_main() if claimed is None else claimed
 
 
 def rich_console(stderr: bool = False):

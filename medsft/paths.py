@@ -15,6 +15,18 @@ def medsft_home() -> Path:
     return Path(os.environ.get("MEDSFT_HOME") or Path.home() / ".cache" / "medsft").expanduser()
 
 
+def hf_home() -> Path:
+    """huggingface_hub's HF_HOME rule (HF_HOME, else $XDG_CACHE_HOME/huggingface, else ~/.cache/huggingface),
+    read without importing it."""
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(os.environ.get("HF_HOME") or Path(xdg) / "huggingface").expanduser()
+
+
+def datasets_cache() -> Path:
+    """Where `datasets` writes the Arrow files of a file it loads (HF_DATASETS_CACHE, else HF_HOME/datasets)."""
+    return Path(os.environ.get("HF_DATASETS_CACHE") or hf_home() / "datasets").expanduser()
+
+
 def user_path(text: str) -> str:
     """A path as the user meant it: `~` and `$VARS` expanded, nothing else changed."""
     return os.path.expandvars(os.path.expanduser(text))

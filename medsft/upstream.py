@@ -230,6 +230,36 @@ def nll_loss(trainer):
         trainer.args.loss_type = loss_type
 
 
+# ---------------------------------------------------------------- accelerate: one-process launches on SIGTERM
+def patient_single_process_shutdown(seconds: float) -> None:
+    """Give a one-process launch's worker `seconds` to finish after SIGTERM, as torch elastic gives a multi-process
+    one (TORCH_ELASTIC_SHUTDOWN_TIMEOUT).
+
+    accelerate ≥ 1.16 (`commands/launch.py`: `_run_subprocess` → `_terminate_process_tree`), for a launch of one
+    process (`single_gpu.yaml`), passes the launcher's SIGTERM on to the worker and SIGKILLs it 5 s later, a
+    fixed time. medsft's worker answers SIGTERM with a checkpoint (medsft/train/preemption.py), which takes
+    longer for any real model: the checkpoint was lost and the resume started earlier than the user was told.
+    Here the worker gets SIGTERM first and up to `seconds` to exit; accelerate's own shutdown then handles what
+    is left (a worker's own children)."""
+    import accelerate.commands.launch as launch
+    import psutil
+
+    original = launch._terminate_process_tree
+    if getattr(original, "medsft_patient", False):
+        return
+
+    def terminate(process):
+        try:
+            process.terminate()
+            process.wait(timeout=seconds)
+        except (psutil.NoSuchProcess, psutil.TimeoutExpired):
+            pass
+        original(process)
+
+    terminate.medsft_patient = True
+    launch._terminate_process_tree = terminate
+
+
 # ---------------------------------------------------------------- torch.distributed: gloo at interpreter exit
 
 

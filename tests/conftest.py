@@ -105,3 +105,14 @@ def pytest_collection_modifyitems(config, items):
         parts = Path(str(item.fspath)).relative_to(REPO / "tests").parts
         if parts[0] in SLOW_DIRS:
             item.add_marker(pytest.mark.slow)
+
+
+def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 600) -> None:
+    """Until `path` exists, polling the file system (a process's progress, never a fixed sleep)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"the process ended before {path} appeared"
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.2)

@@ -13,10 +13,10 @@ max_length/packing/loss settings and the TRL and medsft versions. Entries are wr
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 
 from medsft.console import is_main, notice, rank, say
+from medsft.io.hashing import file_digest, text_digest, tree_digest
 from medsft.io.outputs import atomic_dir
 from medsft.versions import package_versions
 from medsft.paths import medsft_home
@@ -36,12 +36,11 @@ def cache_key(spec, raw_fingerprint: str, tokenizer) -> str:
         "content": content_fingerprint(spec.recipe.data),  # datasets' fingerprint of a local file omits its bytes
         "training": spec.cache_inputs(),
     }
-    h = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode())
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    h.update((backend.to_str() if backend is not None else str(sorted(tokenizer.get_vocab().items()))).encode())
-    h.update((tokenizer.chat_template or "").encode())
-    h.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode())
-    return h.hexdigest()[:20]
+    return text_digest(json.dumps(parts, sort_keys=True, default=str),
+                       backend.to_str() if backend is not None else str(sorted(tokenizer.get_vocab().items())),
+                       tokenizer.chat_template or "",
+                       json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str))[:20]
 
 
 def raw_fingerprint(raw) -> str:
@@ -69,31 +68,12 @@ def source_fingerprint(source: str, revision: str | None = None) -> str:
     path = Path(source).expanduser()
     try:
         if path.is_file():
-            return "sha256:" + file_digest(path)
+            return "sha256:" + file_digest(path)[:16]
         if path.is_dir():  # a local dataset folder: every file's name and bytes
-            h = hashlib.sha256()
-            for child in sorted(p for p in path.rglob("*") if p.is_file()):
-                h.update(f"{child.relative_to(path)}\0{file_digest(child)}\0".encode())
-            return "sha256:" + h.hexdigest()[:16]
+            return "sha256:" + tree_digest(path, (p for p in path.rglob("*") if p.is_file()))[:16]
     except OSError as err:  # loading the data says so in one line; the identity only records it
         return f"unreadable: {err.strerror}"
     return "hub:" + hub_commit(source, revision)
-
-
-def file_digest(path) -> str:
-    """sha256 of a file's bytes, streamed; remembered per (file, size, mtime) within one process, since the
-    identity is asked for several times per run."""
-    st = path.stat()
-    return _file_digest(str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
-
-
-@functools.lru_cache(maxsize=64)
-def _file_digest(path: str, size: int, mtime_ns: int, inode: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 @functools.lru_cache(maxsize=16)

@@ -68,14 +68,19 @@ def run_infer(adapter_dir, *, question=None, questions=None, output=None, use_ad
     system, fmt = recipe.data.system_prompt, recipe.data.format
     if questions is not None:
         records = generate_batch(model, tokenizer, questions, settings, system, fmt)
-        out = open(output, "x", encoding="utf-8") if output else sys.stdout
+        lines = "".join(json.dumps({k: r[k] for k in ("question", "reasoning", "answer", "tokens", "seconds",
+                                                      "well_formed", "stopped")}) + "\n" for r in records)
+        if not output:
+            sys.stdout.write(lines)
+            return records
+        from medsft.io.outputs import atomic_file
+
         try:
-            for r in records:
-                out.write(json.dumps({k: r[k] for k in ("question", "reasoning", "answer", "tokens", "seconds",
-                                                        "well_formed", "stopped")}) + "\n")
-        finally:
-            if output:
-                out.close()
+            with atomic_file(output, exclusive=True) as tmp:  # complete or absent; of two writers, one wins
+                tmp.write_text(lines, encoding="utf-8")
+        except FileExistsError:
+            raise MedsftError(f"--output {str(output)!r} was written by another command while this one generated",
+                              "choose a new file for --output") from None
         return records
     records = []
     asks = [question] if question else None

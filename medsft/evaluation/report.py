@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 from medsft.errors import MedsftError
+from medsft.io.outputs import Staging
 
 # Chen et al., "HuatuoGPT-o1, Towards Medical Complex Reasoning with LLMs", arXiv:2412.18925, Table 1
 # (accuracy, %). A source matches a benchmark by name (MedQA_USLME_test, medqa_4options, …) and by its
@@ -31,6 +32,7 @@ PUBLISHED = {
 }
 MARK = "medsft benchmark report"  # benchmark.json carries it: medsft may rewrite a directory that has it
 OURS = re.compile(r"^(benchmark\.json|predictions-.+\.jsonl|scores\.jsonl|accuracy-.+\.png)$")
+MEDSFT_NAMES = {".medsft.lock", ".medsft-pending.json"}  # the writer's lock and journal (medsft/io)
 
 
 def published_key(source: str, items) -> str | None:
@@ -59,11 +61,11 @@ def check_output_dir(path: str | Path) -> Path:
     out = Path(path).expanduser()
     if out.exists() and not out.is_dir():
         raise MedsftError(f"--output-dir {str(out)!r} is a file", "choose a directory path")
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and any(p.name not in MEDSFT_NAMES and p.name not in leftovers(out) for p in out.iterdir()):
         try:
             ours = json.loads((out / "benchmark.json").read_text()).get("written_by") == MARK
         except (OSError, ValueError, AttributeError):
-            ours = False
+            ours = bool(Staging.pending(out))  # the first report into it, killed while renaming its files
         if not ours:
             raise MedsftError(f"--output-dir {str(out)!r} holds files medsft did not write",
                               "choose a new directory (medsft only replaces what it wrote)")
@@ -78,15 +80,13 @@ def report(results: dict[str, dict], items, output_dir, *, per_item: dict[str, l
     """Print the table and write benchmark.json, `<name>.jsonl` per-item records and accuracy-<source>.png.
     `results`: {model name: {"overall", "by_source", "settings", …}}; `single` writes the one model's
     object at the top level of benchmark.json (`score`), else one object per model (`eval`)."""
-    from medsft.io.outputs import write_json
+    from medsft.io.outputs import Staging
+    from medsft.io.ownership import RunLock, inventory_one
 
     out = check_output_dir(output_dir)
     charts = chart_names(results)
     writes = [f"{n}.jsonl" for n in per_item] + list(charts.values()) + ["benchmark.json"]
-    previous = check_report_writes(out, writes, report_inputs(results))
     out.mkdir(parents=True, exist_ok=True)
-    for stale in previous:  # the previous report's files (other sources, other models); never an input
-        (out / stale).unlink(missing_ok=True)
     published = published_for(items)
     doc = {"written_by": MARK, **(next(iter(results.values())) if single else results)}
     if "adapter" in results and "base" in results:
@@ -95,15 +95,19 @@ def report(results: dict[str, dict], items, output_dir, *, per_item: dict[str, l
                                       for s, b in results["adapter"]["by_source"].items()}}
     if published:
         doc["published"] = {"citation": PUBLISHED["citation"], "by_source": published}
-    for name, records in per_item.items():
-        with open(out / f"{name}.jsonl", "w", encoding="utf-8") as fh:
-            fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    for source, png in charts.items():
-        plot_source(out / png, source, {n: r["by_source"][source] for n, r in results.items()}, published.get(source))
-    from medsft.io.ownership import inventory_one
-
-    doc["files"] = {name: inventory_one(out / name) for name in writes[:-1]}  # what a rewrite may replace
-    write_json(out / "benchmark.json", doc)  # last: a directory with benchmark.json has every file
+    with RunLock(out, command="medsft score" if single else "medsft eval", name="--output-dir"), Staging(out) as staging:
+        previous = check_report_writes(out, writes, report_inputs(results))
+        for name, records in per_item.items():
+            staging.path(f"{name}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                                             for r in records), encoding="utf-8")
+        for source, png in charts.items():
+            plot_source(staging.path(png), source, {n: r["by_source"][source] for n, r in results.items()},
+                        published.get(source))
+        doc["files"] = {name: inventory_one(tmp) for name, tmp in staging.staged.items()}  # what a rewrite may replace
+        staging.path("benchmark.json").write_text(json.dumps(doc, indent=2, default=str) + "\n", encoding="utf-8")
+        for stale in previous:  # the previous report's files (other sources, other models); never an input
+            (out / stale).unlink(missing_ok=True)
+        staging.commit(last="benchmark.json")  # a directory whose benchmark.json is new has every file
     print_tables(results, published)
     from medsft.console import say
 
@@ -139,26 +143,35 @@ def report_inputs(results: dict[str, dict]) -> set[Path]:
 
 def previous_report(out: Path) -> list[str]:
     """The files of the report already in `out` that medsft may replace or delete: those its benchmark.json
-    lists, still unchanged (size, and hash of small files: medsft/io/ownership.py), and benchmark.json. A report
-    of an earlier medsft listed none: its files are those with a report's names written before its
+    lists, still unchanged (by content: medsft/io/ownership.py), those a killed rewrite was renaming into
+    place (its journal, medsft/io/outputs.py Staging), temporary files a killed writer left, and benchmark.json.
+    A report of an earlier medsft listed none: its files are those with a report's names written before its
     benchmark.json (which is written last), so a file the user added later is never taken for one."""
-    from medsft.io.ownership import inventory_one
+    from medsft.io.ownership import matches
 
+    pending = {n: e for n, e in Staging.pending(out).items() if "/" not in n and matches(out / n, e)}
+    left = leftovers(out)
     try:
         doc = json.loads((out / "benchmark.json").read_text())
     except (OSError, ValueError):
-        return []
+        doc = None
     if not isinstance(doc, dict) or doc.get("written_by") != MARK:
-        return []
+        return sorted({*pending, *left} | ({"benchmark.json"} if "benchmark.json" in pending else set()))
     files = doc.get("files")
     if isinstance(files, dict):
-        ours = [n for n, entry in files.items() if "/" not in n and isinstance(entry, list)
-                and inventory_one(out / n) == entry]
+        ours = [n for n, entry in files.items() if "/" not in n and matches(out / n, entry)]
     else:
         done = (out / "benchmark.json").stat().st_mtime_ns
         ours = [p.name for p in out.iterdir() if OURS.match(p.name) and p.is_file() and not p.is_symlink()
                 and p.stat().st_mtime_ns <= done]
-    return sorted(set(ours) | {"benchmark.json"})
+    return sorted(set(ours) | set(pending) | set(left) | {"benchmark.json"})
+
+
+def leftovers(out: Path) -> list[str]:
+    """Temporary files of a report's names that a killed writer left in `out` (medsft/io/outputs.py)."""
+    from medsft.io.outputs import temporary_of
+
+    return [p.name for p in out.iterdir() if OURS.match(temporary_of(p.name) or "") and p.is_file()]
 
 
 def check_report_writes(out: Path, writes: list[str], inputs: set[Path]) -> list[str]:
@@ -182,12 +195,12 @@ SLUG_CHARS = 80  # a file name stays far below the 255 bytes file systems allow
 def slug(source: str, hashed: bool = False) -> str:
     """A file-name form of a source name: the name itself where it is one, else its safe characters,
     at most SLUG_CHARS of them, and a hash of the whole name ("MedQA/test" and "MedQA test" differ)."""
-    import hashlib
+    from medsft.io.hashing import text_digest
 
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", source).strip("_.") or "source"
     if safe == source and len(safe) <= SLUG_CHARS and not hashed:
         return safe
-    return f"{safe[:SLUG_CHARS]}-{hashlib.sha256(source.encode()).hexdigest()[:10]}"
+    return f"{safe[:SLUG_CHARS]}-{text_digest(source.encode())[:10]}"
 
 
 def pct(x: float) -> str:
@@ -279,7 +292,5 @@ def plot_source(png: Path, source: str, ours: dict[str, dict], published: dict |
     ax.set_title(f"{source} (n={next(iter(ours.values()))['n']})")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = png.with_name(f".{png.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    fig.savefig(png, dpi=100, format="png")  # `png` is a staged path (report), renamed into place with the rest
     plt.close(fig)
-    os.replace(tmp, png)

@@ -9,15 +9,24 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
-from medsft.console import notice
 from medsft.errors import MedsftError
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
 IDENTITY = "medsft-run.json"  # the identity of the run that wrote a checkpoint (RunSpec.identity)
+ASIDE = ".medsft-previous"  # the previous run's files while `--resume never` starts over (set_aside)
+# What Trainer, PEFT, DeepSpeed, FSDP and medsft write into a checkpoint; anything else in one is the user's.
+WRITTEN = re.compile(r"^(adapter_model\.safetensors|adapter_config\.json|README\.md|optimizer\.pt|scheduler\.pt"
+                     r"|scaler\.pt|rng_state(_\d+)?\.pth|trainer_state\.json|training_args\.bin|medsft-run\.json"
+                     r"|latest|zero_to_fp32\.py|global_step\d+|pytorch_model_fsdp_\d+|optimizer_\d+"
+                     r"|tokenizer(_config)?\.json|tokenizer\.model|special_tokens_map\.json|added_tokens\.json"
+                     r"|chat_template\.(jinja|json)|vocab\.(json|txt)|merges\.txt)$")
+RUN_FILES = ("metrics.jsonl", "loss.png", "rows_seen.json")  # the run directory's own files besides checkpoints
 
 
 def is_complete(checkpoint: Path) -> bool:
@@ -132,8 +141,12 @@ def changes(before: dict, after: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def complete_checkpoints(output_dir: str) -> list[Path]:
-    """Checkpoints whose save finished, oldest first; incomplete ones are skipped with a notice."""
+def quiet(line: str) -> None:
+    """The default `notify`: a caller that shows notices passes its own."""
+
+
+def complete_checkpoints(output_dir: str, notify: Callable[[str], None] = quiet) -> list[Path]:
+    """Checkpoints whose save finished, oldest first; incomplete ones are skipped (and `notify` says so)."""
     root = Path(output_dir)
     if not root.is_dir():
         return []
@@ -144,7 +157,7 @@ def complete_checkpoints(output_dir: str) -> list[Path]:
             if is_complete(child):
                 found.append((int(match.group(1)), child))
             else:
-                notice(f"skipping incomplete checkpoint {child}")
+                notify(f"skipping incomplete checkpoint {child}")
     return [path for _, path in sorted(found)]
 
 
@@ -157,7 +170,8 @@ def check_resume_argument(resume: str) -> None:
         identity_of(Path(resume))  # an unreadable identity is refused before any heavy import, too
 
 
-def resume_point(resume: str, output_dir: str, identity: dict | None = None) -> str | None:
+def resume_point(resume: str, output_dir: str, identity: dict | None = None,
+                 notify: Callable[[str], None] = quiet) -> str | None:
     """The checkpoint to continue from, or None to start over. With the run's `identity` it fails closed:
     auto-resume refuses a checkpoint another recipe wrote (it would continue a different training silently),
     an explicit PATH continues with a notice listing what changed; an unreadable identity is refused either
@@ -165,7 +179,7 @@ def resume_point(resume: str, output_dir: str, identity: dict | None = None) -> 
     if resume == "never":
         return None
     if resume == "auto":
-        done = complete_checkpoints(output_dir)
+        done = complete_checkpoints(output_dir, notify)
         if not done:
             return None
         checkpoint = done[-1]
@@ -192,9 +206,73 @@ def resume_point(resume: str, output_dir: str, identity: dict | None = None) -> 
                               f"recipe ({'; '.join(settings)})", "set the recipe's lora values to the checkpoint's, "
                               f"pass --resume never to start over, or --resume {checkpoint} to continue anyway",
                               output_dir)
-        notice(f"checkpoint {checkpoint} has no medsft identity (an older medsft or a copy): only its adapter "
+        notify(f"checkpoint {checkpoint} has no medsft identity (an older medsft or a copy): only its adapter "
                f"could be checked against the recipe{' (' + '; '.join(settings) + ')' if settings else ''}")
     elif theirs != identity:
-        notice(f"continuing from {resume} although the run changed: {'; '.join(changes(theirs, identity))}")
+        notify(f"continuing from {resume} although the run changed: {'; '.join(changes(theirs, identity))}")
     return str(checkpoint) if resume == "auto" else resume
 
+
+
+def set_aside(output_dir: str | Path) -> list[str]:
+    """`--resume never`: move the previous run's checkpoints and metrics into ASIDE, where they stay until the new
+    run's first complete checkpoint (`discard_aside`) or go back if it fails before (`restore_aside`). Only what
+    medsft wrote moves: a file of the user's inside a checkpoint stays where it is. Returns those files' paths
+    (relative to `output_dir`). An ASIDE already there (a start-over killed before its first checkpoint) is kept
+    as it is: it is still the last complete run."""
+    out = Path(output_dir)
+    aside = out / ASIDE
+    kept: list[str] = []
+    if aside.exists():
+        return kept
+    for child in sorted(out.iterdir()) if out.is_dir() else []:
+        if CHECKPOINT_RE.match(child.name) and child.is_dir() and not child.is_symlink():
+            for entry in sorted(child.iterdir()):
+                if WRITTEN.match(entry.name) and not entry.is_symlink():
+                    (aside / child.name).mkdir(parents=True, exist_ok=True)
+                    entry.rename(aside / child.name / entry.name)
+                else:
+                    kept.append(f"{child.name}/{entry.name}")
+            if not any(child.iterdir()):
+                child.rmdir()
+        elif child.name in RUN_FILES and child.is_file() and not child.is_symlink():
+            aside.mkdir(exist_ok=True)
+            child.rename(aside / child.name)
+    return kept
+
+
+def restore_aside(output_dir: str | Path) -> bool:
+    """Put the set-aside run back (the new run failed before its first checkpoint): its files replace what the
+    failed run wrote under the same names. True when there was one."""
+    out = Path(output_dir)
+    aside = out / ASIDE
+    if not aside.is_dir():
+        return False
+    for entry in sorted(aside.iterdir()):
+        if entry.is_dir():
+            (out / entry.name).mkdir(exist_ok=True)
+            for inner in entry.iterdir():
+                remove(out / entry.name / inner.name)
+                inner.rename(out / entry.name / inner.name)
+        else:
+            remove(out / entry.name)
+            entry.rename(out / entry.name)
+    shutil.rmtree(aside)
+    return True
+
+
+def discard_aside(output_dir: str | Path) -> bool:
+    """The new run has a complete checkpoint (or finished): the set-aside run goes. True when there was one."""
+    aside = Path(output_dir) / ASIDE
+    if not aside.is_dir():
+        return False
+    shutil.rmtree(aside)
+    return True
+
+
+def remove(path: Path) -> None:
+    """Delete a file or directory medsft wrote (a failed run's own checkpoint files)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)

@@ -10,16 +10,15 @@ directory is never replaced, only written into under medsft's own names (checkpo
 rows_seen.json, the adapter), so its marker records which run (identity) rather than files; it is locked
 while a training uses it.
 
-How a file is recognised (`inventory`): its size, and the SHA-256 of files up to HASH_LIMIT. The files a
-user edits or adds (json, yaml, md, jinja, tokenizer files) are small and hashed; multi-GB weights are
-checked by size only (hashing them on every check would take minutes, and an in-place edit of weights
-that keeps their size is not something a user does by hand). Modification times are not used: a
-copied adapter (`cp -r`, rsync, scp) stays recognisable.
+How a file is recognised (`inventory`): by its content, the SHA-256 of every file whatever its size (a
+same-size file of another run's weights put in place of one is not medsft's). Its size and modification
+time are recorded beside the hash only so that an unchanged file is not hashed again: a file whose size and
+mtime both still match is taken as unchanged; any other is hashed and compared. A copied adapter (`cp -r`,
+rsync, scp: new mtimes) is therefore hashed once and still recognised.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import socket
@@ -27,11 +26,12 @@ import time
 from pathlib import Path
 
 from medsft.errors import MedsftError
+from medsft.io.hashing import file_digest
+from medsft.io.process import alive, process_start
 
 MARKER = ".medsft.json"
 LOCK = ".medsft.lock"
 KINDS = ("run", "adapter", "merged")
-HASH_LIMIT = 32 << 20
 # an earlier medsft's adapter/merged directory (its marker listed no files) is replaced only if it holds
 # nothing but these names (PEFT, transformers and medsft write them), and only by a directory that has
 # every one of its names (outputs.replace_dir): never trusted to delete a file medsft does not write
@@ -46,8 +46,8 @@ TOKENIZER_NAMES = (r"tokenizer(_config)?\.json|tokenizer\.model|special_tokens_m
 
 
 def inventory(directory: Path) -> dict[str, list]:
-    """Every entry under `directory` but medsft's marker and lock: relative path → [size, sha256 or None]
-    for a file; ["link", target] for a symlink (not followed), ["other"] for anything else."""
+    """Every entry under `directory` but medsft's marker and lock: relative path → [size, sha256, mtime_ns] for a
+    file; ["link", target] for a symlink (not followed), ["other"] for anything else."""
     directory = Path(directory)
     out: dict[str, list] = {}
     for root, dirs, files in os.walk(directory, followlinks=False):
@@ -56,22 +56,36 @@ def inventory(directory: Path) -> dict[str, list]:
             rel = path.relative_to(directory).as_posix()
             if rel in (MARKER, LOCK):
                 continue
-            if path.is_symlink():
-                out[rel] = ["link", os.readlink(path)]
-            elif path.is_file():
-                size = path.stat().st_size
-                out[rel] = [size, file_hash(path) if size <= HASH_LIMIT else None]
-            else:
-                out[rel] = ["other"]
+            out[rel] = inventory_one(path) or ["other"]
     return out
 
 
-def file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def inventory_one(path: Path) -> list | None:
+    """One entry of `inventory`, or None when nothing is there."""
+    if path.is_symlink():
+        return ["link", os.readlink(path)]
+    if not path.is_file():
+        return ["other"] if path.exists() else None
+    st = path.stat()
+    return [st.st_size, file_digest(path), st.st_mtime_ns]
+
+
+def matches(path: Path, entry) -> bool:
+    """`path` still holds what `entry` (an `inventory` entry) recorded: the same link, or the same bytes (a file
+    whose size and mtime are unchanged is not hashed again). An entry without a hash (an earlier medsft's, for
+    files over 32 MiB) cannot prove anything and never matches."""
+    if not isinstance(entry, list) or not entry:
+        return False
+    if entry[0] == "link":
+        return path.is_symlink() and ["link", os.readlink(path)] == entry
+    if path.is_symlink() or not path.is_file() or len(entry) < 2 or not isinstance(entry[1], str):
+        return False
+    st = path.stat()
+    if st.st_size != entry[0]:
+        return False
+    if len(entry) > 2 and st.st_mtime_ns == entry[2]:
+        return True
+    return file_digest(path) == entry[1]
 
 
 def read_marker(directory: Path) -> dict | None:
@@ -111,18 +125,7 @@ def marker(directory: Path) -> dict | None:
 
 def unverified(directory: Path, found: dict) -> list[str]:
     """The files a marker lists that are missing or changed."""
-    files = found.get("files") or {}
-    here = {rel: inventory_one(Path(directory) / rel) for rel in files}
-    return [rel for rel, entry in files.items() if here[rel] is None or list(here[rel]) != list(entry)]
-
-
-def inventory_one(path: Path) -> list | None:
-    if path.is_symlink():
-        return ["link", os.readlink(path)]
-    if not path.is_file():
-        return None
-    size = path.stat().st_size
-    return [size, file_hash(path) if size <= HASH_LIMIT else None]
+    return [rel for rel, entry in (found.get("files") or {}).items() if not matches(Path(directory) / rel, entry)]
 
 
 def mark(directory: Path, kind: str, **info) -> None:
@@ -154,7 +157,13 @@ def follow(path: Path, name: str) -> Path:
     path = Path(path)
     if not path.is_symlink():
         return path
-    target = path.resolve()
+    try:
+        target = path.resolve(strict=True)
+    except FileNotFoundError:
+        target = path.resolve()
+    except (RuntimeError, OSError):  # ELOOP: RuntimeError up to Python 3.12, OSError from 3.13
+        raise MedsftError(f"{name} {str(path)!r} is a symlink loop (it leads back to itself)",
+                          f"remove the link {str(path)!r}, or choose another path for {name}") from None
     if not target.is_dir():
         raise MedsftError(f"{name} {str(path)!r} is a link to {str(target)!r}, which is not a directory",
                           f"create that directory, or choose another path for {name}")
@@ -215,16 +224,18 @@ def contains(outer: Path, inner: Path) -> bool:
 
 
 class RunLock:
-    """`<output.dir>/.medsft.lock` while a training runs (main process only). Created exclusively. A lock
+    """`<dir>/.medsft.lock` while a training runs (main process only) or a report is written. Created exclusively. A lock
     whose process is gone is taken over: a dead pid on this host (or a pid since reused by another
     process), or an earlier attempt of this same Slurm job (a requeue lands on any node). A live holder
     is refused, named by pid, host, command and start time."""
 
-    def __init__(self, directory: Path, command: str = "medsft train"):
+    def __init__(self, directory: Path, command: str = "medsft train", name: str = "output.dir"):
         self.path = Path(directory) / LOCK
         self.command = command
+        self.name = name
         self.held = False
         self.created = False
+        self.taken_over: dict | None = None  # the owner of a stale lock this one replaced (the caller says so)
 
     def stale(self, owner: dict | None) -> bool:
         if not owner:
@@ -246,8 +257,9 @@ class RunLock:
             if not self.stale(owner):
                 who = (f"pid {owner.get('pid')} on {owner.get('host')}, `{owner.get('command', 'medsft')}`, since "
                        f"{owner.get('since')}" if owner else "an unreadable lock")
-                raise MedsftError(f"output.dir {str(self.path.parent)!r} is in use by another medsft run ({who})",
-                                  f"wait for it, or choose another output.dir (if that run is dead, delete {self.path})")
+                raise MedsftError(f"{self.name} {str(self.path.parent)!r} is in use by another medsft run ({who})",
+                                  f"wait for it, or choose another {self.name} (if that run is dead, delete "
+                                  f"{self.path})")
 
     def __enter__(self):
         self.created = not self.path.parent.exists()
@@ -260,9 +272,7 @@ class RunLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 self.check()  # a live owner: refused here
-                from medsft.console import notice
-
-                notice(f"taking over {self.path}: its process {(self.owner() or {}).get('pid')} is gone")
+                self.taken_over = self.owner() or {}
                 self.path.unlink(missing_ok=True)
                 continue
             with os.fdopen(fd, "w") as fh:
@@ -284,22 +294,3 @@ class RunLock:
             self.held = False
         if self.created and not any(self.path.parent.iterdir()):
             self.path.parent.rmdir()  # a run that failed before writing anything leaves nothing behind
-
-
-def alive(pid) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, TypeError, ValueError, OverflowError):
-        return True  # exists but not ours, or unreadable: assume alive
-    return True
-
-
-def process_start(pid) -> str | None:
-    """When a process started (clock ticks since boot, /proc), to tell a reused pid from the lock's owner."""
-    try:
-        stat = Path(f"/proc/{int(pid)}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[19]
-    except (OSError, ValueError, IndexError, TypeError):
-        return None

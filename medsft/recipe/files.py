@@ -37,10 +37,16 @@ NOTEBOOK_SETTINGS = {
 }
 
 
+MERGE_TAG = "tag:yaml.org,2002:merge"
+ANCHORS = "x-"  # top-level keys that only hold shared values for `<<: *name` (Compose's convention); not sections
+MAX_NODES = 20_000  # a recipe has a few hundred; "billion laughs" aliases expand past any bound in a few lines
+
+
 def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe:
     """Read, convert (notebook format), override and validate a recipe. Raises MedsftError."""
     where = str(path)
     raw = read_yaml(path)
+    raw = {k: v for k, v in raw.items() if not (isinstance(k, str) and k.startswith(ANCHORS))}
     try:
         if is_notebook_config(raw):
             raw = from_notebook(raw)
@@ -71,17 +77,46 @@ def check_output_paths(recipe) -> None:
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping (YAML would keep the last silently)."""
+    """SafeLoader that refuses a key given twice in one mapping (YAML would keep the last silently). Merge keys
+    (`<<: *defaults`) stay YAML's: a key written beside them overrides the merged one, as intended."""
 
     def construct_mapping(self, node, deep=False):
         seen = {}
         for key_node, _ in node.value:
+            if key_node.tag == MERGE_TAG:
+                continue
             key = self.construct_object(key_node, deep=True)
             if key in seen:
                 raise MedsftError(f"key {key!r} appears twice (lines {seen[key]} and {key_node.start_mark.line + 1})",
                                   "keep one: YAML would silently use the last")
             seen[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep)
+
+
+def expanded_size(node, sizes: dict | None = None) -> int:
+    """How many nodes `node` stands for once every alias is expanded (each shared node counted once per use)."""
+    sizes = {} if sizes is None else sizes
+    if id(node) not in sizes:
+        children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else \
+            node.value if isinstance(node, yaml.SequenceNode) else []
+        sizes[id(node)] = 1 + sum(expanded_size(child, sizes) for child in children)
+    return sizes[id(node)]
+
+
+def load_yaml(text: str):
+    """YAML text as Python values (safe types only, duplicate keys refused); aliases that would expand past
+    MAX_NODES are refused before anything is built from them."""
+    loader = UniqueKeyLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if expanded_size(node) > MAX_NODES:
+            raise MedsftError(f"its aliases expand to more than {MAX_NODES:,} values (nested `*alias` references)",
+                              "write the values out, or use fewer nested aliases")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def read_yaml(path) -> dict:
@@ -95,7 +130,7 @@ def read_yaml(path) -> dict:
     except UnicodeDecodeError:
         raise MedsftError("is not UTF-8 text", "save the recipe as UTF-8 YAML", str(path)) from None
     try:
-        raw = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+        raw = load_yaml(text)
     except MedsftError as err:
         raise err.at(str(path))
     except yaml.YAMLError as err:
@@ -146,7 +181,7 @@ def parse_value(text: str) -> Any:
     if "#" in stripped and not stripped.startswith(("[", "{")):
         return text
     try:
-        value = yaml.load(stripped, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+        value = load_yaml(stripped)
     except (yaml.YAMLError, MedsftError):
         return text
     return value if isinstance(value, (str, int, float, bool, list, dict)) else text

@@ -149,7 +149,7 @@ def one_line(err: ValidationError, training_keys: bool = False) -> MedsftError:
     if kind == "model_type":
         return MedsftError(f"section '{name}' must be a mapping (got {type(got).__name__})",
                            f"write `{name}:` followed by indented keys")
-    if err.title == "training" and kind in ("int_parsing", "int_type", "int_from_float", "float_parsing",
+    if err.title == "training" and key in sft_config_fields() and kind in ("int_parsing", "int_type", "int_from_float", "float_parsing",
                                             "float_type", "bool_parsing", "bool_type", "string_type", "dict_type",
                                             "list_type"):
         spec = sft_config_fields()[key]

@@ -108,6 +108,9 @@ def launch_and_wait(launch_command, launch_args) -> int:
     # torch elastic gives workers 30 s after passing a signal on before it kills them; a checkpoint of a
     # large model takes longer, and Slurm warns 5 minutes ahead (launch/*.sbatch)
     os.environ.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "240")
+    from medsft.upstream import patient_single_process_shutdown
+
+    patient_single_process_shutdown(float(os.environ["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"]))  # the same for one process
     try:
         launch_command(launch_args)
     except ValueError as err:  # accelerate's own checks of its options, before it starts a worker

@@ -175,6 +175,21 @@ class IdentityCallback(TrainerCallback):
             write_json(checkpoint / IDENTITY, self.identity)
 
 
+class StartedOverCallback(TrainerCallback):
+    """The set-aside run (`start_over`) goes once this run has a complete checkpoint of its own."""
+
+    def __init__(self, out: Path):
+        self.out = out
+
+    def on_save(self, args, state, control, **kwargs):
+        from medsft.io.checkpoints import is_complete
+
+        if is_main() and is_complete(self.out / f"checkpoint-{state.global_step}"):
+            from medsft.io.checkpoints import discard_aside
+
+            discard_aside(self.out)
+
+
 def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
@@ -213,7 +228,8 @@ def plot_losses(metrics_path: Path, png_path: Path) -> None:
         right.legend()
     right.set_title("token accuracy")
     fig.tight_layout()
-    tmp = png_path.with_name(f".{png_path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    from medsft.io.outputs import atomic_file
+
+    with atomic_file(png_path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, png_path)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from medsft.console import is_main, notice, say
 from medsft.errors import MedsftError
+from medsft.io.checkpoints import ASIDE, discard_aside, restore_aside, set_aside
 
 
 def preflight_gate(spec, force: bool, gpu_memory: str | None = None) -> None:
@@ -44,6 +45,7 @@ def gather_lines(lines: list[str]) -> list[str]:
 
 def check_paths(recipe) -> None:
     """Where this run writes, before anything is loaded: only what medsft wrote may be written into or replaced."""
+    from medsft.io.outputs import Write, check_writable
     from medsft.io.ownership import RunLock, check_ours, contains
 
     out, adapter, where = Path(recipe.output.dir), recipe.adapter_dir, recipe.source_file
@@ -56,17 +58,31 @@ def check_paths(recipe) -> None:
                               "(the adapter directory is replaced as a whole)",
                               "choose an adapter directory of its own, e.g. <output.dir>/adapter")
         check_ours(adapter, "adapter", "output.adapter_dir")
+        check_writable([Write(out, "output.dir"), Write(adapter, "output.adapter_dir", replaces=True)])
     except MedsftError as err:
         raise err.at(where)
 
 
 def already_complete(spec) -> bool:
-    """The same run finished before (same identity, adapter written): re-running it trains nothing."""
+    """The same run finished before (same identity, adapter written): re-running it trains nothing. The same
+    recipe on data whose bytes changed since is refused: that adapter was trained on other rows."""
+    from medsft.io.checkpoints import changes
     from medsft.io.ownership import marker
 
     run = marker(Path(spec.recipe.output.dir)) or {}
-    return (run.get("state") == "complete" and run.get("identity") == spec.identity()
-            and (spec.recipe.adapter_dir / "adapter_model.safetensors").is_file())
+    if run.get("state") != "complete" or not (spec.recipe.adapter_dir / "adapter_model.safetensors").is_file():
+        return False
+    before, now = run.get("identity") or {}, spec.identity()
+    if before == now:
+        return True
+    changed = changes(before, now)
+    if changed and all(line.startswith("data.content") for line in changed):
+        raise MedsftError(f"the data changed since the adapter in {str(spec.recipe.adapter_dir)!r} was trained "
+                          f"(the bytes of {', '.join(c.split()[0].removeprefix('data.content.') for c in changed)} "
+                          "differ from the rows it trained on)",
+                          "pass --resume never to train again on the new rows, or choose a new output.dir",
+                          spec.recipe.source_file)
+    return False
 
 
 def run(recipe, resume: str = "auto", force: bool = False, callbacks=()):
@@ -95,8 +111,11 @@ def run(recipe, resume: str = "auto", force: bool = False, callbacks=()):
         say(f"already complete: this run finished and saved {recipe.adapter_dir} — nothing to train "
             "(--resume never trains it again)")
         return None
-    checkpoint = resume_point(resume, recipe.output.dir, spec.identity())  # every rank reads the same files
-    with RunLock(Path(recipe.output.dir)) if is_main() else nullcontext():
+    checkpoint = resume_point(resume, recipe.output.dir, spec.identity(), notice)  # every rank reads the same files
+    lock = RunLock(Path(recipe.output.dir)) if is_main() else nullcontext()
+    with lock:
+        if getattr(lock, "taken_over", None) is not None:
+            notice(f"taking over {lock.path}: its process {lock.taken_over.get('pid')} is gone")
         return train(spec, checkpoint, resume, force, callbacks)
 
 
@@ -105,6 +124,7 @@ def train(spec, checkpoint: str | None, resume: str, force: bool, callbacks=()):
     from medsft.io.ownership import mark
     from medsft.io.outputs import manifest, write_json
     from medsft.train.preemption import EXIT_PREEMPTED, PreemptionCallback
+    from medsft.train.progress import StartedOverCallback
     from medsft.train.shards import gather_rows_seen
 
     recipe = spec.recipe
@@ -118,16 +138,33 @@ def train(spec, checkpoint: str | None, resume: str, force: bool, callbacks=()):
     stats, dropped = built.stats, built.dropped
     for callback in callbacks:
         trainer.add_callback(callback)
+    out = Path(recipe.output.dir)
+    if is_main():  # before step 1: the disk has room for the checkpoints and the adapter this run will write
+        check_room(spec, trainer, len(prepared["train"]))
+    step_rows = spec.micro_batch * spec.grad_accum * max(1, spec.launch.world_size)
+    if len(prepared["train"]) < step_rows:
+        notice(f"the training split has {len(prepared['train'])} rows, fewer than the {step_rows} rows per optimizer "
+               f"step: every step trains on those {len(prepared['train'])} rows; set training.global_batch_size (or "
+               "the micro-batch × accumulation) to at most that, or train on more rows")
     if is_main():  # the first write into output.dir: every input has been checked by now
         if resume == "never":
-            start_over(Path(recipe.output.dir))
-        mark(Path(recipe.output.dir), "run", state="training", identity=spec.identity())
+            start_over(out)
+        elif (out / ASIDE).is_dir():
+            notice(f"the previous run's checkpoints are set aside in {out / ASIDE} (a --resume never stopped before "
+                   "its first checkpoint); they are deleted at this run's first checkpoint — move them back first "
+                   "to resume them")
+        mark(out, "run", state="training", identity=spec.identity())
     if checkpoint:
         say(f"resuming from {checkpoint}")
     preemption = PreemptionCallback().install()
     trainer.add_callback(preemption)
+    trainer.add_callback(StartedOverCallback(out))
     try:
         result = trainer.train(resume_from_checkpoint=checkpoint)
+    except BaseException:
+        if is_main() and resume == "never" and restore_aside(out):
+            notice(f"this run stopped before its first checkpoint: the previous run's files are back in {out}")
+        raise
     finally:
         preemption.uninstall()
     if preemption.stopped_for_signal:
@@ -160,8 +197,33 @@ def train(spec, checkpoint: str | None, resume: str, force: bool, callbacks=()):
     if is_main():
         mark(Path(recipe.output.dir), "run", state="complete", identity=spec.identity(),
              global_step=trainer.state.global_step, adapter=str(recipe.adapter_dir))
+    if is_main():
+        discard_aside(out)
     say(f"adapter saved to {recipe.adapter_dir}")
     return trainer
+
+
+def check_room(spec, trainer, train_rows: int) -> None:
+    """What this run will write, from the trained parameters it really has: the adapter, and the checkpoints kept
+    at once (each: weights and AdamW's two moments, in float32 at most), on the disks they go to."""
+    import math
+
+    from medsft.io.outputs import Write, check_writable
+
+    args, recipe = trainer.args, spec.recipe
+    trained = [p for p in trainer.model.parameters() if p.requires_grad]
+    adapter = sum(p.numel() * p.element_size() for p in trained)
+    steps = args.max_steps if args.max_steps and args.max_steps > 0 else math.ceil(
+        train_rows / (spec.micro_batch * spec.grad_accum * spec.launch.world_size)) * math.ceil(args.num_train_epochs)
+    every = math.ceil(steps * args.save_steps) if args.save_steps and args.save_steps < 1 else args.save_steps
+    saves = math.ceil(steps / every) if getattr(args.save_strategy, "value", None) == "steps" and every else 1
+    kept = min(saves, args.save_total_limit + 1) if args.save_total_limit else saves  # +1: one is written first
+    checkpoint = adapter + 2 * 4 * sum(p.numel() for p in trained)
+    try:
+        check_writable([Write(Path(recipe.output.dir), "output.dir", size=kept * checkpoint),
+                        Write(recipe.adapter_dir, "output.adapter_dir", replaces=True, size=2 * adapter)])
+    except MedsftError as err:
+        raise err.at(recipe.source_file)
 
 
 def say_data(built) -> None:
@@ -184,17 +246,14 @@ def say_data(built) -> None:
 
 
 def start_over(out: Path) -> None:
-    """`--resume never` in a run directory: the previous run's checkpoints go (medsft wrote them), so a later
-    auto-resume cannot pick one of them up."""
-    import shutil
-
-    from medsft.io.checkpoints import CHECKPOINT_RE
-
-    old = [p for p in out.iterdir() if CHECKPOINT_RE.match(p.name) and p.is_dir()] if out.is_dir() else []
-    for path in old:
-        shutil.rmtree(path)
-    if old:
-        notice(f"starting over: removed {len(old)} checkpoint(s) of the previous run in {out}")
+    """`--resume never` in a run directory: the previous run's checkpoints and metrics are set aside (never
+    deleted before this run's first complete checkpoint), so a later auto-resume cannot pick one of them up."""
+    kept = set_aside(out)
+    if (out / ASIDE).is_dir():
+        notice(f"starting over: the previous run's checkpoints and metrics in {out} are set aside until this run's "
+               "first checkpoint (put back if it fails before)")
+    if kept:
+        notice(f"kept in place (not medsft's): {', '.join(kept[:5])}{' …' if len(kept) > 5 else ''}")
 
 
 def save_adapter(trainer, tokenizer, recipe, info: dict, test_ids) -> None:

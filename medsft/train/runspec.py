@@ -11,6 +11,8 @@ decided here and nowhere else.
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import functools
 import json
 from dataclasses import dataclass, field, replace
@@ -102,6 +104,12 @@ class RunSpec:
                 "completion_only_loss": t.get("completion_only_loss", True) is not False}
 
     def identity(self) -> dict:
+        """The run's identity (`trained_identity`), taken once: at the start, before any row is read, so a data
+        file corrected while the run trains is a different run afterwards."""
+        return self.trained_identity
+
+    @cached_property
+    def trained_identity(self) -> dict:
         """What makes two runs the same training: everything that changes the optimization trajectory (model,
         quantization, LoRA, data, the resolved training values) and the checkpoint format (the kind of
         distribution). Logging, saving, evaluation and output settings may change between resumes. `data.content`

@@ -202,7 +202,8 @@ def test_explicit_resume_continues_anyway_and_never_starts_over(finished, tmp_pa
     assert json.loads((run / "adapter" / "manifest.json").read_text())["train"]["global_step"] == 8
     res = cli(train_cmd(run, "--set", "training.learning_rate=1e-3", "--resume", "never"))
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "starting over: removed 4 checkpoint(s)" in res.stderr and "resuming from" not in res.stdout
+    assert "starting over: the previous run's checkpoints and metrics" in res.stderr and "resuming from" not in res.stdout
+    assert not (run / "checkpoint-8").exists() and not (run / ".medsft-previous").exists()  # gone once this run saved
 
 
 def test_a_second_training_into_the_same_directory_refuses(tmp_path, tiny_dir):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -197,6 +198,21 @@ RECIPE_CASES = {
     "weights on some sources": (recipe_with(data__source=None, data__sources=[
         {"source": "data/rows.json", "weight": 0.5}, {"source": "data/rows.json"}]), [],
         "only some sources have a weight (data.sources[1] has none)"),
+    "aliases expand without bound": ("a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{n}: &{n} [{', '.join(['*' + p] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi")), [],
+        "aliases expand to more than"),
+    "global batch as text beside auto": (recipe_with(training__per_device_train_batch_size="auto",
+                                                     training__global_batch_size="abc"), [],
+                                         "training.global_batch_size must be an integer (got 'abc')"),
+    "global batch fractional beside auto": (recipe_with(training__per_device_train_batch_size="auto",
+                                                        training__global_batch_size=16.5), [],
+                                            "training.global_batch_size must be an integer (got 16.5)"),
+    "global batch beyond floats beside auto": ("training:\n  per_device_train_batch_size: auto\n"
+                                               "  global_batch_size: 1e400\n", [],
+                                               "training.global_batch_size must be an integer"),
+    "global batch as a list beside auto": (recipe_with(training__per_device_train_batch_size="auto",
+                                                       training__global_batch_size=[16]), [],
+                                           "training.global_batch_size must be an integer (got [16])"),
     "weight zero": (recipe_with(data__source=None, data__sources=[{"source": "data/rows.json", "weight": 0}]), [],
                     "data.sources.weight must be in (0, 1]"),
     "weight above one": (recipe_with(data__source=None, data__sources=[{"source": "data/rows.json", "weight": 3}]), [],
@@ -445,3 +461,45 @@ def test_gpu_only_features_fall_back_on_cpu(tmp_path):
     manifest = json.loads((tmp_path / "out" / "adapter" / "manifest.json").read_text())
     assert manifest["attn_implementation"] == "sdpa"
     assert manifest["kernels"] == "off"
+
+
+def test_adapter_dir_that_is_a_symlink_loop(workspace):
+    (workspace / "loop-a").symlink_to("loop-b")
+    (workspace / "loop-b").symlink_to("loop-a")
+    recipe = recipe_with(output__dir="o", output__adapter_dir="loop-a")
+    run_case(workspace, ["train", "r.yaml"], "output.adapter_dir 'loop-a' is a symlink loop",
+             files={"r.yaml": recipe_file(recipe)})
+
+
+@pytest.mark.parametrize("how", ["a file", "read-only"])
+def test_unusable_datasets_cache_is_named(workspace, how):
+    """HF_HOME that is a file, or a cache that cannot be written: said as the cache, with the variable that
+    moves it, before any row is read (not as "cannot read rows.json")."""
+    env = {"HF_HOME": str(workspace / "hf")}
+    if how == "a file":
+        (workspace / "hf").write_text("not a folder\n")
+    else:
+        (workspace / "hf" / "datasets").mkdir(parents=True)
+        if os.geteuid() == 0:  # root writes through permission bits: a read-only mount is the honest stand-in
+            subprocess.run(["chattr", "+i", str(workspace / "hf" / "datasets")], check=True)
+        else:
+            (workspace / "hf" / "datasets").chmod(0o555)
+    recipe = recipe_with(data__source="data/rows.json", output__dir="o")
+    try:
+        run_case(workspace, ["data", "r.yaml"], "the datasets cache (HF_DATASETS_CACHE, or HF_HOME/datasets)",
+                 env=env, files={"r.yaml": recipe_file(recipe)})
+    finally:
+        if how == "read-only" and os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(workspace / "hf" / "datasets")], check=True)
+
+
+def test_yaml_merge_keys_and_anchor_sections_are_read(workspace):
+    """`<<: *defaults` (YAML merge keys, which PyYAML reads) from a top-level `x-…` anchor section: accepted, the
+    merged values used, a key beside the merge overriding it."""
+    text = ("x-defaults: &defaults\n  per_device_train_batch_size: 4\n  gradient_accumulation_steps: 2\n"
+            "model:\n  name: builtin:tiny-qwen2\ndata:\n  source: builtin:tiny-medical\n"
+            "training:\n  <<: *defaults\n  gradient_accumulation_steps: 3\n  max_length: 512\noutput:\n  dir: o\n")
+    (workspace / "r.yaml").write_text(text)
+    res = run_cli_here("preflight", "r.yaml", "--gpu-memory", "24GiB", cwd=workspace)
+    assert res.returncode == 0, res.stderr
+    assert "4 × 3 × 1 process = 12 rows per optimizer step" in res.stdout, res.stdout

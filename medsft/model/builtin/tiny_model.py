@@ -5,14 +5,11 @@ Why: no model hub is reachable offline, yet a newcomer must run the whole pipeli
 model is a real architecture (Qwen2ForCausalLM, loadable by plain transformers) with a ChatML chat
 template and `<think>`/`</think>` as single tokens, built deterministically on first use and cached
 under `$MEDSFT_HOME` (default `~/.cache/medsft`). Several ranks may ask at once: a file lock and an
-atomic rename make exactly one build.
+rename into place (medsft/io/outputs.py) make exactly one build.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from medsft.paths import medsft_home
@@ -39,36 +36,18 @@ def builtin_model_dir(name: str) -> Path:
         return target
     from filelock import FileLock
 
+    from medsft.io.outputs import atomic_dir
+
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
-        if not complete(target):
-            tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
-            try:
+        if not complete(target):  # absent, or medsft's own cache left incomplete: built anew, renamed into place
+            with atomic_dir(target) as tmp:
                 build_tiny(tmp)
-                if target.is_dir() and not complete(target):  # medsft's own cache, left incomplete: rebuilt
-                    shutil.rmtree(target)
-                try:
-                    os.replace(tmp, target)
-                except OSError:  # built meanwhile by a process the lock did not cover (another host)
-                    wait_for_build(target)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
 def complete(target: Path) -> bool:
     return all((target / name).is_file() for name in ("config.json", "model.safetensors", "tokenizer.json"))
-
-
-def wait_for_build(target: Path, timeout: float = 120) -> None:
-    """Another process renamed its build into place; wait until its files are all visible."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not complete(target):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{target} exists but is incomplete; remove it and retry")
-        time.sleep(0.2)
 
 
 def build_tokenizer():
