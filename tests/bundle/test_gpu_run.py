@@ -95,3 +95,20 @@ def test_refuses_torch_wheels_and_unknown_commands(tmp_path):
     assert res.returncode == 2 and "no wheels in" in res.stderr
     res = gpu_run("bogus", wheelhouse=wh)
     assert res.returncode == 2 and "bench/gpu_run.sh tests [RESULTS]" in res.stderr
+
+
+def test_proof_mistakes_are_one_line_before_the_install(tmp_path):
+    """A bad word after OUT, a bad --deadline-s or an OUT that is a file: one line and exit 2, said before the pip
+    install (nothing is printed for it, even in a dry run)."""
+    wh = wheelhouse(tmp_path, "trl-1.16.0-py3-none-any.whl")
+    (tmp_path / "a-file").write_text("mine\n")
+    for args, said in ((["--bogus"], "unrecognized arguments: --bogus"),
+                       (["--deadline-s", "abc"], "--deadline-s: invalid float value: 'abc'"),
+                       (["--deadline-s", "-5"], "--deadline-s must be a positive number"),
+                       (["--deadline-s", "nan"], "--deadline-s must be a positive number")):
+        res = gpu_run("--dry-run", "proof", tmp_path / "out", *args, wheelhouse=wh)
+        assert res.returncode == 2 and res.stdout == "", (args, res.stdout, res.stderr)
+        assert res.stderr.splitlines() == [next(iter(res.stderr.splitlines()))] and said in res.stderr, res.stderr
+    res = gpu_run("--dry-run", "proof", tmp_path / "a-file", wheelhouse=wh)
+    assert res.returncode == 2 and "is a file" in res.stderr and len(res.stderr.splitlines()) == 1, res.stderr
+    assert (tmp_path / "a-file").read_text() == "mine\n"
