@@ -13,8 +13,7 @@ RESULTS = Path(__file__).resolve().parent / "results"  # MEDSFT_BENCH_RESULTS ov
 
 
 def environment() -> dict:
-    from medsft.io.outputs import git_commit
-    from medsft.versions import package_versions
+    from medsft.versions import git_commit, package_versions
 
     info = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": platform.machine(), "python": sys.version.split()[0],
             "cpus": __import__("os").cpu_count(), "versions": package_versions(), "git_commit": git_commit(),

@@ -7,7 +7,7 @@ trained format, stops, and gets multiple-choice items right, compared with the b
   stopped at end-of-turn, mean reasoning/answer length (tokens of the generated text);
 - multiple-choice accuracy on rows with `options` and `answer_idx` (MedQA style), the question posed
   with lettered options and the letter extracted by medsft.evaluation.answers;
-- the same for the base model (adapter disabled) and the difference. Written to eval.json.
+- the same for the base model (adapter disabled) and the difference. Written to eval.json in the run's eval/ (commands/places.py).
 The scoring functions take a plain `generate(questions) -> texts` function, so they are tested with
 scripted outputs. `medsft eval --benchmark FILE` (run_benchmark) measures published benchmarks instead:
 medsft/evaluation/benchmark.py reads and scores them, medsft/evaluation/report.py reports.
@@ -119,7 +119,9 @@ def held_out_rows(adapter_dir, recipe) -> list[dict]:
     return [dict(raw[i]) for i in ids]
 
 
-def run_eval(adapter_dir, *, max_generations: int = 20, settings=None, with_base: bool = True) -> dict:
+def run_eval(adapter_dir, *, max_generations: int = 20, settings=None, with_base: bool = True, output_dir=None) -> dict:
+    """Completion NLL, generation format and MC accuracy on the run's held-out rows, adapter and base; written to
+    `output_dir`/eval.json (the command decides where: never inside the adapter)."""
     from pathlib import Path
 
     from datasets import Dataset
@@ -158,7 +160,9 @@ def run_eval(adapter_dir, *, max_generations: int = 20, settings=None, with_base
                                       if isinstance(v, (int, float)) and k != "n" and k in results["base"][section]}
                             for section, vals in results["adapter"].items()}
     results["test_rows"] = len(rows)
-    write_json(adapter_dir / "eval.json", results)
+    if output_dir is not None:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        write_json(Path(output_dir) / "eval.json", results)
 
     table = Table(title=f"evaluation on {len(rows)} test rows ({len(questions)} generated, {len(items)} MC items)")
     table.add_column("metric")

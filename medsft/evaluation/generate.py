@@ -231,22 +231,26 @@ def stream_one(model, tokenizer, question: str, settings: Settings, console, sys
             result["error"] = err
             streamer.end()  # else the main thread waits for tokens forever
 
-    thread = threading.Thread(target=work)
+    thread = threading.Thread(target=work, daemon=True)  # daemon: Ctrl-C ends the process, not waits for it
     thread.start()
     in_think = False
     end_strings = {tokenizer.decode([i]) for i in stops}
+    live = console.is_terminal  # piped: the text once, at the end, not token by token
     for piece in streamer:
         for end in end_strings:
             piece = piece.replace(end, "")
         if "<think>" in piece:
             in_think = True
-        style = "dim" if in_think else "bold"
-        console.print(piece, end="", style=style, markup=False, highlight=False)
+        if live:
+            console.print(piece, end="", style="dim" if in_think else "bold", markup=False, highlight=False)
         if "</think>" in piece:
             in_think = False
     thread.join()
     if "error" in result:
         raise result["error"]
-    console.print()
     text, stopped = _decode(tokenizer, result["ids"], stops)
+    if live:
+        console.print()
+    else:
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
     return _record(question, text, stopped, len(result["ids"]), time.perf_counter() - t0, fmt)

@@ -56,8 +56,6 @@ def check_output(path: str) -> Path:
 
 
 def run_infer(adapter_dir, *, question=None, questions=None, output=None, use_adapter=True, settings=None) -> list[dict]:
-    from rich.panel import Panel
-
     from medsft.adapter.load import load_for_inference
     from medsft.console import rich_console
     from medsft.evaluation.generate import Settings, generate_batch, stream_one
@@ -96,8 +94,9 @@ def run_infer(adapter_dir, *, question=None, questions=None, output=None, use_ad
                 break
             if not q.strip():
                 break
-        r = stream_one(model, tokenizer, q, settings, console, system, fmt)
-        console.print(Panel(r["answer"] or "(no answer)", title="answer", subtitle=f"{r['tokens']} tokens, "
-                            f"{r['seconds']:.1f}s{'' if r['stopped'] else ', hit max_new_tokens'}"))
+        r = stream_one(model, tokenizer, q, settings, console, system, fmt)  # the answer, printed once
+        rich_console(stderr=True).print(f"({r['tokens']} tokens, {r['seconds']:.1f}s"
+                                        f"{'' if r['stopped'] else ', stopped at --max-new-tokens'}"
+                                        f"{'' if r['answer'] else '; no answer after the reasoning'})", style="dim")
         records.append(r)
     return records

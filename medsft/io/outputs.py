@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import time
 import uuid
 from contextlib import contextmanager
@@ -20,15 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medsft.errors import MedsftError
-from medsft.versions import package_versions, untested_versions
-
-def git_commit(cwd: str | None = None) -> str | None:
-    try:
-        res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return res.stdout.strip() or None if res.returncode == 0 else None
-
+from medsft.versions import git_commit, package_versions, untested_versions
 
 @contextmanager
 def atomic_dir(final: str | os.PathLike, kind: str | None = None):

@@ -202,8 +202,11 @@ def decide(spec, accumulation, memory: Memory | None = None, previous: int | Non
     if memory is None:
         m = max(s for s in sizes if s <= FALLBACK_MICRO_BATCH) if min(sizes) <= FALLBACK_MICRO_BATCH else sizes[0]
         if notices is not None:
+            accum = fixed_accum if per_rank is None else per_rank // m
             notices.append(f"training.per_device_train_batch_size: auto → {m} (no GPU to measure: the fallback for "
-                           "CPU runs; `medsft preflight RECIPE --gpu-memory SIZE` chooses for a GPU)")
+                           f"CPU runs): {m} × {accum} × {procs} = {m * accum * world} rows per optimizer step"
+                           f"{'' if per_rank is not None else '; set training.global_batch_size to keep the steps'}; "
+                           "`medsft preflight RECIPE --gpu-memory SIZE` chooses for a GPU")
         return choice(m, "fallback: no GPU to measure")
     arch = architecture(recipe)
     chosen, total, next_size, next_total = largest_fitting(arch, spec, sizes, memory.bytes)

@@ -172,10 +172,22 @@ def flash_attn_4_imports() -> bool:
     return True
 
 
+def nvidia_driver() -> bool:
+    """An NVIDIA driver is loaded here (its /proc entry or a device node): only then can torch see a GPU."""
+    import os
+
+    return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidia0")
+
+
 def detect(cuda: bool, dtype: str) -> Facts:
     """This machine's facts for a run on CUDA (`cuda`) or the CPU. A CUDA launch planned where there is no
     CUDA (`medsft preflight` on a login node) gets an assumed GPU of sm80 or newer with the installed torch
-    and packages: what `auto` would pick where the run is meant to go."""
+    and packages: what `auto` would pick where the run is meant to go. A machine with no NVIDIA driver is
+    told without importing torch (seconds), so the preflight of a login node stays quick."""
+    if cuda and not nvidia_driver():
+        from importlib.metadata import version
+
+        return Facts(True, None, dtype, version("torch"), flash_attn_imports(), flash_attn_4_imports(), assumed=True)
     import torch
 
     if cuda and not torch.cuda.is_available():

@@ -122,7 +122,7 @@ def quantization_config(q, quant_storage: str, model_dtype: str):
 
 def load_model(recipe, placement, cuda: bool, attention=None):
     """The base model, quantized as the recipe says and placed as the placement says, with `attention` (a
-    medsft.model.attention.Choice; the run's, RunSpec.attention, else chosen here), said in one notice.
+    medsft.model.attention.Choice; the run's, RunSpec.attention, else chosen here; training says it).
     Returns (model, the attention's name)."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -134,7 +134,6 @@ def load_model(recipe, placement, cuda: bool, attention=None):
         attention = attention_mod.choose(m.attn_implementation,
                                          attention_mod.detect(cuda and torch.cuda.is_available(), m.dtype))
     attention_mod.register()
-    notice(attention.notice)
     attn = attention.name
     kwargs = dict(
         dtype=getattr(torch, m.dtype),

@@ -87,6 +87,7 @@ def prepare_model(spec, tokenizer, into: Assembly | None = None) -> Assembly:
 
     run = into or Assembly(spec, tokenizer=tokenizer)
     run.model, run.attention = model_mod.load_model(spec.recipe, spec.placement, spec.launch.cuda, spec.attention)
+    notice(spec.attention.notice)
     run.embedding_rows_added = model_mod.fit_embeddings(run.model, tokenizer)
     keep_4bit_trainable_layout(run.model)
     run.kernels = kernels.apply(spec.kernels, run.model)

@@ -195,41 +195,64 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def plot_losses(metrics_path: Path, png_path: Path) -> None:
-    """Train and eval loss against step (left), token accuracy (right); written atomically."""
-    import os
-
+    """loss.png from metrics.jsonl (`loss_figure`); written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = read_metrics(metrics_path)
-    train = [(r["step"], r["loss"]) for r in records if "loss" in r and "train_runtime" not in r]
-    evals = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
-    acc = [(r["step"], r["mean_token_accuracy"]) for r in records if "mean_token_accuracy" in r]
-    eacc = [(r["step"], r["eval_mean_token_accuracy"]) for r in records if "eval_mean_token_accuracy" in r]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    if train:
-        left.plot(*zip(*train), label="train loss", color="tab:blue")
-    if evals:
-        left.plot(*zip(*evals), "o-", label="eval NLL", color="tab:orange")
-    left.set_xlabel("step")
-    left.set_ylabel("loss")
-    if train or evals:
-        left.legend()
-    left.set_title("loss")
-    if acc:
-        right.plot(*zip(*acc), label="train token accuracy", color="tab:blue")
-    if eacc:
-        right.plot(*zip(*eacc), "o-", label="eval token accuracy", color="tab:orange")
-    right.set_xlabel("step")
-    right.set_ylim(0, 1)
-    if acc or eacc:
-        right.legend()
-    right.set_title("token accuracy")
-    fig.tight_layout()
     from medsft.io.outputs import atomic_file
 
+    fig = loss_figure(read_metrics(metrics_path))
     with atomic_file(png_path) as tmp:
-        fig.savefig(tmp, dpi=100)
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
+
+
+PANELS = (  # (title, y label, the records' series)
+    ("training loss", "loss (the recipe's loss_type)", "loss"),
+    ("evaluation NLL", "NLL per completion token", "eval_loss"),
+    ("token accuracy", "accuracy", "mean_token_accuracy"),
+    ("learning rate", "learning rate", "learning_rate"),
+    ("throughput", "tokens / s", "tokens_per_second"),
+    ("gradient norm", "‖g‖ before clipping", "grad_norm"),
+)
+
+
+def loss_figure(records: list[dict]):
+    """Six panels a paper would show, each quantity on its own labelled axis against the optimizer step: the
+    training loss (DFT's can rise while the model improves), the eval NLL apart from it, token accuracy (train and
+    eval), learning rate, tokens per second and the gradient norm. Markers only where there are few points, so
+    10 steps and 100,000 read alike."""
+    import matplotlib.pyplot as plt
+
+    train = [r for r in records if "loss" in r and "train_runtime" not in r]
+    series = {key: [(r["step"], r[key]) for r in train if isinstance(r.get(key), (int, float))]
+              for key in ("loss", "mean_token_accuracy", "learning_rate", "grad_norm")}
+    series["eval_loss"] = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
+    eval_acc = [(r["step"], r["eval_mean_token_accuracy"]) for r in records if "eval_mean_token_accuracy" in r]
+    counted = [r for r in train if isinstance(r.get("num_tokens"), (int, float)) and "time" in r]
+    series["tokens_per_second"] = [(b["step"], (b["num_tokens"] - a["num_tokens"]) / (b["time"] - a["time"]))
+                                   for a, b in zip(counted, counted[1:]) if b["time"] > a["time"]]
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5), sharex=True)
+    for ax, (title, ylabel, key) in zip(axes.flat, PANELS):
+        points = series[key]
+        style = "o-" if len(points) <= 60 else "-"
+        if points:
+            ax.plot(*zip(*points), style, markersize=3, lw=1.2, color="tab:blue",
+                    label="train" if key == "mean_token_accuracy" else None)
+        if key == "mean_token_accuracy" and eval_acc:
+            ax.plot(*zip(*eval_acc), "s-" if len(eval_acc) <= 60 else "-", markersize=3, color="tab:orange",
+                    label="eval")
+            ax.legend(fontsize=8)
+        if key == "eval_loss" and points:
+            ax.lines[-1].set_color("tab:orange")
+        if not points and not (key == "mean_token_accuracy" and eval_acc):
+            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="grey")
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel(ylabel, fontsize=9)
+        ax.grid(alpha=0.3)
+    for ax in axes[-1]:
+        ax.set_xlabel("optimizer step")
+    fig.tight_layout()
+    return fig

@@ -281,6 +281,6 @@ def save_adapter(trainer, tokenizer, recipe, info: dict, test_ids) -> None:
         write_json(staging / "test_ids.json", list(test_ids))
         write_json(staging / "manifest.json", info)
         (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; the recipe says it all
-        mark(staging, "adapter", recipe=recipe.source_file, run=str(recipe.output.dir))  # last: lists every file
+        mark(staging, "adapter", recipe=recipe.source_file, run=str(Path(recipe.output.dir).resolve()))  # last: lists every file
         replace_dir(staging, final, kind="adapter")
     trainer.accelerator.wait_for_everyone()

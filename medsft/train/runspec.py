@@ -190,11 +190,13 @@ def resolve(recipe: Recipe, launch: Launch, kernels: str | None = None, memory=N
 def check_reporting(spec: RunSpec) -> None:
     """`report_to` names integrations transformers knows and this environment has installed; otherwise the
     trainer fails after the model has loaded."""
+    wanted = spec.recipe.training.get("report_to") or []
+    wanted = [w for w in ([wanted] if isinstance(wanted, str) else list(wanted)) if w not in ("none", "all")]
+    if not wanted:
+        return  # nothing to check, and transformers (torch) is not imported for it: `medsft preflight` stays quick
     from transformers.integrations import get_available_reporting_integrations
     from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
 
-    wanted = spec.recipe.training.get("report_to") or []
-    wanted = [wanted] if isinstance(wanted, str) else list(wanted)
     installed = get_available_reporting_integrations()
     for name in wanted:
         if name in ("none", "all"):

@@ -29,7 +29,7 @@ def adapter(tmp_path_factory):
 def test_eval_format_compliance(adapter):
     res = run_cli_here("eval", adapter, "--max-generations", "20", "--max-new-tokens", "160", timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
-    results = json.loads((adapter / "eval.json").read_text())
+    results = json.loads((adapter.parent / "eval" / "eval.json").read_text())  # the run's eval/
     ours, base = results["adapter"], results["base"]
     fmt, base_fmt = ours["generation"]["format_compliance"], base["generation"]["format_compliance"]
     print(f"format compliance: adapter {fmt:.2f}, base {base_fmt:.2f}; "

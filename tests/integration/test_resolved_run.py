@@ -38,7 +38,7 @@ def test_eval_reads_the_recipes_question_column(run):
     res = run_cli_here("eval", run / "adapter", "--max-generations", "3", "--max-new-tokens", "8", "--no-base",
                   timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
-    results = json.loads((run / "adapter" / "eval.json").read_text())["adapter"]
+    results = json.loads((run / "eval" / "eval.json").read_text())["adapter"]  # in the run, never in the adapter
     assert results["multiple_choice"]["n"] == 3 and results["completion"]["nll"] > 0
 
 

@@ -27,6 +27,13 @@ def parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     p = argparse.ArgumentParser(prog="medsft", description="QLoRA SFT for medical reasoning (TRL + PEFT + bitsandbytes).",
                                 epilog=EXAMPLES, formatter_class=fmt)
+    from importlib import metadata
+
+    try:
+        version = metadata.version("medsft")
+    except metadata.PackageNotFoundError:
+        version = "not installed"
+    p.add_argument("--version", action="version", version=f"medsft {version}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a LoRA adapter from a recipe", formatter_class=fmt,
@@ -37,8 +44,17 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--force", action="store_true", help="train even if the memory preflight says it won't fit")
 
     sub.add_parser("launch", help="accelerate launch, with medsft's checks first and the workers' exit status",
-                   formatter_class=fmt, epilog="example:\n  medsft launch --config_file accelerate_configs/ddp.yaml "
-                   "--num_processes 2 train recipes/tiny-cpu.yaml\n(everything before `train` goes to accelerate launch)")
+                   usage="medsft launch [accelerate launch options] train RECIPE [--set KEY=VALUE …] [--resume …]",
+                   description="Runs `accelerate launch -m medsft train …` after checking the recipe and the accelerate "
+                   "config together (one `error:` line, exit 2, before any worker starts), and exits with the "
+                   "workers' status (75 when preempted: the same command resumes).",
+                   formatter_class=fmt, epilog="examples:\n  medsft launch --config_file accelerate_configs/ddp.yaml "
+                   "--num_processes 2 train recipes/tiny-cpu.yaml\n  medsft launch --config_file "
+                   "accelerate_configs/zero3.yaml train recipes/llama3.1-8b.yaml --set training.max_steps=100\n\n"
+                   "Everything before `train` goes to accelerate launch: see `accelerate launch --help` for its "
+                   "options\n(--config_file, --num_processes, --num_machines, --machine_rank, --main_process_ip, …). "
+                   "After `train`: `medsft train --help`.")
+    sub.add_parser("env", help="the versions and machine facts a bug report needs (Markdown)", formatter_class=fmt)
 
     pf = sub.add_parser("preflight", help="estimate memory per device before training (no weights loaded)",
                         formatter_class=fmt,
@@ -73,6 +89,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--max-generations", type=int, metavar="N",
                    help="test rows to generate for (default 20); with --benchmark, the first N items (default all)")
     e.add_argument("--no-base", action="store_true", help="skip the base-model comparison")
+    e.add_argument("--output-dir", metavar="DIR", help="where the results go (default: the adapter's run directory, "
+                   "eval/ for the test split and eval/benchmark/ for benchmarks; never inside the adapter)")
     add_generation_args(e)
     add_benchmark_args(e)
 
@@ -125,9 +143,8 @@ def add_benchmark_args(e) -> None:
     b.add_argument("--engine", choices=("transformers", "vllm"), help="default transformers; vllm needs a GPU")
     b.add_argument("--batch-size", type=int, help="prompts per generate call (default 8)")
     b.add_argument("--limit", type=int, metavar="N", help="only the first N items of each source")
-    b.add_argument("--output-dir", metavar="DIR", help="where the report goes (default ADAPTER/benchmark)")
     # the test split keeps Settings' defaults (greedy unless --sample); benchmarks take the papers'
     e.set_defaults(max_new_tokens=None, temperature=None, top_p=None)
 
 
-BENCHMARK_ONLY = ("greedy", "seed", "samples", "prompt", "engine", "batch_size", "limit", "output_dir")
+BENCHMARK_ONLY = ("greedy", "seed", "samples", "prompt", "engine", "batch_size", "limit")

@@ -36,8 +36,12 @@ FLAGS = {"--cpu", "--multi_gpu", "--tpu", "--use_deepspeed", "--use_fsdp", "--us
 
 
 def run(argv: list[str]) -> int:
+    if {"-h", "--help"} & set(argv[:next((i for i, a in enumerate(argv) if a in COMMANDS), len(argv))]):
+        from medsft.commands.arguments import parser
+
+        parser().parse_args(["launch", "--help"])  # medsft's usage, and where accelerate's options are
     accel_argv, medsft_argv = split_argv(argv)
-    from medsft.arguments import parser
+    from medsft.commands.arguments import parser
     from medsft.io.checkpoints import check_resume_argument
     from medsft.recipe.files import load_recipe
 

@@ -1,0 +1,17 @@
+"""`medsft data RECIPE`: what is trained, as rows kept, lengths and the trained spans (medsft/train/inspect_data.py)."""
+
+from __future__ import annotations
+
+
+def run(args) -> int:
+    from medsft.commands.common import quiet_libraries
+    from medsft.io.outputs import check_caches
+    from medsft.recipe.files import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)  # before any heavy import
+    check_caches()
+    quiet_libraries()
+    from medsft.train.inspect_data import show
+
+    show(recipe, limit=args.limit, split=args.split, as_json=args.json)
+    return 0
