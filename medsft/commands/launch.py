@@ -73,6 +73,13 @@ def run(argv: list[str]) -> int:
                           "pip install -e '.[deepspeed]' (or pip install 'medsft[deepspeed]')")
     launch = from_command(config, launch_args.num_processes, cuda=cuda, gpus=gpus, source=where)
     resolve(recipe, launch, kernels="off")  # every rule the workers apply (runspec.resolve), before any starts
+    here = launch.local_world_size
+    have, what = (gpus, "GPUs") if cuda else (os.cpu_count() or 1, "CPU cores (no GPU)")
+    if here > have:
+        from medsft.console import notice
+
+        notice(f"{where} starts {here} processes on this machine, which has {have} {what}: they will share them; "
+               f"pass --num_processes {have} for one per {'GPU' if cuda else 'core'}")
     if path:
         os.environ[CONFIG_VARIABLE] = str(path)
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # the workers say what failed

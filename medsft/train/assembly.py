@@ -31,6 +31,7 @@ class Assembly:
     stats: dict = field(default_factory=dict)  # token-length statistics per split, before dropping
     dropped: dict = field(default_factory=dict)  # overlong rows dropped per split
     cache_lines: list[str] = field(default_factory=list)  # this rank's data-cache lines
+    cache_lines_by_rank: list[list[str]] = field(default_factory=list)  # every rank's (the manifest records them)
     model: Any = None  # the base model: quantized, placed, embeddings fitted, trainable 4-bit layout
     attention: str | None = None  # the attention implementation the model was loaded with
     embedding_rows_added: int = 0

@@ -87,8 +87,10 @@ class ProgressCallback(TrainerCallback):
         self.last[label] = peak
         if self.live is not None:
             self.live.update(self.render(state))
-        elif "loss" in logs or "eval_loss" in logs:
-            self.console.print(self.line(state), markup=False, highlight=False, soft_wrap=True)
+        elif "loss" in logs:  # a log file: each step once; an evaluation on a line of its own
+            self.console.print(self.line(self.train_fields(state)), markup=False, highlight=False, soft_wrap=True)
+        elif "eval_loss" in logs:
+            self.console.print(self.line(self.eval_fields(state)), markup=False, highlight=False, soft_wrap=True)
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.live is not None:
@@ -104,40 +106,57 @@ class ProgressCallback(TrainerCallback):
         per_step = (time.monotonic() - self.start) / done
         return fmt_duration(per_step * (state.max_steps - state.global_step))
 
-    def fields(self, state) -> list[tuple[str, str]]:
-        v = self.last
+    def pairs(self, shown: dict[str, tuple[str, str]]) -> list[tuple[str, str]]:
+        """(label, formatted value) for each of `shown` ({key: (label, format)}) that has been logged."""
+        return [(label, pattern.format(self.last[key])) for key, (label, pattern) in shown.items() if key in self.last]
+
+    def train_fields(self, state) -> list[tuple[str, str]]:
         out = [("step", f"{state.global_step}/{state.max_steps}"), ("epoch", f"{state.epoch or 0:.2f}"),
                ("eta", self.eta(state))]
-        fmt = {"loss": "{:.4f}", "eval_loss": "{:.4f}", "eval_perplexity": "{:.2f}", "mean_token_accuracy": "{:.3f}",
-               "eval_mean_token_accuracy": "{:.3f}", "learning_rate": "{:.2e}", "grad_norm": "{:.3f}",
-               "eval_format_compliance": "{:.2f}", "tokens/s": "{:,.0f}"}
-        names = {"loss": "loss", "eval_loss": "eval nll", "eval_perplexity": "eval ppl", "mean_token_accuracy": "acc",
-                 "eval_mean_token_accuracy": "eval acc", "learning_rate": "lr", "grad_norm": "grad norm",
-                 "eval_format_compliance": "eval format", "tokens/s": "tok/s"}
-        for key, pattern in fmt.items():
-            if key in v:
-                out.append((names[key], pattern.format(v[key])))
+        out += self.pairs({"loss": ("loss", "{:.4f}"), "mean_token_accuracy": ("acc", "{:.3f}"),
+                           "learning_rate": ("lr", "{:.2e}"), "grad_norm": ("grad norm", "{:.3f}"),
+                           "tokens/s": ("tok/s", "{:,.0f}")})
         for label in ("peak mem", "peak RSS"):
-            if label in v:
-                out.append((label, human_bytes(v[label])))
+            if label in self.last:
+                out.append((label, human_bytes(self.last[label])))
         return out
 
-    def line(self, state) -> str:
-        return " | ".join(f"{k} {val}" for k, val in self.fields(state))
+    def eval_fields(self, state) -> list[tuple[str, str]]:
+        shown = self.pairs({"eval_loss": ("eval nll", "{:.4f}"), "eval_perplexity": ("ppl", "{:.2f}"),
+                            "eval_mean_token_accuracy": ("acc", "{:.3f}"),
+                            "eval_format_compliance": ("format", "{:.2f}")})
+        return [("eval at step", str(state.global_step)), *shown] if shown else []
+
+    @staticmethod
+    def line(fields: list[tuple[str, str]]) -> str:
+        return " | ".join(f"{k} {val}" for k, val in fields)
 
     def render(self, state):
-        from rich.console import Group
+        """The live view: a bar, the training figures, then the last evaluation's, each figure labelled and each
+        line cut to the terminal's width (what does not fit is left out whole, never wrapped)."""
         from rich.progress_bar import ProgressBar
         from rich.table import Table
+        from rich.text import Text
 
-        table = Table.grid(padding=(0, 2))
-        fields = self.fields(state)
-        for _ in fields:
-            table.add_column()
-        table.add_row(*[f"[dim]{k}[/dim]" for k, _ in fields])
-        table.add_row(*[f"[bold]{val}[/bold]" for _, val in fields])
-        bar = ProgressBar(total=max(state.max_steps or 1, 1), completed=state.global_step)
-        return Group(bar, table)
+        width = max(20, self.console.width)
+
+        def fitted(fields):
+            text = Text(no_wrap=True, overflow="crop")
+            for i, (label, value) in enumerate(fields):
+                piece = ("  " if i else "") + f"{label} {value}"
+                if len(text) + len(piece) > width:
+                    break
+                text.append(("  " if i else "") + label + " ", style="dim")
+                text.append(value, style="bold")
+            return text
+
+        view = Table.grid()
+        view.add_column(no_wrap=True, overflow="crop", max_width=width)
+        view.add_row(ProgressBar(total=max(state.max_steps or 1, 1), completed=state.global_step, width=width))
+        view.add_row(fitted(self.train_fields(state)))
+        if self.eval_fields(state):
+            view.add_row(fitted(self.eval_fields(state)))
+        return view
 
 
 class MetricsFileCallback(TrainerCallback):

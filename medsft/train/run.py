@@ -186,7 +186,8 @@ def train(spec, checkpoint: str | None, resume: str, force: bool, callbacks=()):
         data={"fingerprint": raw._fingerprint,
               "rows": report.total, "kept": report.kept, "dropped": dict(report.reasons), "overlong_dropped": dropped,
               "split_sizes": {k: len(v) for k, v in prepared.items()}, "token_lengths": stats,
-              "sources": report.source_counts(prepared, before=splits)},
+              "sources": report.source_counts(prepared, before=splits),
+              "cache_by_rank": built.cache_lines_by_rank},
         chat_template={"name": recipe.model.chat_template, "embedding_rows_added": added_rows,
                        "trainable_token_indices": getattr(getattr(trainer.model, "peft_config", {}).get("default"),
                                                           "trainable_token_indices", None)},
@@ -232,10 +233,10 @@ def say_data(built) -> None:
 
     spec = built.spec
     say(built.report.summary())
-    lines = built.cache_lines
-    for rank_lines in gather_lines(lines) if spec.launch.world_size > 1 else [lines]:
-        for line in rank_lines:
-            say(line)
+    lines = built.cache_lines  # every rank's go to the manifest; the main process says its own, once
+    built.cache_lines_by_rank = gather_lines(lines) if spec.launch.world_size > 1 else [lines]
+    for line in lines:
+        say(line.replace(f"data[rank {0}]", "data", 1))
     for name, n in built.dropped.items():
         if n:
             say(f"data: {n} {name} rows longer than training.max_length={spec.drop_longer_than} dropped")

@@ -43,3 +43,16 @@ def test_auto_micro_batch_beside_a_fixed_accumulation_says_the_rows_per_step(tmp
     assert res.returncode == 0, res.stderr[-3000:]
     said = [line for line in res.stderr.splitlines() if "per_device_train_batch_size: auto →" in line]
     assert len(said) == 1 and "× 2 × 1 process = " in said[0] and "rows per optimizer step" in said[0], res.stderr
+
+
+def test_a_log_file_gets_each_step_once_and_no_library_warning(tmp_path, tiny_dir):
+    from tests.conftest import run_cli
+
+    res = run_cli("train", TINY, "--set", f"output.dir={tmp_path / 'run'}", "--set", "training.max_steps=6",
+                  "--set", "training.logging_steps=2", "--set", "training.eval_steps=2", "--set", "data.max_rows=80")
+    assert res.returncode == 0, res.stderr[-3000:]
+    steps = [line.split(" | ")[0] for line in res.stdout.splitlines() if line.startswith("step ")]
+    assert steps == ["step 2/6", "step 4/6", "step 6/6"], res.stdout
+    assert [line.split(" | ")[0] for line in res.stdout.splitlines() if line.startswith("eval at step")] == [
+        "eval at step 2", "eval at step 4", "eval at step 6"]
+    assert not [line for line in res.stderr.splitlines() if "Warning" in line], res.stderr

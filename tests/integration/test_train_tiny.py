@@ -120,7 +120,10 @@ def test_readme_command_trains(tmp_path):
     # stdout is a pipe here, as in a Slurm log: plain progress lines, no control codes
     assert "\x1b[" not in res.stdout and "\r" not in res.stdout
     lines = [line for line in res.stdout.splitlines() if line.startswith("step ")]
-    assert any(line.startswith("step 80/80 |") and "eval nll" in line and "eval acc" in line for line in lines)
+    assert [line.split(" | ")[0] for line in lines] == [f"step {n}/80" for n in range(10, 81, 10)]  # each once
+    evals = [line for line in res.stdout.splitlines() if line.startswith("eval at step")]
+    assert [line.split(" | ")[0] for line in evals] == ["eval at step 40", "eval at step 80"]
+    assert all(" | eval nll " in line and " | acc " in line for line in evals)
     assert all(" | loss " in line and " | acc " in line and " | lr " in line for line in lines)
     run_dir = tmp_path / "runs" / "tiny-cpu"
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
