@@ -76,6 +76,7 @@ def parser() -> argparse.ArgumentParser:
     src.add_argument("--question", help="one question")
     src.add_argument("--file", help="JSONL with a 'question' per line (batch mode)")
     i.add_argument("--output", help="batch mode: write JSONL here (default stdout)")
+    i.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     i.add_argument("--no-adapter", action="store_true", help="answer with the base model alone")
     add_generation_args(i)
 

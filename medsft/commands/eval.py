@@ -11,6 +11,7 @@ def run(args) -> int:
     from medsft.commands.common import benchmark_settings, quiet_libraries, test_split_settings
     from medsft.commands.places import benchmark_dir, evaluation_dir
     from medsft.console import say
+    from medsft.views import item_progress, show_benchmark, show_eval
 
     adapter = check_adapter_dir(args.adapter_dir)  # before any heavy import, like every check below
     if args.benchmark:
@@ -26,9 +27,12 @@ def run(args) -> int:
             items = items[:args.max_generations]
         output_dir = check_output_dir(benchmark_dir(adapter, args.output_dir))
         quiet_libraries()
-        run_benchmark(adapter, items, settings=settings, prompt=args.prompt or DEFAULT_PROMPT,
-                      samples=args.samples or 1, engine=args.engine or "transformers", with_base=not args.no_base,
-                      output_dir=output_dir, files=args.benchmark)
+        written = run_benchmark(adapter, items, settings=settings, prompt=args.prompt or DEFAULT_PROMPT,
+                                samples=args.samples or 1, engine=args.engine or "transformers",
+                                with_base=not args.no_base, output_dir=output_dir, files=args.benchmark,
+                                progress=item_progress)
+        if written is not None:  # the main rank's
+            show_benchmark(written)
         return 0
     from medsft.adapter.load import recipe_of
     from medsft.evaluation.evaluate import held_out_ids, run_eval
@@ -42,7 +46,8 @@ def run(args) -> int:
     check_writable_dir(output_dir, "--output-dir")
     held_out_ids(adapter, recipe_of(adapter))  # the split and its data, before any model loads
     quiet_libraries()
-    run_eval(adapter, max_generations=max_generations, settings=settings, with_base=not args.no_base,
-             output_dir=output_dir)
+    results = run_eval(adapter, max_generations=max_generations, settings=settings, with_base=not args.no_base,
+                       output_dir=output_dir, progress=item_progress)
+    show_eval(results)
     say(f"evaluation written to {output_dir / 'eval.json'}")
     return 0

@@ -31,8 +31,11 @@ def run(args) -> int:
     from medsft.memory.micro_batch import Memory
 
     memory = Memory(parse_size(args.gpu_memory), "as given by --gpu-memory") if args.gpu_memory else None
-    _, verdict, _ = run_preflight(resolve(recipe, launch, kernels="off", memory=memory), gpu_memory=args.gpu_memory)
-    if verdict == "won't fit":
+    report = run_preflight(resolve(recipe, launch, kernels="off", memory=memory), gpu_memory=args.gpu_memory)
+    from medsft.views import show_preflight
+
+    show_preflight(report)
+    if report.verdict == "won't fit":
         raise MedsftError("the estimate does not fit in device memory", "apply one of the changes listed above",
                           recipe.source_file)
     return 0

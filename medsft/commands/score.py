@@ -14,5 +14,7 @@ def run(args) -> int:
     outputs = read_predictions(args.predictions, items)
     pred = Path(args.predictions).expanduser()
     output_dir = check_output_dir(score_dir(pred, args.output_dir))
-    run_score(items, outputs, files=args.files, predictions=pred, output_dir=output_dir)
+    from medsft.views import show_benchmark
+
+    show_benchmark(run_score(items, outputs, files=args.files, predictions=pred, output_dir=output_dir))
     return 0

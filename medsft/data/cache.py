@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import json
 
-from medsft.console import is_main, notice, rank, say
+from medsft.console import is_main, rank
 from medsft.io.hashing import file_digest, text_digest, tree_digest
 from medsft.io.outputs import atomic_dir
 from medsft.versions import package_versions
@@ -109,7 +109,7 @@ def load_cached(path):
     return prepared, meta["stats"], meta["dropped"]
 
 
-def prepare_and_cache(spec, splits, tokenizer, path):
+def prepare_and_cache(spec, splits, tokenizer, path, report):
     from medsft.data import tokenized
 
     prepared, stats, dropped = tokenized.prepare_all(splits, tokenizer, spec)
@@ -120,7 +120,7 @@ def prepare_and_cache(spec, splits, tokenizer, path):
             (tmp / "medsft.json").write_text(json.dumps({"splits": list(prepared), "stats": stats,
                                                          "dropped": dropped}))
     except OSError as err:  # a read-only or full cache never stops a run
-        notice(f"could not cache the tokenized data ({err})")
+        report(f"data: could not cache the tokenized data ({err})")
     return prepared, stats, dropped
 
 
@@ -132,12 +132,12 @@ def load_or_prepare(spec, splits, tokenizer, path, rank: int, report):
         result = load_cached(path)
         report(f"data[rank {rank}]: loaded tokenized splits from cache {path} in {time.perf_counter() - start:.2f} s")
         return result
-    result = prepare_and_cache(spec, splits, tokenizer, path)
+    result = prepare_and_cache(spec, splits, tokenizer, path, report)
     report(f"data[rank {rank}]: tokenized and cached to {path} in {time.perf_counter() - start:.2f} s")
     return result
 
 
-def prepared_splits(spec, raw, splits, tokenizer, report=say):
+def prepared_splits(spec, raw, splits, tokenizer, report):
     """(prepared DatasetDict, stats, dropped): the main process prepares (or loads) while the other ranks
     wait, then they load its result; a rank that cannot see the cache (node-local disk) prepares itself.
     `report` receives one line per rank (the per-rank cache lines are the multi-process tests' evidence)."""

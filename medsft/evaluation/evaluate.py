@@ -119,19 +119,18 @@ def held_out_rows(adapter_dir, recipe) -> list[dict]:
     return [dict(raw[i]) for i in ids]
 
 
-def run_eval(adapter_dir, *, max_generations: int = 20, settings=None, with_base: bool = True, output_dir=None) -> dict:
+def run_eval(adapter_dir, *, max_generations: int = 20, settings=None, with_base: bool = True, output_dir=None,
+             progress=None) -> dict:
     """Completion NLL, generation format and MC accuracy on the run's held-out rows, adapter and base; written to
-    `output_dir`/eval.json (the command decides where: never inside the adapter)."""
+    `output_dir`/eval.json (the command decides where: never inside the adapter). `progress(label, total)`: a
+    context yielding `advance(n)`, for each model's generations (the commands pass a bar)."""
     from pathlib import Path
 
     from datasets import Dataset
-    from rich.table import Table
-
     from medsft.data import load as data
     from medsft.data import tokenized
     from medsft.adapter.load import load_for_inference, recipe_of
-    from medsft.console import rich_console
-    from medsft.evaluation.generate import Settings, generate_batch
+    from medsft.evaluation.generate import Settings, generate_batch, no_progress
     from medsft.io.outputs import write_json
 
     adapter_dir = Path(adapter_dir)
@@ -144,47 +143,39 @@ def run_eval(adapter_dir, *, max_generations: int = 20, settings=None, with_base
     questions = [data.question_of(r, d) for r in rows][:max_generations]
     items = mc_items(rows)[:max_generations]
 
+    progress = progress or no_progress
+    advance = [lambda n: None]
+
     def gen(prompts):
-        return generate_batch(model, tokenizer, prompts, settings, d.system_prompt, d.format)
+        return generate_batch(model, tokenizer, prompts, settings, d.system_prompt, d.format, advance=advance[0])
 
-    def measure() -> dict:
-        return {"completion": completion_nll(model, prepared),
-                "generation": format_metrics(gen(questions), tokenizer, d.format),
-                "multiple_choice": mc_accuracy(items, gen, d.question_column, d.format)}
+    def measure(name: str) -> dict:
+        with progress(f"{name}: generating", len(questions) + len(items)) as step:
+            advance[0] = step
+            return {"completion": completion_nll(model, prepared),
+                    "generation": format_metrics(gen(questions), tokenizer, d.format),
+                    "multiple_choice": mc_accuracy(items, gen, d.question_column, d.format)}
 
-    results = {"adapter": measure()}
+    results = {"adapter": measure("adapter")}
     if with_base:
         with model.disable_adapter():
-            results["base"] = measure()
+            results["base"] = measure("base")
         results["delta"] = {section: {k: v - results["base"][section][k] for k, v in vals.items()
                                       if isinstance(v, (int, float)) and k != "n" and k in results["base"][section]}
                             for section, vals in results["adapter"].items()}
-    results["test_rows"] = len(rows)
+    results["test_rows"], results["generated"], results["mc_items"] = len(rows), len(questions), len(items)
     if output_dir is not None:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         write_json(Path(output_dir) / "eval.json", results)
 
-    table = Table(title=f"evaluation on {len(rows)} test rows ({len(questions)} generated, {len(items)} MC items)")
-    table.add_column("metric")
-    for name in ("adapter", "base", "delta"):
-        if name in results:
-            table.add_column(name, justify="right")
-    for section, vals in results["adapter"].items():
-        for key, value in vals.items():
-            if key in ("n", "tokens"):
-                continue
-            cells = [f"{results[n][section].get(key, float('nan')):.3f}" for n in ("adapter", "base", "delta")
-                     if n in results]
-            table.add_row(f"{section}: {key}", *cells)
-    rich_console().print(table)
     return results
 
 
 def run_benchmark(adapter_dir, items, *, settings, prompt: str, samples: int = 1, engine: str = "transformers",
-                  with_base: bool = True, output_dir=None, files=()) -> dict | None:
+                  with_base: bool = True, output_dir=None, files=(), progress=None):
     """`medsft eval ADAPTER --benchmark FILE`: adapter and base on the same prompts, `samples` generations
-    per item, data-parallel under `accelerate launch`. The main rank scores, reports and returns the
-    benchmark.json document; the other ranks return None."""
+    per item, data-parallel under `accelerate launch`. The main rank scores, writes and returns the report
+    (medsft/evaluation/report.py Report); the other ranks return None. `progress`: as generate_parallel's."""
     import time
     from contextlib import nullcontext
     from pathlib import Path
@@ -193,8 +184,8 @@ def run_benchmark(adapter_dir, items, *, settings, prompt: str, samples: int = 1
 
     from medsft.evaluation import benchmark
     from medsft.evaluation.report import report
-    from medsft.console import is_main, say
-    from medsft.evaluation.generate import generate_parallel
+    from medsft.console import is_main
+    from medsft.evaluation.generate import generate_parallel, no_progress
 
     adapter_dir = Path(adapter_dir)
     questions = [benchmark.pose(item, prompt) for item in items for _ in range(samples)]  # item-major
@@ -217,14 +208,13 @@ def run_benchmark(adapter_dir, items, *, settings, prompt: str, samples: int = 1
         def generate(name: str) -> list[dict]:
             with nullcontext() if name == "adapter" else model.disable_adapter():
                 return generate_parallel(model, tokenizer, questions, settings, recipe.data.system_prompt,
-                                         recipe.data.format, name)
+                                         recipe.data.format, name, progress=progress or no_progress)
 
     runs = {}
     for name in ("adapter", "base") if with_base else ("adapter",):
         t0 = time.perf_counter()
         records = generate(name)
         runs[name] = (records, time.perf_counter() - t0)
-        say(f"{name}: {len(records)} generations in {runs[name][1]:.1f}s")
     if not is_main():
         return None
     shared = {"engine": engine, "prompt": prompt, "prompt_template": benchmark.PROMPTS[prompt],

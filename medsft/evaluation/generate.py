@@ -78,10 +78,16 @@ def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]
     return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
 
 
+@contextmanager
+def no_progress(label: str, total: int):
+    """The default `progress` of generate_parallel: nothing shown (a command passes medsft/views.py's bar)."""
+    yield lambda n: None
+
+
 def generate_batch(model, tokenizer, questions: list[str], settings: Settings, system_prompt=None,
-                   fmt: str = "think") -> list[dict]:
+                   fmt: str = "think", advance=None) -> list[dict]:
     """One record per question, in the questions' order: question, text, reasoning, answer, well_formed,
-    stopped, tokens, seconds. Batches are length-sorted and left-padded."""
+    stopped, tokens, seconds. Batches are length-sorted and left-padded; `advance(n)` after each (a progress bar)."""
     import torch
 
     if settings.seed is not None:
@@ -108,16 +114,19 @@ def generate_batch(model, tokenizer, questions: list[str], settings: Settings, s
                 text, stopped = _decode(tokenizer, row, stops)
                 out[i] = _record(questions[i], text, stopped, len([t for t in row if t != tokenizer.pad_token_id]),
                                  seconds, fmt)
+            if advance is not None:
+                advance(len(batch))
     finally:
         tokenizer.padding_side = side
     return out
 
 
 def generate_parallel(model, tokenizer, questions: list[str], settings: Settings, system_prompt=None,
-                      fmt: str = "think", label: str = "generating") -> list[dict]:
+                      fmt: str = "think", label: str = "generating", progress=no_progress) -> list[dict]:
     """generate_batch over every process of an `accelerate launch` (one process works too): the
     length-sorted batches are dealt round-robin, batch k seeded with seed + k, and the records gathered
-    back into the questions' order on every rank. A progress bar (items/s, ETA) on the main rank."""
+    back into the questions' order on every rank. `progress(label, total)`: a context yielding `advance(n)`
+    (the commands pass a bar with items/s and an ETA, shown on the main rank)."""
     import torch
     from accelerate import PartialState
     from accelerate.utils import gather_object
@@ -132,7 +141,7 @@ def generate_parallel(model, tokenizer, questions: list[str], settings: Settings
     mine = batches[state.process_index::state.num_processes]
     where = f" [rank 0/{state.num_processes}]" if state.num_processes > 1 else ""
     done = []
-    with item_progress(f"{label}{where}", sum(len(b) for _, b in mine)) as advance:
+    with progress(f"{label}{where}", sum(len(b) for _, b in mine)) as advance:
         for number, batch in mine:
             seeded = replace(settings, batch_size=len(batch),
                              seed=None if settings.seed is None else settings.seed + number)
@@ -143,30 +152,6 @@ def generate_parallel(model, tokenizer, questions: list[str], settings: Settings
     for i, record in gather_object(done):
         out[i] = record
     return out
-
-
-@contextmanager
-def item_progress(label: str, total: int):
-    """A rich progress bar on the main rank's stderr (items done, items/s, ETA); yields `advance(n)`."""
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
-    from rich.text import Text
-
-    from medsft.console import rich_console
-
-    class Rate(ProgressColumn):
-        def render(self, task):
-            return Text(f"{task.speed:.2f} items/s" if task.speed else "– items/s")
-
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(),
-                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                        console=rich_console(stderr=True))
-    task = progress.add_task(label, total=total)
-    progress.start()
-    try:
-        yield lambda n: progress.advance(task, n)
-    finally:
-        progress.stop()
 
 
 def load_vllm(recipe, adapter_dir, seed: int | None):
@@ -204,9 +189,10 @@ def generate_vllm(llm, tokenizer, questions: list[str], settings: Settings, syst
                     fmt) for q, o in zip(questions, outs)]
 
 
-def stream_one(model, tokenizer, question: str, settings: Settings, console, system_prompt=None,
+def stream_one(model, tokenizer, question: str, settings: Settings, show, system_prompt=None,
                fmt: str = "think") -> dict:
-    """Generate one answer, printing tokens as they come (rich), reasoning dim and answer bold."""
+    """Generate one answer, handing each decoded piece to `show(piece, thinking)` as it comes (the command prints
+    it, or not when its output is piped); returns the record."""
     import threading
 
     import torch
@@ -235,22 +221,16 @@ def stream_one(model, tokenizer, question: str, settings: Settings, console, sys
     thread.start()
     in_think = False
     end_strings = {tokenizer.decode([i]) for i in stops}
-    live = console.is_terminal  # piped: the text once, at the end, not token by token
     for piece in streamer:
         for end in end_strings:
             piece = piece.replace(end, "")
         if "<think>" in piece:
             in_think = True
-        if live:
-            console.print(piece, end="", style="dim" if in_think else "bold", markup=False, highlight=False)
+        show(piece, in_think)
         if "</think>" in piece:
             in_think = False
     thread.join()
     if "error" in result:
         raise result["error"]
     text, stopped = _decode(tokenizer, result["ids"], stops)
-    if live:
-        console.print()
-    else:
-        console.print(text, markup=False, highlight=False, soft_wrap=True)
     return _record(question, text, stopped, len(result["ids"]), time.perf_counter() - t0, fmt)

@@ -8,7 +8,6 @@ and batch mode writes JSONL records (question, reasoning, answer, tokens, second
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from medsft.errors import MedsftError
@@ -39,64 +38,56 @@ def read_questions(path: str) -> list[str]:
     return questions
 
 
-def check_output(path: str) -> Path:
-    """Where batch answers go, checked before any model loads: a new file in a writable directory."""
+def check_output(path: str, overwrite: bool = False) -> Path:
+    """Where batch answers go, checked before any model loads: a new file (or, with `overwrite`, one to replace)
+    in a writable directory."""
     import os
 
     out = Path(path).expanduser()
     if out.is_dir():
         raise MedsftError(f"--output {path!r} is a directory", "pass a file path, e.g. answers.jsonl")
-    if out.exists():
-        raise MedsftError(f"--output {path!r} already exists", "choose a new file (medsft does not overwrite files "
-                          "it did not write)")
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        raise MedsftError(f"--output {path!r} already exists", "pass --overwrite to replace it, or choose a new file")
     if not out.parent.is_dir() or not os.access(out.parent, os.W_OK | os.X_OK):
         raise MedsftError(f"--output {path!r}: {str(out.parent)!r} is not a writable directory",
                           "create the directory, or choose another path")
     return out
 
 
-def run_infer(adapter_dir, *, question=None, questions=None, output=None, use_adapter=True, settings=None) -> list[dict]:
-    from medsft.adapter.load import load_for_inference
-    from medsft.console import rich_console
-    from medsft.evaluation.generate import Settings, generate_batch, stream_one
+RECORD_KEYS = ("question", "reasoning", "answer", "tokens", "seconds", "well_formed", "stopped")
 
-    settings = settings or Settings()
-    model, tokenizer, recipe = load_for_inference(adapter_dir, use_adapter=use_adapter)
-    console = rich_console()
-    system, fmt = recipe.data.system_prompt, recipe.data.format
-    if questions is not None:
-        records = generate_batch(model, tokenizer, questions, settings, system, fmt)
-        lines = "".join(json.dumps({k: r[k] for k in ("question", "reasoning", "answer", "tokens", "seconds",
-                                                      "well_formed", "stopped")}) + "\n" for r in records)
-        if not output:
-            sys.stdout.write(lines)
-            return records
-        from medsft.io.outputs import atomic_file
 
-        try:
-            with atomic_file(output, exclusive=True) as tmp:  # complete or absent; of two writers, one wins
-                tmp.write_text(lines, encoding="utf-8")
-        except FileExistsError:
-            raise MedsftError(f"--output {str(output)!r} was written by another command while this one generated",
-                              "choose a new file for --output") from None
-        return records
-    records = []
-    asks = [question] if question else None
-    while True:
-        if asks is not None:
-            if not asks:
-                break
-            q = asks.pop(0)
-        else:
-            try:
-                q = console.input("[bold cyan]question>[/bold cyan] ")
-            except EOFError:
-                break
-            if not q.strip():
-                break
-        r = stream_one(model, tokenizer, q, settings, console, system, fmt)  # the answer, printed once
-        rich_console(stderr=True).print(f"({r['tokens']} tokens, {r['seconds']:.1f}s"
-                                        f"{'' if r['stopped'] else ', stopped at --max-new-tokens'}"
-                                        f"{'' if r['answer'] else '; no answer after the reasoning'})", style="dim")
-        records.append(r)
-    return records
+def jsonl(records: list[dict]) -> str:
+    """The batch answers as JSONL, one record per question."""
+    return "".join(json.dumps({k: r[k] for k in RECORD_KEYS}) + "\n" for r in records)
+
+
+def answer_batch(loaded, questions: list[str], settings, progress=None) -> list[dict]:
+    """Every question of a file, answered in batches. `loaded`: (model, tokenizer, recipe) as
+    medsft.adapter.load.load_for_inference returns them; `progress` as generate_parallel's."""
+    from medsft.evaluation.generate import generate_batch, no_progress
+
+    model, tokenizer, recipe = loaded
+    with (progress or no_progress)("answering", len(questions)) as advance:
+        return generate_batch(model, tokenizer, questions, settings, recipe.data.system_prompt, recipe.data.format,
+                              advance=advance)
+
+
+def answer_one(loaded, question: str, settings, show) -> dict:
+    """One question, each piece handed to `show(piece, thinking)` as it is generated."""
+    from medsft.evaluation.generate import stream_one
+
+    model, tokenizer, recipe = loaded
+    return stream_one(model, tokenizer, question, settings, show, recipe.data.system_prompt, recipe.data.format)
+
+
+def write_answers(records: list[dict], output: Path, overwrite: bool = False) -> None:
+    """The answers file, written whole or not at all; without `overwrite`, of two commands writing it one wins."""
+    from medsft.io.outputs import atomic_file
+
+    try:
+        with atomic_file(output, exclusive=not overwrite) as tmp:
+            tmp.write_text(jsonl(records), encoding="utf-8")
+    except FileExistsError:
+        raise MedsftError(f"--output {str(output)!r} was written by another command while this one generated",
+                          "choose a new file for --output, or pass --overwrite") from None

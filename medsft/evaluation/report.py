@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from medsft.errors import MedsftError
@@ -75,9 +76,20 @@ def check_output_dir(path: str | Path) -> Path:
     return out
 
 
+@dataclass(frozen=True)
+class Report:
+    """A written benchmark report: benchmark.json's document, each model's results, the published figures beside
+    them, where it was written and its per-item files (the commands show it: medsft/views.py)."""
+    doc: dict
+    results: dict
+    published: dict
+    out: Path
+    files: list
+
+
 def report(results: dict[str, dict], items, output_dir, *, per_item: dict[str, list[dict]],
-           single: bool = False) -> dict:
-    """Print the table and write benchmark.json, `<name>.jsonl` per-item records and accuracy-<source>.png.
+           single: bool = False) -> Report:
+    """Write benchmark.json, `<name>.jsonl` per-item records and accuracy-<source>.png, as one unit.
     `results`: {model name: {"overall", "by_source", "settings", …}}; `single` writes the one model's
     object at the top level of benchmark.json (`score`), else one object per model (`eval`)."""
     from medsft.io.outputs import Staging
@@ -108,12 +120,7 @@ def report(results: dict[str, dict], items, output_dir, *, per_item: dict[str, l
         for stale in previous:  # the previous report's files (other sources, other models); never an input
             (out / stale).unlink(missing_ok=True)
         staging.commit(last="benchmark.json")  # a directory whose benchmark.json is new has every file
-    print_tables(results, published)
-    from medsft.console import say
-
-    say(f"benchmark report written to {out}/ (benchmark.json, {', '.join(f'{n}.jsonl' for n in per_item)}, "
-        f"accuracy-*.png)")
-    return doc
+    return Report(doc, results, published, out, [f"{n}.jsonl" for n in per_item])
 
 
 def chart_names(results: dict[str, dict]) -> dict[str, str]:
@@ -205,62 +212,6 @@ def slug(source: str, hashed: bool = False) -> str:
 
 def pct(x: float) -> str:
     return f"{100 * x:.1f}"
-
-
-def print_tables(results: dict[str, dict], published: dict) -> None:
-    from rich.table import Table
-
-    from medsft.console import rich_console
-
-    names = list(results)
-    first = results[names[0]]
-    settings = first.get("settings", {})
-    how = "greedy" if settings.get("do_sample") is False else (
-        f"T={settings['temperature']}, top-p={settings['top_p']}" if "temperature" in settings else "as generated")
-    table = Table(title=f"accuracy % ± standard error: first answer statement after the reasoning ({how})")
-    table.add_column("source", no_wrap=True)
-    table.add_column("n", justify="right")
-    for name in names:
-        table.add_column(name, justify="right", no_wrap=True)
-    both = "adapter" in results and "base" in results
-    if both:
-        table.add_column("Δ", justify="right")
-    table.add_column("no answer", justify="right")
-    table.add_column("text", justify="right")
-    table.add_column("chance", justify="right")
-    rows = [(s, {n: results[n]["by_source"][s] for n in names}) for s in first["by_source"]]
-    rows.append(("overall", {n: results[n]["overall"] for n in names}))
-    for source, buckets in rows:
-        b0 = buckets[names[0]]
-        cells = [f"{pct(b['accuracy'])}±{pct(b['stderr'])}" for b in buckets.values()]
-        if both:
-            cells.append(f"{100 * (buckets['adapter']['accuracy'] - buckets['base']['accuracy']):+.1f}")
-        cells.append("/".join(str(b["no_answer"]) for b in buckets.values()))
-        cells.append("/".join(str(b["text_fallback"]) for b in buckets.values()))
-        cells.append(pct(b0["chance"]))
-        table.add_row(source, str(b0["n"]), *cells, end_section=source == rows[-2][0])
-    console = rich_console()
-    console.print(table)
-    if published:
-        ref = Table(title=f"published figures beside ours — {PUBLISHED['citation']}: other models and their "
-                          "scorer, not measured here")
-        ref.add_column("model")
-        for source, p in published.items():
-            ref.add_column(f"{source}\n({p['benchmark']})", justify="right")
-        for name in names:
-            ref.add_row(f"this run: {name}", *[pct(results[name]["by_source"][s]["accuracy"]) for s in published])
-        for model in PUBLISHED["models"]:
-            ref.add_row(f"published: {model}", *[pct(published[s]["models"][model]) for s in published])
-        console.print(ref)
-    from medsft.console import say
-
-    for name in names:
-        b = results[name]["overall"]
-        unclosed = (f" ({b['unclosed_reasoning']} ended inside their reasoning: raise --max-new-tokens)"
-                    if b["unclosed_reasoning"] else "")
-        say(f"{name}: {b['no_answer']} of {b['generations']} generations had no answer{unclosed}, "
-            f"{b['text_fallback']} were read from an option's text; HuatuoGPT-o1's scorer (best of first and last "
-            f"match) would report {pct(b['best_of_first_last'])}%")
 
 
 def plot_source(png: Path, source: str, ours: dict[str, dict], published: dict | None) -> None:

@@ -338,9 +338,3 @@ def detect() -> Launch:
 
     cuda = torch.cuda.is_available()
     return from_env(cuda=cuda, num_gpus=torch.cuda.device_count() if cuda else 0)
-
-
-if __name__ == "__main__":  # what a launched worker sees: `accelerate launch … -m medsft.launch.detect`
-    import json
-
-    print(json.dumps(from_env(cuda=False, num_gpus=0).to_dict(), sort_keys=True), flush=True)

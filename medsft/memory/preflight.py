@@ -10,6 +10,8 @@ the changes that would make a run fit. Verdict: fits below 85% of the device, ti
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import json
 import re
 from pathlib import Path
@@ -137,14 +139,26 @@ def device_memory(gpu_memory: str | None) -> tuple[float, str]:
     raise MedsftError("no GPU here to measure", "pass --gpu-memory SIZE (e.g. 80GiB) to say what to assume")
 
 
-def run_preflight(spec, *, gpu_memory=None, console=None):
-    """Compute, print (rich tables), and return (Estimate, verdict, suggestions)."""
-    from rich.table import Table
+@dataclass(frozen=True)
+class Preflight:
+    """What `medsft preflight` (and a training's gate) found: the estimate against the device, and what to change
+    when it won't fit. The commands render it (medsft/views.py)."""
+    model: str
+    source: str  # where the architecture was read
+    attention: str  # the attention it was estimated with, as its notice says it
+    launch: str
+    setup: Setup
+    estimate: Estimate
+    device: float
+    where: str
+    verdict: str
+    tips: list = field(default_factory=list)  # (label, overrides, total bytes) when it won't fit
+    batch: object = None  # the micro-batch choice (medsft/memory/micro_batch.py BatchChoice)
 
-    from medsft.console import rich_console
 
+def run_preflight(spec, *, gpu_memory=None) -> Preflight:
+    """The estimate of `spec`'s run on its device (or `gpu_memory`), its verdict and suggestions."""
     recipe = spec.recipe
-    console = console or rich_console()
     config, source = read_config(recipe.model.name, recipe.model.revision)
     try:
         arch = Arch.from_config(config)
@@ -155,60 +169,6 @@ def run_preflight(spec, *, gpu_memory=None, console=None):
     device, where = device_memory(gpu_memory)
     est = estimate(arch, s)
     v = verdict(est.total, device)
-    console.print(f"architecture: {recipe.model.name} from {source}", markup=False, highlight=False)
-    console.print(f"estimated with {spec.attention.notice}", markup=False, highlight=False, soft_wrap=True)
-    render(console, Table, est, spec, s, device, where)
-    render_batch(console, spec.batch)
-    style = {"fits": "green", "tight": "yellow", "won't fit": "red"}[v]
-    name, nbytes = est.dominant()
-    console.print(f"verdict: [{style}]{v}[/{style}] ({est.total / GiB:.1f} of {device / GiB:.1f} GiB per device; "
-                  f"{spec.launch.describe()}); largest term: {name} ({nbytes / GiB:.2f} GiB, {est.peak_phase})",
-                  soft_wrap=True)
-    tips = []
-    if v == "won't fit":
-        tips = suggestions(arch, s, device, spec.grad_accum)
-        for label, overrides, total in tips:
-            console.print(f"  → {label}: {' '.join('--set ' + o if '=' in o else o for o in overrides)} "
-                          f"({total / GiB:.1f} GiB)", soft_wrap=True)
-        if not tips:
-            console.print("  → no single change fits: use more GPUs with ZeRO-3 / FSDP2, or a smaller model")
-    return est, v, tips
-
-
-def render(console, Table, est: Estimate, spec, s: Setup, device: float, where: str) -> None:
-    table = Table(title=f"memory per device: {spec.recipe.model.name} · {spec.launch.describe()} · "
-                        f"micro-batch {s.micro_batch} × {s.max_length} tokens")
-    for col, justify in (("term", "left"), ("GiB", "right"), ("how", "left")):
-        table.add_column(col, justify=justify)
-    for name, nbytes, how in est.persistent:
-        table.add_row(name, f"{nbytes / GiB:.2f}", how)
-    peak = est.peak_phase
-    for phase in est.phases:
-        mark = " (peak)" if phase == peak else ""
-        table.add_row(f"[bold]{phase}{mark}[/bold]" if mark else phase, f"{est.phase_bytes(phase) / GiB:.2f}",
-                      " + ".join(f"{n} {b / GiB:.2f}" for n, b, _ in est.phases[phase] if b), end_section=False)
-    table.add_row("allocated (persistent + peak phase)", f"{est.allocated / GiB:.2f}",
-                  "comparable with torch.cuda.max_memory_allocated")
-    table.add_row("runtime overhead", f"{est.overhead / GiB:.2f}", "CUDA context + 10% allocator fragmentation")
-    table.add_row("[bold]total[/bold]", f"[bold]{est.total / GiB:.2f}[/bold]", f"device: {device / GiB:.1f} GiB {where}")
-    console.print(table)
-
-
-def render_batch(console, choice) -> None:
-    """The micro-batch rows: what was chosen and why, why the next size would not fit, the accumulation
-    (medsft/memory/micro_batch.py decides; the preflight only shows it)."""
-    if choice is None:
-        return
-    procs = f"{choice.world} process{'es' if choice.world > 1 else ''}"
-    console.print(f"micro-batch: {choice.micro_batch} ({'auto: ' if choice.auto else ''}{choice.how}"
-                  + (f"; estimated {choice.total / GiB:.1f} GiB" if choice.total is not None else "") + ")",
-                  markup=False, highlight=False, soft_wrap=True)
-    if choice.next_size is not None:
-        console.print(f"  next size {choice.next_size} would not fit: {choice.next_total / GiB:.1f} GiB estimated, "
-                      f"above 85% of {choice.device / GiB:.1f} GiB", markup=False, highlight=False, soft_wrap=True)
-    elif choice.total is not None:
-        console.print("  next size: none larger is needed (no accumulation left to trade)", markup=False,
-                      highlight=False, soft_wrap=True)
-    console.print(f"  gradient accumulation {choice.grad_accum}: {choice.micro_batch} × {choice.grad_accum} × {procs}"
-                  f" = {choice.global_batch} rows per optimizer step ({choice.global_from})", markup=False,
-                  highlight=False, soft_wrap=True)
+    tips = suggestions(arch, s, device, spec.grad_accum) if v == "won't fit" else []
+    return Preflight(recipe.model.name, source, spec.attention.notice, spec.launch.describe(), s, est, device, where,
+                     v, tips, spec.batch)

@@ -58,20 +58,18 @@ def detect(requested: str, cuda: bool) -> KernelChoice:
                   hub_hint=f"pip install 'kernels>={KERNELS_MIN_VERSION},<{KERNELS_MAX_VERSION}'")
 
 
-def apply(chosen: str, model) -> str:
-    """What the loaded model runs with. Hub kernels are applied here, for training (a model comes out of
-    from_pretrained in eval mode, and inference kernels need not have a backward); one that cannot be
-    fetched (offline, no cache) leaves the model as it was. Liger is applied later by the trainer."""
+def apply(chosen: str, model) -> tuple[str, str | None]:
+    """What the loaded model runs with, and a notice when a kernel asked for could not be had. Hub kernels are
+    applied here, for training (a model comes out of from_pretrained in eval mode, and inference kernels need not
+    have a backward); one that cannot be fetched (offline, no cache) leaves the model as it was. Liger is applied
+    later by the trainer."""
     if chosen != "hub":
-        return chosen
-    from medsft.console import notice
-
+        return chosen, None
     try:
         from kernels import Mode
 
         model.set_use_kernels(True, mode=Mode.TRAINING)
     except Exception as err:  # the kernels package raises its own hub/compat errors; training goes on without
-        notice(f"kernels: hub kernels unavailable ({type(err).__name__}: {' '.join(str(err).split())[:160]}); "
-               "running without")
-        return "off"
-    return "hub"
+        return "off", (f"kernels: hub kernels unavailable ({type(err).__name__}: {' '.join(str(err).split())[:160]}); "
+                       "running without")
+    return "hub", None

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medsft.console import notice
 from medsft.errors import MedsftError
 from medsft.model.builtin.tiny_model import builtin_model_dir, is_builtin
 
@@ -51,8 +50,6 @@ def ready_tokenizer(tok, name: str):
 def load_tokenizer(model_cfg):
     from transformers import AutoTokenizer
 
-    if model_cfg.trust_remote_code:
-        notice(f"trust_remote_code is on: code from {model_cfg.name!r} will run on this machine")
     try:
         tok = AutoTokenizer.from_pretrained(resolve_model_path(model_cfg.name), revision=model_cfg.revision,
                                             trust_remote_code=model_cfg.trust_remote_code)

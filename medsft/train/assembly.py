@@ -91,7 +91,9 @@ def prepare_model(spec, tokenizer, into: Assembly | None = None) -> Assembly:
     notice(spec.attention.notice)
     run.embedding_rows_added = model_mod.fit_embeddings(run.model, tokenizer)
     keep_4bit_trainable_layout(run.model)
-    run.kernels = kernels.apply(spec.kernels, run.model)
+    run.kernels, unavailable = kernels.apply(spec.kernels, run.model)
+    if unavailable:
+        notice(unavailable)
     return run
 
 

@@ -26,7 +26,11 @@ def preflight_gate(spec, force: bool, gpu_memory: str | None = None) -> None:
     verdict = [None]
     if is_main():
         try:
-            verdict[0] = run_preflight(spec, gpu_memory=gpu_memory)[1]
+            report = run_preflight(spec, gpu_memory=gpu_memory)
+            from medsft.views import show_preflight
+
+            show_preflight(report)
+            verdict[0] = report.verdict
         except MedsftError as err:
             verdict[0] = f"unknown ({err.what})"
     if dist.is_available() and dist.is_initialized():

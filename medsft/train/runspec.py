@@ -154,6 +154,8 @@ def resolve(recipe: Recipe, launch: Launch, kernels: str | None = None, memory=N
     except MedsftError as err:
         raise err.at(f"{launch.source} with {where}" if launch.source != "environment" else where)
     notices = []
+    if recipe.model.trust_remote_code:
+        notices.append(f"trust_remote_code is on: code from {recipe.model.name!r} will run on this machine")
     if placement.substituted:
         notices.append(f"launch: {placement.substituted}")
     if kernels is None:

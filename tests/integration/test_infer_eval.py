@@ -67,7 +67,10 @@ def test_infer_single_question_streams(adapter):
                   "and weight gain. What is the most likely diagnosis?", "--max-new-tokens", "160",
                   env={"COLUMNS": "200"}, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "<think>" in res.stdout and "answer" in res.stdout
+    # piped: the generated text once (reasoning and answer), what it cost on stderr
+    assert res.stdout.count("<think>") == 1 and res.stdout.count("</think>") == 1, res.stdout
+    answer = res.stdout.split("</think>", 1)[1].strip()
+    assert answer and res.stdout.count(answer) == 1 and " tokens, " in res.stderr
 
 
 def test_merge_loads_without_peft(adapter, tmp_path, tiny_dir):

@@ -245,7 +245,7 @@ def test_generation_errors_reach_the_main_thread(tiny_dir):
 
     def call():
         try:
-            stream_one(Broken(), tokenizer, "q?", Settings(max_new_tokens=4), Console(quiet=True))
+            stream_one(Broken(), tokenizer, "q?", Settings(max_new_tokens=4), lambda piece, thinking: None)
         except ValueError as err:
             outcome["error"] = str(err)
 
