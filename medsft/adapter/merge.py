@@ -14,12 +14,15 @@ from pathlib import Path
 from medsft.errors import MedsftError
 
 
-def run_merge(adapter_dir, out_dir) -> Path:
+def run_merge(adapter_dir, out_dir, evaluation: dict | None = None) -> Path:
+    """The adapter merged into its base, written whole to `out_dir` with a model card (with `evaluation`, the
+    run's held-out figures, when the command found them)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from medsft.adapter.load import attach, check_adapter_dir, recipe_of
     from medsft.model.load import offline_error, resolve_model_path
+    from medsft.adapter.card import write_card
     from medsft.io.outputs import atomic_dir
     from medsft.io.ownership import mark
 
@@ -39,6 +42,7 @@ def run_merge(adapter_dir, out_dir) -> Path:
     with atomic_dir(out, kind="merged") as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        write_card(tmp, *card_inputs(adapter_dir), kind="merged", evaluation=evaluation)
         mark(tmp, "merged", adapter=str(adapter_dir))  # last: lists every file
     return out
 
@@ -67,3 +71,17 @@ def check_merge_output(adapter_dir: Path, out_dir) -> Path:
     check_writable_dir(out, "the merge output")
     check_ours(out, "merged", "the merge output")
     return out
+
+
+def card_inputs(adapter_dir: Path) -> tuple[dict, dict]:
+    """(manifest, recipe) of an adapter, as its card reads them; empty when a file is missing."""
+    import json
+
+    import yaml
+
+    try:
+        manifest = json.loads((Path(adapter_dir) / "manifest.json").read_text(encoding="utf-8"))
+        recipe = yaml.safe_load((Path(adapter_dir) / "recipe.yaml").read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return {}, {}
+    return manifest, recipe

@@ -7,10 +7,11 @@ def run(args) -> int:
     from medsft.adapter.load import check_adapter_dir
     from medsft.adapter.merge import check_merge_output, run_merge
     from medsft.commands.common import quiet_libraries
+    from medsft.commands.places import held_out_evaluation
     from medsft.console import say
 
     adapter = check_adapter_dir(args.adapter_dir)  # before any heavy import
     check_merge_output(adapter, args.out_dir)
     quiet_libraries()
-    say(f"merged model saved to {run_merge(adapter, args.out_dir)}")
+    say(f"merged model saved to {run_merge(adapter, args.out_dir, evaluation=held_out_evaluation(adapter))}")
     return 0

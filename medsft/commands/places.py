@@ -40,3 +40,15 @@ def benchmark_dir(adapter: Path, output_dir: str | None) -> Path:
 def score_dir(predictions: Path, output_dir: str | None) -> Path:
     """`medsft score`'s report: --output-dir, else `PRED-score/` beside the predictions."""
     return Path(output_dir).expanduser() if output_dir else predictions.with_name(f"{predictions.stem}-score")
+
+
+def held_out_evaluation(adapter: Path) -> dict | None:
+    """What `medsft eval` wrote for this adapter (its eval.json in `evaluation_dir`), when it ran: a merged
+    model's card shows it."""
+    import json
+
+    try:
+        found = json.loads((evaluation_dir(Path(adapter), None) / "eval.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None

@@ -263,6 +263,7 @@ def start_over(out: Path) -> None:
 
 def save_adapter(trainer, tokenizer, recipe, info: dict, test_ids) -> None:
     """Adapter + tokenizer + resolved recipe + manifest + test row ids, renamed into place at once."""
+    import json
     import shutil
 
     import yaml
@@ -285,6 +286,9 @@ def save_adapter(trainer, tokenizer, recipe, info: dict, test_ids) -> None:
                                              encoding="utf-8")
         write_json(staging / "test_ids.json", list(test_ids))
         write_json(staging / "manifest.json", info)
+        from medsft.adapter.card import write_card
+
+        write_card(staging, json.loads(json.dumps(info, default=str)), recorded_recipe(recipe, info.get("batch")))
         (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; the recipe says it all
         mark(staging, "adapter", recipe=recipe.source_file, run=str(Path(recipe.output.dir).resolve()))  # last: lists every file
         replace_dir(staging, final, kind="adapter")

@@ -35,6 +35,13 @@ def test_train_eval_infer_merge_train_again_eval_again(tmp_path, tiny_dir):
     second = run_cli_here("eval", adapter, "--max-generations", "2", "--max-new-tokens", "8", cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
     assert files(adapter) == trained  # evaluation wrote nothing inside the adapter
+    for directory, library in ((adapter, "peft"), (tmp_path / "runs" / "tiny" / "merged", "transformers")):
+        card = (directory / "README.md").read_text()
+        assert card.startswith("---\n") and f"library_name: {library}" in card.split("---")[1]
+        assert "[More Information Needed]" not in card and "None" not in card and str(tmp_path) not in card
+        assert "/root" not in card and ".cache" not in card  # no local paths
+    assert "## Evaluation" in (tmp_path / "runs" / "tiny" / "merged" / "README.md").read_text()  # eval ran before
+    assert "PeftModel.from_pretrained" in (adapter / "README.md").read_text()
 
 
 def test_auto_micro_batch_beside_a_fixed_accumulation_says_the_rows_per_step(tmp_path, tiny_dir):
