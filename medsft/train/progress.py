@@ -43,6 +43,10 @@ def fmt_duration(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+EVAL_SHOWN = {"eval_loss": ("eval nll", "{:.4f}"), "eval_perplexity": ("ppl", "{:.2f}"),
+              "eval_mean_token_accuracy": ("acc", "{:.3f}"), "eval_format_compliance": ("format", "{:.2f}")}
+
+
 class ProgressCallback(TrainerCallback):
     """Rich view on a terminal, plain lines otherwise; main process only."""
 
@@ -89,8 +93,9 @@ class ProgressCallback(TrainerCallback):
             self.live.update(self.render(state))
         elif "loss" in logs:  # a log file: each step once; an evaluation on a line of its own
             self.console.print(self.line(self.train_fields(state)), markup=False, highlight=False, soft_wrap=True)
-        elif "eval_loss" in logs:
-            self.console.print(self.line(self.eval_fields(state)), markup=False, highlight=False, soft_wrap=True)
+        elif any(key in logs for key in EVAL_SHOWN):  # what this evaluation logged, not an earlier one's
+            self.console.print(self.line(self.eval_fields(state, only=logs)), markup=False, highlight=False,
+                               soft_wrap=True)
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.live is not None:
@@ -121,10 +126,8 @@ class ProgressCallback(TrainerCallback):
                 out.append((label, human_bytes(self.last[label])))
         return out
 
-    def eval_fields(self, state) -> list[tuple[str, str]]:
-        shown = self.pairs({"eval_loss": ("eval nll", "{:.4f}"), "eval_perplexity": ("ppl", "{:.2f}"),
-                            "eval_mean_token_accuracy": ("acc", "{:.3f}"),
-                            "eval_format_compliance": ("format", "{:.2f}")})
+    def eval_fields(self, state, only=None) -> list[tuple[str, str]]:
+        shown = self.pairs({k: v for k, v in EVAL_SHOWN.items() if only is None or k in only})
         return [("eval at step", str(state.global_step)), *shown] if shown else []
 
     @staticmethod

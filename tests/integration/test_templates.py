@@ -278,7 +278,7 @@ def test_chatml_base_model_trains_and_answers(bare_dir, demo_json, tmp_path):
     res = run_cli_here("infer", adapter, "--question", "A 30-year-old woman has heat intolerance. Diagnosis?",
                   "--max-new-tokens", "8", timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "answer" in res.stdout
+    assert res.stdout.strip() and " tokens, " in res.stderr  # the generated text once, what it cost on stderr
 
 
 @pytest.mark.slow

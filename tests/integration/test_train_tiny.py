@@ -172,4 +172,5 @@ def test_generation_metrics_during_training(tmp_path):
     found = [r for r in records if "eval_format_compliance" in r]
     assert [r["step"] for r in found] == [2, 4]
     assert all(0 <= r["eval_format_compliance"] <= 1 and "eval_stopped_at_end_of_turn" in r for r in found)
-    assert "eval format" in res.stdout
+    evals = [line for line in res.stdout.splitlines() if line.startswith("eval at step")]
+    assert sum(" | format " in line for line in evals) == 2, res.stdout  # the generations, labelled, once per eval
