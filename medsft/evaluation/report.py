@@ -62,7 +62,8 @@ def check_output_dir(path: str | Path) -> Path:
     out = Path(path).expanduser()
     if out.exists() and not out.is_dir():
         raise MedsftError(f"--output-dir {str(out)!r} is a file", "choose a directory path")
-    if out.is_dir() and any(p.name not in MEDSFT_NAMES and p.name not in leftovers(out) for p in out.iterdir()):
+    left = set(leftovers(out)) if out.is_dir() else set()
+    if out.is_dir() and any(p.name not in MEDSFT_NAMES | left for p in out.iterdir()):
         try:
             ours = json.loads((out / "benchmark.json").read_text()).get("written_by") == MARK
         except (OSError, ValueError, AttributeError):
@@ -163,7 +164,7 @@ def previous_report(out: Path) -> list[str]:
     except (OSError, ValueError):
         doc = None
     if not isinstance(doc, dict) or doc.get("written_by") != MARK:
-        return sorted({*pending, *left} | ({"benchmark.json"} if "benchmark.json" in pending else set()))
+        return sorted({*pending, *left})
     files = doc.get("files")
     if isinstance(files, dict):
         ours = [n for n, entry in files.items() if "/" not in n and matches(out / n, entry)]
@@ -216,7 +217,6 @@ def pct(x: float) -> str:
 
 def plot_source(png: Path, source: str, ours: dict[str, dict], published: dict | None) -> None:
     """Accuracy bars for one source: ours with ±1.96 standard errors, published figures hatched."""
-    import os
 
     import matplotlib
 

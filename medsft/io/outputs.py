@@ -221,10 +221,10 @@ def check_writable(plan: list[Write]) -> None:
     for one replaced whole, its parent) accepts a new entry and a rename (tried with a temporary one: permission
     bits, read-only mounts, immutable flags and ACLs all answer), a directory that will be replaced can be moved,
     and each filesystem has room for what the plan writes on it."""
+    from medsft.io.ownership import follow
+
     needed: dict[int, list] = {}
     for write in plan:
-        from medsft.io.ownership import follow
-
         path = follow(Path(write.path), write.name)
         where = path.parent if write.replaces else path
         while not where.exists():

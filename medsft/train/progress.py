@@ -204,11 +204,9 @@ class StartedOverCallback(TrainerCallback):
         self.out = out
 
     def on_save(self, args, state, control, **kwargs):
-        from medsft.io.checkpoints import is_complete
+        from medsft.io.checkpoints import discard_aside, is_complete
 
         if is_main() and is_complete(self.out / f"checkpoint-{state.global_step}"):
-            from medsft.io.checkpoints import discard_aside
-
             discard_aside(self.out)
 
 

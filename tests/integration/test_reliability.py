@@ -228,7 +228,6 @@ def test_generation_errors_reach_the_main_thread(tiny_dir):
     """A failure inside the streaming generation thread ends `infer` with that error instead of a hang."""
     import threading
 
-    from rich.console import Console
     from transformers import AutoTokenizer
 
     from medsft.evaluation.generate import Settings, stream_one

@@ -8,11 +8,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, wait_for_file
 
 STEPS, EVERY = 8, 2
 ARGS = ["--set", f"training.max_steps={STEPS}", "--set", f"training.save_steps={EVERY}", "--set",
@@ -35,15 +34,6 @@ def start(cmd) -> subprocess.Popen:
 def finish(proc, timeout=900) -> tuple[int, str, str]:
     out, err = proc.communicate(timeout=timeout)
     return proc.returncode, out, err
-
-
-def wait_for(path, proc, timeout=600) -> None:
-    """Until `path` exists (a checkpoint's trainer_state.json: written last), polling the file system."""
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert proc.poll() is None, f"training ended before {path} appeared"
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.2)
 
 
 def kill_9_everything(proc) -> None:
@@ -86,7 +76,7 @@ def references(tmp_path_factory, tiny_dir):
 def test_kill_9_then_same_command_resumes_to_the_same_adapter(config, references, tmp_path):
     out = tmp_path / "run"
     proc = start(command(config, out))
-    wait_for(out / "checkpoint-2" / "trainer_state.json", proc)  # the first: six steps left to be killed in
+    wait_for_file(out / "checkpoint-2" / "trainer_state.json", proc)  # the first: six steps left to be killed in
     kill_9_everything(proc)
     assert not (out / "adapter").exists(), "the run ended before the kill: nothing left to resume"
     status, stdout, err = finish(start(command(config, out)))
@@ -104,7 +94,7 @@ def test_sigterm_under_zero3_checkpoints_and_exits_75(tmp_path, tiny_dir):
     then completes."""
     out = tmp_path / "run"
     proc = start(command("zero3.yaml", out, wrapper="medsft"))
-    wait_for(out / "checkpoint-2" / "trainer_state.json", proc)
+    wait_for_file(out / "checkpoint-2" / "trainer_state.json", proc)
     os.kill(proc.pid, signal.SIGTERM)
     status, stdout, err = finish(proc)
     assert status == 75, err[-3000:]
