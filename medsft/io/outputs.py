@@ -245,7 +245,9 @@ def check_writable(plan: list[Write]) -> None:
 
 
 def probe_rename(where: Path, write: Write) -> None:
-    probe = where / f".medsft-probe-{uuid.uuid4().hex[:8]}"
+    from medsft.io.ownership import PROBE
+
+    probe = where / f"{PROBE}{uuid.uuid4().hex[:8]}"
     try:
         probe.mkdir()
         try:

@@ -31,6 +31,7 @@ from medsft.io.process import alive, process_start
 
 MARKER = ".medsft.json"
 LOCK = ".medsft.lock"
+PROBE = ".medsft-probe-"  # a directory check_writable creates and removes at once (another rank may see it)
 KINDS = ("run", "adapter", "merged")
 # an earlier medsft's adapter/merged directory (its marker listed no files) is replaced only if it holds
 # nothing but these names (PEFT, transformers and medsft write them), and only by a directory that has
@@ -54,7 +55,7 @@ def inventory(directory: Path) -> dict[str, list]:
         for name in [*files, *[d for d in dirs if os.path.islink(os.path.join(root, d))]]:
             path = Path(root) / name
             rel = path.relative_to(directory).as_posix()
-            if rel in (MARKER, LOCK):
+            if rel in (MARKER, LOCK) or rel.startswith(PROBE):
                 continue
             out[rel] = inventory_one(path) or ["other"]
     return out
@@ -194,7 +195,7 @@ def check_ours(path: Path, kind: str, name: str) -> None:
         return
     if not path.is_dir():
         raise MedsftError(f"{name} {str(path)!r} is a file", f"choose a directory path for {name}")
-    if not any(p.name not in (LOCK,) for p in path.iterdir()):
+    if not any(p.name != LOCK and not p.name.startswith(PROBE) for p in path.iterdir()):
         return  # empty, or only the lock a killed run left (RunLock takes it over)
     raw, found = read_marker(path), marker(path)
     if found is not None and found["kind"] != kind:

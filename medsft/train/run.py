@@ -62,7 +62,8 @@ def check_paths(recipe) -> None:
                               "(the adapter directory is replaced as a whole)",
                               "choose an adapter directory of its own, e.g. <output.dir>/adapter")
         check_ours(adapter, "adapter", "output.adapter_dir")
-        check_writable([Write(out, "output.dir"), Write(adapter, "output.adapter_dir", replaces=True)])
+        if is_main():  # one process proves it; the others would only race its probes
+            check_writable([Write(out, "output.dir"), Write(adapter, "output.adapter_dir", replaces=True)])
     except MedsftError as err:
         raise err.at(where)
 
@@ -240,7 +241,7 @@ def say_data(built) -> None:
     lines = built.cache_lines  # every rank's go to the manifest; the main process says its own, once
     built.cache_lines_by_rank = gather_lines(lines) if spec.launch.world_size > 1 else [lines]
     for line in lines:
-        say(line.replace(f"data[rank {0}]", "data", 1))
+        say(line.replace("data[rank 0]", "data", 1))
     for name, n in built.dropped.items():
         if n:
             say(f"data: {n} {name} rows longer than training.max_length={spec.drop_longer_than} dropped")
