@@ -4,6 +4,7 @@ chatter silenced once the input is known good."""
 from __future__ import annotations
 
 import os
+import sys
 
 from medsft.commands.arguments import BENCHMARK_ONLY
 from medsft.errors import MedsftError
@@ -93,3 +94,19 @@ def quiet_libraries() -> None:
         warnings.simplefilter("ignore")
         hf_logging.set_verbosity_error()
         datasets.logging.set_verbosity_error()
+
+
+def finish(code: int) -> int:
+    """The end of a command every rank of a launch reaches together (a training that saved its adapter, or
+    its preemption checkpoint): settle the process groups; with peers, run the exit handlers, flush, and end
+    the process here, without interpreter finalization (why: upstream.settle_process_groups). Alone: `code`."""
+    import atexit
+
+    from medsft.upstream import settle_process_groups
+
+    if not settle_process_groups():
+        return code
+    atexit._run_exitfuncs()  # what finalization would have run first: logging's flush, libraries' own ends
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def run(args) -> int:
-    from medsft.commands.common import quiet_libraries
+    from medsft.commands.common import finish, quiet_libraries
     from medsft.io.checkpoints import check_resume_argument
     from medsft.io.outputs import check_caches
     from medsft.launch.detect import from_env
@@ -15,7 +15,13 @@ def run(args) -> int:
     check_resume_argument(args.resume)  # the launch rules: runspec.resolve, first thing train.run decides
     from_env(cuda=False, num_gpus=0)  # a malformed launch variable refuses before torch is imported
     quiet_libraries()
+    from medsft.train.preemption import EXIT_PREEMPTED
     from medsft.train.run import run as train
 
-    train(recipe, resume=args.resume, force=args.force)
-    return 0
+    try:
+        train(recipe, resume=args.resume, force=args.force)
+    except SystemExit as stop:
+        if stop.code != EXIT_PREEMPTED:
+            raise
+        return finish(EXIT_PREEMPTED)  # every rank agreed on the step it checkpointed
+    return finish(0)
