@@ -13,14 +13,29 @@ export MEDSFT_EXTRA_ARGS
 [ -f "$MEDSFT_RECIPE" ] || { echo "error: recipe $MEDSFT_RECIPE not found — run sbatch from the repository root" >&2; exit 2; }
 [ -f "$MEDSFT_ACCEL_CONFIG" ] || { echo "error: accelerate config $MEDSFT_ACCEL_CONFIG not found — see accelerate_configs/" >&2; exit 2; }
 
-# GPUs per node from Slurm's own variables (never hard-coded); no GPUs: one CPU process per node.
+# GPUs per node from Slurm's own variables (never hard-coded). A job without GPUs is refused here, before any
+# worker starts, unless the accelerate config is a CPU one or the user says so (MEDSFT_ALLOW_CPU=1).
 gpus=${SLURM_GPUS_ON_NODE:-${SLURM_GPUS_PER_NODE:-}}
 gpus=${gpus##*:}  # "h100:8" -> "8"
-export GPUS_PER_NODE=${gpus:-1}
-# The head node's address from the allocation, and a port that is free on it (this shell runs there).
-head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
-MASTER_ADDR=$(scontrol show node "$head_node" | sed -n 's/.*NodeAddr=\([^ ]*\).*/\1/p' | head -n 1)
-export MASTER_ADDR=${MASTER_ADDR:-$head_node}
+if [ -z "$gpus" ] || [ "$gpus" = 0 ]; then
+  if grep -Eq '^[[:space:]]*(use_cpu:[[:space:]]*true|distributed_type:[[:space:]]*MULTI_CPU)' "$MEDSFT_ACCEL_CONFIG" \
+     || [ "${MEDSFT_ALLOW_CPU:-0}" = 1 ]; then
+    gpus=1  # one CPU process per node
+  else
+    echo "error: Slurm job ${SLURM_JOB_ID:-?} has no GPUs (SLURM_GPUS_ON_NODE is unset) but $MEDSFT_ACCEL_CONFIG trains on GPUs — submit with --gpus-per-node=N (#SBATCH --gpus-per-node in launch/*.sbatch, or medsft slurm … --gpus-per-node N), or set MEDSFT_ALLOW_CPU=1 to train on the CPU on purpose" >&2
+    exit 2
+  fi
+fi
+export GPUS_PER_NODE=$gpus
+nodes=${SLURM_JOB_NUM_NODES:-1}
+if [ "$nodes" -gt 1 ]; then
+  # The head node's address from the allocation, and a port that is free on it (this shell runs there).
+  head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+  MASTER_ADDR=$(scontrol show node "$head_node" | sed -n 's/.*NodeAddr=\([^ ]*\).*/\1/p' | head -n 1)
+  export MASTER_ADDR=${MASTER_ADDR:-$head_node}
+else
+  export MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
+fi
 export MASTER_PORT=${MASTER_PORT:-$(python -c 'import socket; s=socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])')}
 # Defaults that make distributed failures debuggable rather than silent hangs.
 export NCCL_DEBUG=${NCCL_DEBUG:-WARN}
@@ -30,9 +45,13 @@ export PYTHONUNBUFFERED=1 HF_HUB_ENABLE_HF_TRANSFER=${HF_HUB_ENABLE_HF_TRANSFER:
 # the warning comes 5 minutes ahead (--signal=B:USR1@300)
 export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-240}
 
-echo "[medsft] job ${SLURM_JOB_ID} restart ${SLURM_RESTART_COUNT:-0}: ${SLURM_JOB_NUM_NODES} nodes x ${GPUS_PER_NODE}, recipe ${MEDSFT_RECIPE}, config ${MEDSFT_ACCEL_CONFIG}"
+echo "[medsft] job ${SLURM_JOB_ID} restart ${SLURM_RESTART_COUNT:-0}: ${nodes} nodes x ${GPUS_PER_NODE}, recipe ${MEDSFT_RECIPE}, config ${MEDSFT_ACCEL_CONFIG}"
 preempted=0
-srun --ntasks-per-node=1 --kill-on-bad-exit=1 bash launch/train_node.sh &
+if [ "$nodes" -gt 1 ]; then
+  srun --ntasks-per-node=1 --kill-on-bad-exit=1 bash launch/train_node.sh &
+else
+  bash launch/train_node.sh &  # one node: this shell's own node, no job step needed
+fi
 srun_pid=$!
 # --signal=B:USR1@300 lands here: pass it on as SIGTERM; medsft checkpoints after the current step.
 trap 'preempted=1; echo "[medsft] time limit near: checkpointing, then requeue"; kill -TERM "$srun_pid"' USR1

@@ -6,6 +6,21 @@ set -euo pipefail
 : "${MEDSFT_RECIPE:?}" "${MEDSFT_ACCEL_CONFIG:?}" "${MASTER_ADDR:?}" "${MASTER_PORT:?}" "${GPUS_PER_NODE:?}"
 NNODES=${SLURM_JOB_NUM_NODES:-1}
 NODE_RANK=${SLURM_NODEID:-0}
+# This node's own GPUs: Slurm's count must be what CUDA will see (a node whose GPUs are hidden or missing
+# would start its processes on the CPU, or fail in the first collective).
+if [ "${MEDSFT_ALLOW_CPU:-0}" != 1 ] && [ -n "${SLURM_GPUS_ON_NODE:-}" ] && [ "${SLURM_GPUS_ON_NODE}" != 0 ]; then
+  if [ -n "${CUDA_VISIBLE_DEVICES+set}" ]; then
+    visible=$(printf '%s' "$CUDA_VISIBLE_DEVICES" | tr ',' '\n' | grep -c .)
+  elif command -v nvidia-smi > /dev/null; then
+    visible=$(nvidia-smi -L 2> /dev/null | grep -c '^GPU')
+  else
+    visible=0
+  fi
+  if [ "$visible" -lt "$GPUS_PER_NODE" ]; then
+    echo "error: node $(hostname): Slurm allocated ${GPUS_PER_NODE} GPUs but ${visible} are visible (CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-unset}) — check the node's GPUs (nvidia-smi) and the job's --gpus-per-node" >&2
+    exit 2
+  fi
+fi
 echo "[medsft] node $(hostname) rank ${NODE_RANK}/${NNODES}: ${GPUS_PER_NODE} processes, head ${MASTER_ADDR}:${MASTER_PORT}"
 # exec: the launcher becomes the task process, so the signals srun forwards reach it (and the workers).
 # `medsft launch` is accelerate launch with medsft's checks first (a bad recipe: one line, exit 2) and the

@@ -10,7 +10,7 @@ import sys
 
 COMMANDS = {  # name -> module of medsft/commands with run(args) -> int
     "train": "train", "launch": "launch", "preflight": "preflight", "data": "data", "infer": "infer",
-    "eval": "eval", "score": "score", "merge": "merge", "env": "env",
+    "eval": "eval", "score": "score", "merge": "merge", "env": "env", "slurm": "slurm",
 }
 
 

@@ -108,6 +108,28 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("adapter_dir")
     m.add_argument("out_dir")
 
+    sl = sub.add_parser("slurm", help="the Slurm job script for a training: resources, processes, command (a dry run)",
+                        formatter_class=fmt,
+                        description="Prints the job script that asks Slurm for the resources and runs the training on "
+                        "every node (and the same as an sbatch line with the shipped launch/*.sbatch); where Slurm is "
+                        "installed, `sbatch --test-only` checks it. --submit submits it. Run from the repository root.",
+                        epilog="examples:\n  medsft slurm recipes/llama3.1-8b.yaml --config accelerate_configs/zero3.yaml "
+                               "--nodes 2 --gpus-per-node 8\n  medsft slurm recipes/qwen3-0.6b.yaml --config "
+                               "accelerate_configs/ddp.yaml --gpus-per-node 4 --time 4:00:00 --partition gpu --submit\n"
+                               "  medsft slurm recipes/llama3.1-8b.yaml --config accelerate_configs/zero3.yaml > job.sbatch")
+    add_recipe_args(sl)
+    sl.add_argument("--config", required=True, metavar="ACCELERATE_CONFIG", help="e.g. accelerate_configs/zero3.yaml")
+    sl.add_argument("--nodes", type=int, default=1, help="nodes (default 1)")
+    sl.add_argument("--gpus-per-node", type=int, default=8, help="GPUs of each node, one process each (default 8)")
+    sl.add_argument("--cpus-per-task", type=int, help="CPUs of each node's task (default 8 per GPU)")
+    sl.add_argument("--mem", default="0", help="memory of each node, e.g. 256G (default 0: all of it)")
+    sl.add_argument("--time", default="24:00:00", help="time limit, e.g. 24:00:00 or 2-00:00:00 (default 24:00:00): "
+                    "medsft checkpoints 5 minutes before it and the job requeues itself")
+    sl.add_argument("--partition", help="Slurm partition (default: the cluster's)")
+    sl.add_argument("--account", help="Slurm account (default: yours)")
+    sl.add_argument("--submit", action="store_true", help="submit the job (sbatch) instead of printing its script")
+    sl.add_argument("--wait", action="store_true", help="with --submit: wait for the job and exit with its status")
+
     d = sub.add_parser("data", help="show what is trained: rows kept, lengths, trained spans", formatter_class=fmt,
                        epilog="examples:\n  medsft data recipes/tiny-cpu.yaml --limit 2\n"
                               "  medsft data recipes/tiny-cpu.yaml --json > examples.jsonl")

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import subprocess
 
 import pytest
 
@@ -28,13 +30,19 @@ def slurm(tmp_path_factory):
 
 
 def submit(slurm, out, *overrides, wait=True):
-    args = ["sbatch", "--parsable"] + (["--wait"] if wait else []) + [
-        "launch/multi_node.sbatch", "recipes/tiny-cpu.yaml", "accelerate_configs/ddp.yaml",
-        "--set", f"output.dir={out}", "--set", "training.eval_strategy=no"]
+    """The job as a user submits it: `medsft slurm … --submit` (no GPUs on this cluster: MEDSFT_ALLOW_CPU=1)."""
+    import sys
+
+    args = [sys.executable, "-m", "medsft", "slurm", "recipes/tiny-cpu.yaml", "--config", "accelerate_configs/ddp.yaml",
+            "--nodes", "2", "--gpus-per-node", "0", "--time", "30:00", "--submit", *(["--wait"] if wait else []),
+            "--set", f"output.dir={out}", "--set", "training.eval_strategy=no"]
     for o in overrides:
         args += ["--set", o]
-    res = slurm.run(*args, cwd=REPO, timeout=1200) if wait else slurm.run(*args, cwd=REPO)
-    return res
+    slurm.env["MEDSFT_ALLOW_CPU"] = "1"
+    res = slurm.run(*args, cwd=REPO, timeout=1200)
+    match = re.search(r"submitted job (\d+)", res.stdout)
+    assert match, res.stdout + res.stderr
+    return res, match.group(1)
 
 
 def log_of(job_id: str) -> str:
@@ -43,8 +51,7 @@ def log_of(job_id: str) -> str:
 
 def test_two_node_job(slurm, tmp_path, tiny_dir):
     out = tmp_path / "run"
-    res = submit(slurm, out, "training.max_steps=4")
-    job_id = res.stdout.strip().split(";")[0]
+    res, job_id = submit(slurm, out, "training.max_steps=4")
     log = log_of(job_id)
     try:
         assert res.returncode == 0, log[:3000] + "\n...\n" + log[-3000:]
@@ -63,9 +70,8 @@ def test_two_node_job(slurm, tmp_path, tiny_dir):
 def test_requeue_resumes(slurm, tmp_path, tiny_dir):
     out = tmp_path / "run"
     steps = 24
-    res = submit(slurm, out, f"training.max_steps={steps}", "training.save_steps=4", wait=False)
+    res, job_id = submit(slurm, out, f"training.max_steps={steps}", "training.save_steps=4", wait=False)
     assert res.returncode == 0, res.stderr
-    job_id = res.stdout.strip().split(";")[0]
     try:
         # requeue once a complete checkpoint exists and training is still going
         slurm.wait_for(lambda: (out / "checkpoint-4" / "trainer_state.json").is_file(), "checkpoint-4", timeout=600)
@@ -88,3 +94,34 @@ def test_requeue_resumes(slurm, tmp_path, tiny_dir):
         assert m["train"]["resumed_from"]
     finally:
         (REPO / f"slurm-medsft-{job_id}.log").unlink(missing_ok=True)
+
+
+def test_a_job_without_gpus_is_refused_inside_its_allocation(slurm, tmp_path):
+    """The job script as sbatch runs it, on a node of a real allocation that has no GPUs: one line naming
+    --gpus-per-node, exit 2, before any worker starts (no output.dir)."""
+    log = tmp_path / "job.log"
+    env = {k: v for k, v in slurm.env.items() if k != "MEDSFT_ALLOW_CPU"}
+    res = subprocess.run(["sbatch", "--wait", "--parsable", "--nodes=1", f"--output={log}", "launch/slurm_job.sh",
+                          "recipes/tiny-cpu.yaml", "accelerate_configs/ddp.yaml", "--set", f"output.dir={tmp_path / 'run'}"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2, res.stdout + res.stderr + log.read_text()
+    lines = log.read_text().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: Slurm job") and "--gpus-per-node" in lines[0], lines
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_dry_run_asks_slurm_and_a_refusal_is_one_line(slurm):
+    """Without --submit: the script, and sbatch --test-only's answer from the real controller; a partition the
+    cluster does not have is refused in one line before anything queues."""
+    import sys
+
+    args = [sys.executable, "-m", "medsft", "slurm", "recipes/tiny-cpu.yaml", "--config", "accelerate_configs/ddp.yaml",
+            "--nodes", "2", "--gpus-per-node", "0"]
+    slurm.env["MEDSFT_ALLOW_CPU"] = "1"
+    res = slurm.run(*args, cwd=REPO)
+    assert res.returncode == 0 and "#SBATCH --nodes=2" in res.stdout, res.stderr
+    assert res.stderr.startswith("notice: sbatch --test-only: ") and "to start at" in res.stderr, res.stderr
+    res = slurm.run(*args, "--partition", "nosuch", cwd=REPO)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: sbatch refused the job") and "partition" in lines[0], lines

@@ -1,0 +1,75 @@
+"""`medsft slurm RECIPE --config CONFIG`: the job script for a Slurm training, printed (a dry run, checked by
+`sbatch --test-only` where Slurm is installed) or submitted. medsft/launch/slurm.py renders it."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from medsft.errors import MedsftError
+
+# sbatch's words when it finds no controller (not configured here, or down): nothing was checked
+UNREACHABLE = re.compile(r"configuration source|fetch_config|contact slurm controller|Connection refused|timed out",
+                         re.IGNORECASE)
+
+
+def run(args) -> int:
+    from medsft.console import notice, say
+    from medsft.launch.detect import from_accelerate_config
+    from medsft.launch.slurm import ALLOW_CPU, SlurmJob, checked, script, summary
+    from medsft.recipe.files import load_recipe
+
+    load_recipe(args.recipe, args.overrides)  # a bad recipe is refused here, not after the queue
+    if not Path("launch/slurm_job.sh").is_file():
+        raise MedsftError("launch/slurm_job.sh is not in this directory",
+                          "run medsft slurm from the medsft repository root (the job runs launch/slurm_job.sh)")
+    job = checked(SlurmJob(recipe=args.recipe, config=args.config, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
+                           cpus_per_task=args.cpus_per_task, mem=args.mem, time=args.time, partition=args.partition,
+                           account=args.account, overrides=tuple(args.overrides),
+                           allow_cpu=os.environ.get(ALLOW_CPU) == "1", directory=os.getcwd()))
+    launch = from_accelerate_config(job.config, job.nodes * job.processes_per_node, cuda=job.gpus_per_node > 0)
+    command = "medsft slurm " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["slurm"] else \
+        "medsft slurm"
+    text = script(job, summary(job, launch.describe()), command)
+    sbatch = shutil.which("sbatch")
+    if not args.submit:
+        print(text, end="")
+        if sbatch:  # Slurm answers whether it could run it, and when, without queueing it
+            try:
+                answer = submit(sbatch, text, "--test-only")
+            except MedsftError as err:
+                if not UNREACHABLE.search(err.what):
+                    raise
+                answer = "no Slurm controller answered here, so the script was not checked"
+            notice(f"sbatch --test-only: {' '.join(answer.split())}")
+        return 0
+    if not sbatch:
+        raise MedsftError("--submit: sbatch is not on PATH (Slurm's client tools are not installed here)",
+                          "run it on the cluster's login node, or leave out --submit to print the script")
+    res = subprocess.run([sbatch, "--parsable", *(["--wait"] if args.wait else [])], input=text, capture_output=True,
+                         text=True, timeout=None if args.wait else 120)
+    job_id = res.stdout.strip().splitlines()[-1].split(";")[0] if res.stdout.strip() else ""
+    if not job_id.isdigit():
+        raise refused(res.stdout + res.stderr)
+    say(f"submitted job {job_id}: log slurm-medsft-{job_id}.log in {job.directory}")
+    if args.wait:
+        say(f"job {job_id} ended with exit status {res.returncode}")
+    return res.returncode if args.wait else 0
+
+
+def submit(sbatch: str, text: str, *options: str) -> str:
+    """sbatch with the script on its standard input; its answer (--test-only answers on stderr)."""
+    res = subprocess.run([sbatch, *options], input=text, capture_output=True, text=True, timeout=120)
+    if res.returncode != 0:
+        raise refused(res.stdout + res.stderr)
+    return (res.stdout + res.stderr).strip()
+
+
+def refused(answer: str) -> MedsftError:
+    return MedsftError(f"sbatch refused the job: {' '.join(answer.split())[:300]}",
+                       "fix the resources (--partition, --account, --time, --gpus-per-node) for this cluster")
