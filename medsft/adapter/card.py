@@ -13,10 +13,10 @@ TAGS = ["medsft", "medical", "medical-reasoning", "lora", "qlora", "sft", "trl",
 
 
 def is_hub_id(name: str) -> bool:
-    from medsft.paths import looks_local
+    """An org/name id the card can link to on the hub."""
+    from medsft import hub
 
-    return isinstance(name, str) and "/" in name and not looks_local(name) and not name.startswith("builtin:") \
-        and not Path(name).exists()
+    return isinstance(name, str) and "/" in name and hub.is_hub_id(name)
 
 
 def card(manifest: dict, recipe: dict, *, kind: str = "adapter", evaluation: dict | None = None,

@@ -30,7 +30,7 @@ def run_merge(adapter_dir, out_dir, evaluation: dict | None = None) -> Path:
     recipe = recipe_of(adapter_dir)
     out = check_merge_output(adapter_dir, out_dir)
     try:
-        base = AutoModelForCausalLM.from_pretrained(resolve_model_path(recipe.model.name), dtype=torch.bfloat16,
+        base = AutoModelForCausalLM.from_pretrained(resolve_model_path(recipe.model.name, recipe.model.revision), dtype=torch.bfloat16,
                                                     revision=recipe.model.revision,
                                                     trust_remote_code=recipe.model.trust_remote_code)
     except OSError as err:

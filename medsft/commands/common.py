@@ -110,3 +110,20 @@ def finish(code: int) -> int:
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     os._exit(code)
+
+
+DATA_FILES = (".json", ".jsonl", ".parquet")
+
+
+def check_hub(recipe) -> None:
+    """Every hub id the recipe names, checked before anything loads: a gated, misspelled or unreachable model
+    or dataset is one line in seconds, not a traceback after the data stage (medsft/hub.py)."""
+    from medsft import hub
+    from medsft.data.mixture import sources_of
+
+    hub.check_available(recipe.model.name, "model", recipe.model.revision, "model.name")
+    for src in sources_of(recipe.data):
+        if not src.source.lower().endswith(DATA_FILES):
+            hub.check_available(src.source, "dataset", src.revision, src.where)
+    if recipe.training.get("push_to_hub"):
+        hub.check_push(recipe.training.get("hub_model_id"))

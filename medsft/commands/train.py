@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def run(args) -> int:
-    from medsft.commands.common import finish, quiet_libraries
+    from medsft.commands.common import check_hub, finish, quiet_libraries
     from medsft.io.checkpoints import check_resume_argument
     from medsft.io.outputs import check_caches
     from medsft.launch.detect import from_env
@@ -12,6 +12,7 @@ def run(args) -> int:
 
     recipe = load_recipe(args.recipe, args.overrides)  # before any heavy import
     check_caches()
+    check_hub(recipe)
     check_resume_argument(args.resume)  # the launch rules: runspec.resolve, first thing train.run decides
     from_env(cuda=False, num_gpus=0)  # a malformed launch variable refuses before torch is imported
     quiet_libraries()

@@ -178,9 +178,9 @@ def describe_load_error(source: str, err: Exception) -> tuple[str, str]:
                 "check that it is valid JSON/JSONL/Parquet with one object per row and consistent types")
     if "offline" in text.lower() or "connect" in text.lower() or name in ("ConnectionError", "DatasetNotFoundError",
                                                                           "OfflineModeIsEnabled", "LocalEntryNotFoundError"):
-        return (f"dataset {source!r} is not available offline ({name})",
-                "download it once where the hub is reachable (it is then read from the HF cache), "
-                "or set data.source to a local .json/.jsonl/.parquet file")
+        from medsft.hub import ways_in
+
+        return f"dataset {source!r} is not available offline ({name})", ways_in(source, "dataset", "data.source")
     return (f"cannot load dataset {source!r} ({name}: {text})", "check data.source, data.config and data.split")
 
 

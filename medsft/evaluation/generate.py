@@ -163,7 +163,7 @@ def load_vllm(recipe, adapter_dir, seed: int | None):
 
     m = recipe.model
     rank = next((r for r in (8, 16, 32, 64, 128, 256, 320, 512) if r >= recipe.lora.rank), recipe.lora.rank)
-    return LLM(model=resolve_model_path(m.name), tokenizer=str(adapter_dir), dtype=m.dtype, revision=m.revision,
+    return LLM(model=resolve_model_path(m.name, m.revision), tokenizer=str(adapter_dir), dtype=m.dtype, revision=m.revision,
                trust_remote_code=m.trust_remote_code, enable_lora=True, max_lora_rank=rank,  # vLLM's allowed ranks
                seed=0 if seed is None else seed)
 

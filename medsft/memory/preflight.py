@@ -49,7 +49,8 @@ def read_config(model_name: str, revision: str | None = None) -> tuple[dict, str
     if model_name in index:
         return json.loads((SHIPPED / index[model_name]).read_text()), "medsft's shipped architecture (no hub cache)"
     raise MedsftError(f"config.json of {model_name!r} is not in the hub cache",
-                      f"download it once: huggingface-cli download {model_name} config.json", "model.name")
+                      f"on a machine that reaches the hub run `hf download {model_name} config.json` and copy its "
+                      "HF_HOME (~/.cache/huggingface) here, or set model.name to a local directory", "model.name")
 
 
 def parse_size(text: str) -> float:

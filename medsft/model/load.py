@@ -16,21 +16,28 @@ from medsft.errors import MedsftError
 from medsft.model.builtin.tiny_model import builtin_model_dir, is_builtin
 
 
-def resolve_model_path(name: str) -> str:
-    """A built-in model becomes its (built-on-first-use) local directory; anything else is passed as is."""
+def resolve_model_path(name: str, revision: str | None = None) -> str:
+    """A built-in model becomes its (built-on-first-use) local directory, a local one its path; a hub id is
+    checked first (medsft/hub.py: gated, missing, offline or unreachable is one line, before any download)."""
     if is_builtin(name):
         try:
             return str(builtin_model_dir(name))
         except ValueError as err:
             raise MedsftError(str(err), "use builtin:tiny-qwen2 or a hub id", "model.name") from None
-    return str(Path(name).expanduser()) if Path(name).expanduser().is_dir() else name
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser())
+    from medsft.hub import check_available
+
+    check_available(name, "model", revision, "model.name")
+    return name
 
 
 def offline_error(name: str, err: Exception) -> MedsftError:
     text = " ".join(str(err).split())[:200]
-    return MedsftError(f"base model {name!r} is not available offline ({type(err).__name__}: {text})",
-                       "download it once where the hub is reachable (huggingface-cli download NAME), "
-                       "or set model.name to a local directory", "model.name")
+    from medsft.hub import ways_in
+
+    return MedsftError(f"base model {name!r} cannot be loaded ({type(err).__name__}: {text})",
+                       ways_in(name, "model", "model.name"), "model.name")
 
 
 def ready_tokenizer(tok, name: str):
@@ -51,7 +58,7 @@ def load_tokenizer(model_cfg):
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(resolve_model_path(model_cfg.name), revision=model_cfg.revision,
+        tok = AutoTokenizer.from_pretrained(resolve_model_path(model_cfg.name, model_cfg.revision), revision=model_cfg.revision,
                                             trust_remote_code=model_cfg.trust_remote_code)
     except (OSError, ValueError) as err:
         raise offline_error(model_cfg.name, err) from None
@@ -143,7 +150,7 @@ def load_model(recipe, placement, cuda: bool, attention=None):
     if placement.device_map is not None:
         kwargs["device_map"] = placement.device_map
     try:
-        model = AutoModelForCausalLM.from_pretrained(resolve_model_path(m.name), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(resolve_model_path(m.name, m.revision), **kwargs)
     except OSError as err:
         raise offline_error(m.name, err) from None
     return model, attn

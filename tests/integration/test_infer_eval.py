@@ -120,4 +120,4 @@ def test_bad_adapter_dirs(adapter, tmp_path):
     recipe["model"]["name"] = "example-org/not-downloaded-8b"
     (offline / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     res = run_cli_here("infer", offline, "--question", "q", timeout=300)
-    assert res.returncode == 2 and "not available offline" in res.stderr and "Traceback" not in res.stderr
+    assert res.returncode == 2 and "not in this machine's hub cache" in res.stderr and "Traceback" not in res.stderr

@@ -424,12 +424,12 @@ def test_recipe_file_not_utf8(workspace):
 
 def test_hub_dataset_offline(workspace):
     recipe = recipe_with(data__source="FreedomIntelligence/medical-o1-reasoning-SFT", output__dir="o")
-    run_case(workspace, ["train", "r.yaml"], "is not available offline", files={"r.yaml": recipe_file(recipe)})
+    run_case(workspace, ["train", "r.yaml"], "is not in this machine's hub cache", files={"r.yaml": recipe_file(recipe)})
 
 
 def test_base_model_offline(workspace):
     recipe = recipe_with(model__name="example-org/not-downloaded-7b", output__dir="o")
-    run_case(workspace, ["train", "r.yaml"], "is not available offline", files={"r.yaml": recipe_file(recipe)})
+    run_case(workspace, ["train", "r.yaml"], "is not in this machine's hub cache", files={"r.yaml": recipe_file(recipe)})
 
 
 def test_lora_targets_match_nothing(workspace):

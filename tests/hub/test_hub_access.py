@@ -1,0 +1,116 @@
+"""Hub access that fails fast: a local HTTP server on 127.0.0.1 as HF_ENDPOINT answers 401 (gated) or 404
+(misspelled), a closed port answers nothing, and HF_HUB_OFFLINE=1 with an empty cache: each is one `error:`
+line, exit 2, within 10 s, naming the `hf` command that fixes it (never the retired `huggingface-cli`), for
+model.name and for data.source alike, before any data is prepared."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+
+import pytest
+
+from tests.conftest import free_port, run_cli
+
+BOUND_S = 10
+
+
+class Hub(http.server.BaseHTTPRequestHandler):
+    status = 404
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        self.send_response(self.status)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b'{"error": "refused by the test hub"}')
+
+    do_HEAD = do_GET
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def hub_answering():
+    servers = []
+
+    def start(status: int) -> str:
+        handler = type("Answer", (Hub,), {"status": status})
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+
+
+def train(setting: str, env: dict):
+    started = time.monotonic()
+    res = run_cli("train", "recipes/tiny-cpu.yaml", "--set", setting, "--set", "output.dir=/nonexistent-never-made",
+                  env=env, timeout=120)
+    return res, time.monotonic() - started
+
+
+SETTINGS = {"model": "model.name=org/some-model", "dataset": "data.source=org/some-data"}
+
+
+def one_line(res) -> str:
+    assert res.returncode == 2, res.stderr[-2000:]
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert "huggingface-cli" not in lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("kind", SETTINGS)
+def test_gated_names_hf_auth_login(kind, hub_answering):
+    res, took = train(SETTINGS[kind], {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub_answering(401)})
+    line = one_line(res)
+    assert "401" in line and "`hf auth login`" in line and "HF_TOKEN" in line and took < BOUND_S, (line, took)
+
+
+@pytest.mark.parametrize("kind", SETTINGS)
+def test_missing_says_so(kind, hub_answering):
+    res, took = train(SETTINGS[kind], {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub_answering(404)})
+    line = one_line(res)
+    assert "does not exist on the hub" in line and took < BOUND_S, (line, took)
+
+
+@pytest.mark.parametrize("kind", SETTINGS)
+def test_unreachable_names_both_ways_in(kind):
+    res, took = train(SETTINGS[kind], {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"})
+    line = one_line(res)
+    assert "cannot be reached" in line and "`hf download org/some-" in line and "HF_HOME" in line, line
+    assert took < BOUND_S, took
+
+
+@pytest.mark.parametrize("kind", SETTINGS)
+def test_offline_with_nothing_cached_names_both_ways_in(kind):
+    res, took = train(SETTINGS[kind], {"HF_HUB_OFFLINE": "1"})
+    line = one_line(res)
+    assert "HF_HUB_OFFLINE=1" in line and "`hf download org/some-" in line and took < BOUND_S, (line, took)
+    assert ("--repo-type dataset" in line) == (kind == "dataset")
+
+
+def test_a_typo_of_a_cached_model_gets_a_did_you_mean(hub_answering, medsft_env):
+    snapshot = medsft_env / "hf" / "hub" / "models--Qwen--Qwen3-0.6B" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    res, _ = train("model.name=Qwen/Qwen3-0.6b", {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub_answering(404)})
+    assert "did you mean 'Qwen/Qwen3-0.6B'" in one_line(res)
+
+
+def test_push_to_hub_offline_is_refused_before_training():
+    res, took = train("training.push_to_hub=true", {"HF_HUB_OFFLINE": "1"})
+    line = one_line(res)
+    assert "push_to_hub" in line and "hf upload" in line and took < BOUND_S, line
+
+
+def test_push_to_hub_without_a_token_is_refused_before_training(hub_answering, tmp_path):
+    res, _ = train("training.push_to_hub=true", {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub_answering(200),
+                                                 "HF_TOKEN": "", "HF_TOKEN_PATH": str(tmp_path / "no-token")})
+    line = one_line(res)
+    assert "no hub token" in line and "`hf auth login`" in line, line
