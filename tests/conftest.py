@@ -116,3 +116,14 @@ def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 600) -> N
         assert proc.poll() is None, f"the process ended before {path} appeared"
         assert time.monotonic() < deadline, f"{path} never appeared"
         time.sleep(0.2)
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    """A user's project directory (tests/cases.py USER_FILES): refusals must leave every file as it was."""
+    from tests.cases import USER_FILES
+
+    for name, text in USER_FILES.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    return tmp_path

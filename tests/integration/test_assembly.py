@@ -41,7 +41,7 @@ def test_trainer_trains_on_what_medsft_data_shows(built):
 def test_model_has_lora_on_every_4bit_layer_in_the_trainable_layout(built):
     import bitsandbytes as bnb
 
-    from tests.unit.test_bnb_cpu_layout import packed_4bit_layers
+    from tests.bnb_layout import packed_4bit_layers
 
     model = built.trainer.model
     four_bit = {name: m for name, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}

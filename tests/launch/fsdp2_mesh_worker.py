@@ -34,7 +34,7 @@ def main(out: Path, steps: int) -> None:
     from medsft.train.runspec import resolve
     from medsft.train.assembly import lora_config
     from medsft.upstream import keep_4bit_trainable_layout
-    from tests.unit.test_bnb_cpu_layout import packed_4bit_layers
+    from tests.bnb_layout import packed_4bit_layers
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()

@@ -251,7 +251,7 @@ def test_bad_paths_are_one_line(tmp_path):
 
 @pytest.fixture
 def fake(tmp_path):
-    from tests.unit.test_bad_input import fake_adapter
+    from tests.cases import fake_adapter
 
     fake_adapter(tmp_path / "adapter")
     (tmp_path / "bench.json").write_text(json.dumps(GOOD))

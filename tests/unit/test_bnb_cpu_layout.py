@@ -8,14 +8,7 @@ from __future__ import annotations
 import pytest
 
 from medsft.upstream import keep_4bit_trainable_layout
-
-
-def packed_4bit_layers(model) -> list[str]:
-    """Names of 4-bit layers currently in bitsandbytes' CPU inference layout (should be none in training)."""
-    import bitsandbytes as bnb
-
-    return [name for name, module in model.named_modules() if isinstance(module, bnb.nn.Linear4bit)
-            and getattr(getattr(module.weight, "quant_state", None), "packing_format_for_cpu", False)]
+from tests.bnb_layout import packed_4bit_layers
 
 
 def qlora_tiny(tiny_dir):

@@ -18,7 +18,7 @@ from medsft.memory.preflight import setup_from, verdict
 from medsft.recipe.files import load_recipe
 from medsft.train.runspec import resolve
 from tests.conftest import REPO, run_cli, run_cli_here
-from tests.unit.test_bad_input import recipe_file, recipe_with, run_case, workspace  # noqa: F401
+from tests.cases import recipe_file, recipe_with, run_case
 
 CONFIGS = REPO / "accelerate_configs"
 LLAMA8B = REPO / "recipes" / "llama3.1-8b.yaml"

@@ -1,7 +1,7 @@
 """Ownership by content: medsft replaces or deletes only the files its marker lists, a marker that does not
 verify counts as absent, symlinks are written through, reports never overwrite a user's file or an input,
 and the run lock is taken over from a dead process and names a live one. Through the real CLI, in a
-hashed workspace (tests/unit/test_bad_input.py), with marked directories built by medsft's own writers.
+hashed workspace (tests/cases.py), with marked directories built by medsft's own writers.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 
 from medsft.io.ownership import LOCK, RunLock, inventory_one, mark
 from tests.conftest import REPO, run_cli, run_cli_here
-from tests.unit.test_bad_input import check_one_line_error, fake_adapter, run_case, snapshot, workspace  # noqa: F401
+from tests.cases import check_one_line_error, fake_adapter, run_case, snapshot
 
 TINY = str(REPO / "recipes" / "tiny-cpu.yaml")
 

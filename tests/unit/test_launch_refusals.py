@@ -7,8 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import REPO, run_cli
-from tests.unit.test_bad_input import (  # noqa: F401
-    check_said_before_torch, recipe_file, recipe_with, run_case, snapshot, workspace)
+from tests.cases import check_said_before_torch, recipe_file, recipe_with, run_case, snapshot
 
 
 def cuda_here() -> bool:

@@ -15,8 +15,7 @@ from medsft.evaluation.answers import read_output
 from medsft.evaluation.benchmark import Item, score
 from medsft.evaluation.report import chart_names
 from tests.conftest import REPO, run_cli_here
-from tests.unit.test_bad_input import check_one_line_error, fake_adapter, recipe_with, run_case, snapshot
-from tests.unit.test_bad_input import workspace  # noqa: F401  (the fixture)
+from tests.cases import check_one_line_error, fake_adapter, recipe_with, run_case, snapshot
 
 OPTIONS = {"A": "iron deficiency anemia", "B": "parvovirus B19 infection", "C": "lead poisoning", "D": "thalassemia"}
 N = 50_000  # a cubic (or quadratic) scan of this many characters would not finish in hours

@@ -12,7 +12,7 @@ import yaml
 
 from medsft.recipe.data_section import DataSection
 from tests.conftest import REPO, run_cli, run_cli_here
-from tests.unit.test_bad_input import BASE, recipe_file, recipe_with, run_case, workspace  # noqa: F401
+from tests.cases import recipe_file, recipe_with, run_case
 
 CHATML_TRAINING = (REPO / "medsft" / "model" / "templates" / "chatml_training.jinja").read_text()
 LOOP = "{%- for message in messages %}"
