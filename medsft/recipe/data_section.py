@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
+from pydantic import Field
+
 from medsft.recipe.checks import Float, Fraction, Int, Label, PathText, PositiveInt, Section, Text, rule
 from medsft.errors import MedsftError
 from medsft.paths import looks_local
@@ -30,41 +32,57 @@ SINGLE_SOURCE_KEYS = ("source", "config", "split", "revision", "max_rows")  # da
 
 class SourceSection(Section):
     """One entry of data.sources; a key left out takes the data section's value (columns, format)."""
-    source: PathText  # hub id, local .json/.jsonl/.parquet, or builtin:tiny-medical
-    config: Label | None = None  # hub dataset config name (null: the dataset's default)
-    split: Text = "train"
-    revision: Label | None = None
-    weight: Weight | None = None  # share of the training split (all sources weighted, or none)
-    max_rows: MaxRows | None = None  # the source's first N rows
-    format: Format | None = None
-    question_column: Text | None = None
-    reasoning_column: Text | None = None
-    response_column: Text | None = None
-    messages_column: Text | None = None
+    source: PathText = Field(description="a hub dataset id, a local .json/.jsonl/.parquet file, or "
+                             "builtin:tiny-medical")
+    config: Label | None = Field(None, description="hub dataset config name; null = the dataset's default")
+    split: Text = Field("train", description="the dataset split read (medsft then splits it into train, "
+                        "validation and test)")
+    revision: Label | None = Field(None, description="hub revision of the dataset; null = main")
+    weight: Weight | None = Field(None, description="share of the training split; every source has one, or none")
+    max_rows: MaxRows | None = Field(None, description="read only the source's first N rows; null = all")
+    format: Format | None = Field(None, description="this source's format; null = data.format")
+    question_column: Text | None = Field(None, description="null = data.question_column")
+    reasoning_column: Text | None = Field(None, description="null = data.reasoning_column")
+    response_column: Text | None = Field(None, description="null = data.response_column")
+    messages_column: Text | None = Field(None, description="null = data.messages_column")
 
 class DataSection(Section):
-    source: PathText = DEFAULT_DATASET  # hub id, local .json/.jsonl/.parquet, or builtin:tiny-medical
-    config: Label | None = "en"  # hub dataset config name
-    split: Text = "train"
-    revision: Label | None = None
-    format: Format = "think"  # the assistant turn's layout, or conversations (medsft/data/formats.py)
-    question_column: Text = "Question"
-    reasoning_column: Text = "Complex_CoT"
-    response_column: Text = "Response"
-    messages_column: Text | None = None  # format messages: null = `messages`, else `conversations`
-    roles: dict[Text, Role] | None = None  # format messages: dataset role -> system/user/assistant (+ ShareGPT's)
-    sources: list[SourceSection] | None = None  # a mixture, instead of source/config/split/revision/max_rows
-    weighting: Literal["downsample", "upsample"] = "downsample"  # how weights shape the training split
-    max_repeats: PositiveInt = 100  # upsample: the most times one row may appear in the training split
-    # a source's training share may end far from its weight (long rows dropped), or a source vanish entirely
-    allow_share_drift: bool = False
-    system_prompt: str | None = None
-    max_bad_fraction: Annotated[Float, rule(lambda v: 0 <= v <= 1, "must be in [0, 1]")] = 0.05
-    max_rows: MaxRows | None = None
+    source: PathText = Field(DEFAULT_DATASET, description="a hub dataset id, a local .json/.jsonl/.parquet file, "
+                             "or builtin:tiny-medical")
+    config: Label | None = Field("en", description="hub dataset config name; null = the dataset's default")
+    split: Text = Field("train", description="the dataset split read (medsft then splits it into train, "
+                        "validation and test)")
+    revision: Label | None = Field(None, description="hub revision of the dataset; null = main")
+    # medsft/data/formats.py
+    format: Format = Field("think", description="think: <think>{reasoning}</think>{response}; huatuo: "
+                           "## Thinking … ## Final Response …; messages: conversations")
+    question_column: Text = Field("Question", description="the column holding the question")
+    reasoning_column: Text = Field("Complex_CoT", description="the column holding the reasoning")
+    response_column: Text = Field("Response", description="the column holding the answer")
+    messages_column: Text | None = Field(None, description="format messages: the conversations column; null = "
+                                         "messages, else conversations")
+    roles: dict[Text, Role] | None = Field(None, description="format messages: extra role names mapped to system, "
+                                           "user or assistant, e.g. {bot: assistant}")
+    sources: list[SourceSection] | None = Field(None, description="a mixture, instead of source, config, split, "
+                                                "revision and max_rows (entries below)")
+    weighting: Literal["downsample", "upsample"] = Field("downsample", description="how weights shape the training "
+                                                         "split: downsample never repeats a row, upsample repeats "
+                                                         "smaller sources")
+    max_repeats: PositiveInt = Field(100, description="upsample: the most times one row may appear in the training "
+                                     "split")
+    allow_share_drift: bool = Field(False, description="train even when a source's share of the training split ends "
+                                    "far from its weight (long rows dropped) or a source vanishes")
+    system_prompt: str | None = Field(None, description="a system turn put before every prompt, in training, "
+                                      "inference and evaluation (a conversation's own system turn is kept)")
+    max_bad_fraction: Annotated[Float, rule(lambda v: 0 <= v <= 1, "must be in [0, 1]")] = \
+        Field(0.05, description="the largest share of malformed rows that are dropped and counted; more is "
+              "refused")
+    max_rows: MaxRows | None = Field(None, description="read only the first N rows; null = all")
     split_seed: Annotated[Int, rule(lambda v: 0 <= v < 2**32, "must be in [0, 2**32) — the split's random "
-                                                              "seed, e.g. 816")] = 816  # the notebook's seed
-    val_fraction: Fraction = 0.1
-    test_fraction: Fraction = 0.1
+                                                              "seed, e.g. 816")] = \
+        Field(816, description="the seed of the train/validation/test split (816, the notebook's)")
+    val_fraction: Fraction = Field(0.1, description="share of rows in the validation split")
+    test_fraction: Fraction = Field(0.1, description="share of rows in the held-out test split")
 
     def source_entries(self) -> list[tuple[str, SourceSection]]:
         """The sources as one list, with the key each is written under: data.sources, or a mixture of one made

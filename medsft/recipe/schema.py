@@ -37,47 +37,64 @@ def targets_ok(value) -> bool:
 
 
 class ModelSection(Section):
-    name: PathText = "builtin:tiny-qwen2"  # hub id, local directory, or builtin:tiny-qwen2
-    revision: Label | None = None
-    trust_remote_code: bool = False
+    name: PathText = Field("builtin:tiny-qwen2", description="the base model: a hub id, a local directory, or "
+                           "builtin:tiny-qwen2 (the embedded tiny model)")
+    revision: Label | None = Field(None, description="hub revision of model.name (branch, tag or commit); null = main")
+    trust_remote_code: bool = Field(False, description="run the model repository's own Python code "
+                                    "(transformers' trust_remote_code)")
     attn_implementation: Literal["auto", "flash_attention_2", "flash_attention_4", "varlen", "sdpa", "eager",
-                                 "flex_attention"] = "auto"  # medsft/model/attention.py
-    dtype: DType = "bfloat16"
+                                 "flex_attention"] = Field("auto", description="the attention kernel; auto: "
+                                                           "flash_attention_2 where it runs, else PyTorch's varlen "
+                                                           "FlashAttention-2 kernel, else sdpa")
+    # medsft/model/attention.py
+    dtype: DType = Field("bfloat16", description="dtype the model is loaded in; also the 4-bit compute dtype unless "
+                         "quantization.compute_dtype is set")
     device_map: Annotated[Any, rule(device_map_ok, "must be auto, cpu, a GPU index or a {module: device} mapping "
-                                    "— remove it: medsft places the model from the launch")] = None
+                                    "— remove it: medsft places the model from the launch")] = \
+        Field(None, description="force a device map; leave it out: medsft places the model from the launch")
     # medsft/model/kernels.py; YAML 1.1 reads a bare `off` as false
-    kernels: Annotated[Literal["auto", "liger", "hub", "off"], BeforeValidator(lambda v: "off" if v is False else v)] = "auto"
+    kernels: Annotated[Literal["auto", "liger", "hub", "off"], BeforeValidator(lambda v: "off" if v is False else v)] = \
+        Field("auto", description="fused kernels: auto = Liger on a GPU when liger-kernel is installed, liger, "
+              "hub = transformers' Hub kernels, off = none")
     # chatml | llama3 | a .jinja file: the chat template to train with (medsft/model/chat_templates.py); null = the
     # tokenizer's own. A base model's tokenizer has none.
-    chat_template: PathText | None = None
+    chat_template: PathText | None = Field(None, description="chatml, llama3 or the path of a .jinja file, for a base "
+                                           "model without a chat template; null = the tokenizer's own")
 
 
 class QuantizationSection(Section):
     bits: Annotated[Int | None, rule(lambda v: v in (4, 8), "must be 4, 8 or null — use 4 for QLoRA, 8 for "
-                                                          "8-bit, null for plain LoRA")] = 4
-    quant_type: Literal["nf4", "fp4"] = "nf4"
-    double_quant: bool = True
-    compute_dtype: DType | None = None  # null = model.dtype
+                                                          "8-bit, null for plain LoRA")] = \
+        Field(4, description="bitsandbytes quantization of the base model: 4 (QLoRA), 8, or null (plain LoRA)")
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type")
+    double_quant: bool = Field(True, description="also quantize the quantization constants (double quantization)")
+    compute_dtype: DType | None = Field(None, description="dtype the 4-bit layers compute in; null = model.dtype")
 
 
 class LoraSection(Section):
-    rank: PositiveInt = 16
-    alpha: Annotated[Float, rule(lambda v: v > 0, "must be positive — use e.g. 2 × lora.rank")] = 32
-    dropout: Fraction = 0.05
+    rank: PositiveInt = Field(16, description="LoRA rank r")
+    alpha: Annotated[Float, rule(lambda v: v > 0, "must be positive — use e.g. 2 × lora.rank")] = \
+        Field(32, description="LoRA scaling alpha (the update is scaled by alpha / rank)")
+    dropout: Fraction = Field(0.05, description="dropout on the LoRA input")
     target_modules: Annotated[Any, rule(targets_ok, "must be a non-empty list of module names or 'all-linear' "
                                         "— write e.g. [q_proj, k_proj, v_proj, o_proj]")] = \
-        Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    bias: Literal["none", "all", "lora_only"] = "none"
+        Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+              description="the modules that get adapters: a list of names, or all-linear")
+    bias: Literal["none", "all", "lora_only"] = Field("none", description="which biases train (PEFT's bias)")
 
 
 class EvaluationSection(Section):
-    generations: Annotated[Int, rule(lambda v: v >= 0, "must be ≥ 0")] = 0  # validation rows generated per eval
-    max_new_tokens: PositiveInt = 256
+    generations: Annotated[Int, rule(lambda v: v >= 0, "must be ≥ 0")] = \
+        Field(0, description="validation rows generated for at each evaluation during training, logging format "
+              "compliance; 0 = off (skipped under ZeRO-3 and FSDP)")
+    max_new_tokens: PositiveInt = Field(256, description="the most tokens generated for each of those rows")
 
 
 class OutputSection(Section):
-    dir: PathText = "runs/medsft"  # checkpoints, metrics; the final adapter goes to <dir>/adapter
-    adapter_dir: PathText | None = None  # elsewhere than <dir>/adapter
+    dir: PathText = Field("runs/medsft", description="the run directory: checkpoints, metrics, the final adapter in "
+                          "<dir>/adapter; a recipe file that leaves it out gets runs/<its file name without the "
+                          "extension>")
+    adapter_dir: PathText | None = Field(None, description="where the final adapter goes instead of <dir>/adapter")
 
 
 SECTIONS = {"model": ModelSection, "quantization": QuantizationSection, "lora": LoraSection, "data": DataSection,

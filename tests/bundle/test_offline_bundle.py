@@ -25,7 +25,7 @@ except ImportError:  # Python 3.10
 
 SCRIPT = REPO / "launch" / "offline_bundle.sh"
 NODE_PACKAGES = REPO / "launch" / "gpu-node-packages.txt"  # what the lent GPU nodes hold (KINDS.md)
-# What a GPU node's image already holds beside torch (see the README): installed in the test's "node" venv
+# What a GPU node's image already holds beside torch (docs/air-gapped.md): installed in the test's "node" venv
 # from the complete wheelhouse, then declared with --present so that only the rest is bundled.
 NODE_STACK = ["numpy", "pandas", "pyarrow", "matplotlib", "pyyaml", "rich", "accelerate", "peft", "safetensors",
               "tokenizers", "huggingface_hub", "transformers"]
