@@ -115,7 +115,8 @@ def check_available(repo_id: str, kind: str = "model", revision: str | None = No
                               "exist)", f"accept its terms on {page(repo_id, kind)}, then log in with `hf auth login` "
                               f"(or set HF_TOKEN){suggestion(repo_id, kind)}", where) from None
         if status == 404:
-            raise MedsftError(f"{kind} {repo_id!r} does not exist on the hub", "check the id (org/name)"
+            local = f" (nor is it a local {'directory' if kind == 'model' else 'file'} here)" if "/" in repo_id else ""
+            raise MedsftError(f"{kind} {repo_id!r} does not exist on the hub{local}", "check the id (org/name)"
                               f"{suggestion(repo_id, kind)}", where) from None
         if not cached:
             raise MedsftError(f"the hub answered {status} for {kind} {repo_id!r}", ways_in(repo_id, kind, where),

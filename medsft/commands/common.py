@@ -115,9 +115,10 @@ def finish(code: int) -> int:
 DATA_FILES = (".json", ".jsonl", ".parquet")
 
 
-def check_hub(recipe) -> None:
+def check_hub(recipe, pushing: bool = True) -> None:
     """Every hub id the recipe names, checked before anything loads: a gated, misspelled or unreachable model
-    or dataset is one line in seconds, not a traceback after the data stage (medsft/hub.py)."""
+    or dataset is one line in seconds, not a traceback after the data stage (medsft/hub.py). `pushing`: the
+    command trains, so `training.push_to_hub` will push at its end."""
     from medsft import hub
     from medsft.data.mixture import sources_of
 
@@ -125,5 +126,5 @@ def check_hub(recipe) -> None:
     for src in sources_of(recipe.data):
         if not src.source.lower().endswith(DATA_FILES):
             hub.check_available(src.source, "dataset", src.revision, src.where)
-    if recipe.training.get("push_to_hub"):
+    if pushing and recipe.training.get("push_to_hub"):
         hub.check_push(recipe.training.get("hub_model_id"))

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 
 def run(args) -> int:
-    from medsft.commands.common import quiet_libraries
+    from medsft.commands.common import check_hub, quiet_libraries
     from medsft.io.outputs import check_caches
     from medsft.recipe.files import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)  # before any heavy import
     check_caches()
+    check_hub(recipe, pushing=False)
     quiet_libraries()
     from medsft.train.inspect_data import show
 

@@ -42,12 +42,14 @@ def run(argv: list[str]) -> int:
         parser().parse_args(["launch", "--help"])  # medsft's usage, and where accelerate's options are
     accel_argv, medsft_argv = split_argv(argv)
     from medsft.commands.arguments import parser
+    from medsft.commands.common import check_hub
     from medsft.io.checkpoints import check_resume_argument
     from medsft.recipe.files import load_recipe
 
     args = parser().parse_args(medsft_argv)
     recipe = load_recipe(args.recipe, args.overrides)  # before any heavy import
     check_resume_argument(args.resume)
+    check_hub(recipe)  # once here, not once per worker
 
     import torch
     from accelerate.commands.launch import launch_command, launch_command_parser

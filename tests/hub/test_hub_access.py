@@ -114,3 +114,12 @@ def test_push_to_hub_without_a_token_is_refused_before_training(hub_answering, t
                                                  "HF_TOKEN": "", "HF_TOKEN_PATH": str(tmp_path / "no-token")})
     line = one_line(res)
     assert "no hub token" in line and "`hf auth login`" in line, line
+
+
+@pytest.mark.parametrize("command", [["data"], ["launch", "--num_processes", "2", "train"]])
+def test_data_and_launch_check_the_hub_first(command):
+    """`medsft data` and the `medsft launch` launcher (once, before any worker) say the same one line."""
+    res = run_cli(*command, "recipes/tiny-cpu.yaml", "--set", "data.source=org/some-data", env={"HF_HUB_OFFLINE": "1"},
+                  timeout=120)
+    line = one_line(res)
+    assert "`hf download org/some-data --repo-type dataset`" in line, line
