@@ -18,11 +18,11 @@ export MEDSFT_EXTRA_ARGS
 gpus=${SLURM_GPUS_ON_NODE:-${SLURM_GPUS_PER_NODE:-}}
 gpus=${gpus##*:}  # "h100:8" -> "8"
 if [ -z "$gpus" ] || [ "$gpus" = 0 ]; then
-  if grep -Eq '^[[:space:]]*(use_cpu:[[:space:]]*true|distributed_type:[[:space:]]*MULTI_CPU)' "$MEDSFT_ACCEL_CONFIG" \
+  if grep -Eiq '^[[:space:]]*(use_cpu:[[:space:]]*true|distributed_type:[[:space:]]*["'"'"']?MULTI_CPU)' "$MEDSFT_ACCEL_CONFIG" \
      || [ "${MEDSFT_ALLOW_CPU:-0}" = 1 ]; then
     gpus=1  # one CPU process per node
   else
-    echo "error: Slurm job ${SLURM_JOB_ID:-?} has no GPUs (SLURM_GPUS_ON_NODE is unset) but $MEDSFT_ACCEL_CONFIG trains on GPUs — submit with --gpus-per-node=N (#SBATCH --gpus-per-node in launch/*.sbatch, or medsft slurm … --gpus-per-node N), or set MEDSFT_ALLOW_CPU=1 to train on the CPU on purpose" >&2
+    echo "error: Slurm job ${SLURM_JOB_ID:-?} has no GPUs (SLURM_GPUS_ON_NODE is ${SLURM_GPUS_ON_NODE:-unset}) but $MEDSFT_ACCEL_CONFIG trains on GPUs — submit with --gpus-per-node=N (#SBATCH --gpus-per-node in launch/*.sbatch, or medsft slurm … --gpus-per-node N), or set MEDSFT_ALLOW_CPU=1 to train on the CPU on purpose" >&2
     exit 2
   fi
 fi

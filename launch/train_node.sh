@@ -10,9 +10,9 @@ NODE_RANK=${SLURM_NODEID:-0}
 # would start its processes on the CPU, or fail in the first collective).
 if [ "${MEDSFT_ALLOW_CPU:-0}" != 1 ] && [ -n "${SLURM_GPUS_ON_NODE:-}" ] && [ "${SLURM_GPUS_ON_NODE}" != 0 ]; then
   if [ -n "${CUDA_VISIBLE_DEVICES+set}" ]; then
-    visible=$(printf '%s' "$CUDA_VISIBLE_DEVICES" | tr ',' '\n' | grep -c .)
+    visible=$(printf '%s' "$CUDA_VISIBLE_DEVICES" | tr ',' '\n' | grep -c . || true)  # grep -c: 0 matches exit 1
   elif command -v nvidia-smi > /dev/null; then
-    visible=$(nvidia-smi -L 2> /dev/null | grep -c '^GPU')
+    visible=$(nvidia-smi -L 2> /dev/null | grep -c '^GPU' || true)
   else
     visible=0
   fi

@@ -54,16 +54,24 @@ def in_cache(repo_id: str, kind: str, revision: str | None) -> bool:
     return bool(commit) and (folder / "snapshots" / commit).is_dir() and any((folder / "snapshots" / commit).iterdir())
 
 
+_UNANSWERED: list[str] = []  # the hub's failure that made this process go offline (go_offline), if any
+
+
 def offline() -> bool:
     from huggingface_hub import constants
 
     return bool(constants.HF_HUB_OFFLINE)
 
 
-def go_offline() -> None:
+def why_offline() -> str:
+    return f"the hub did not answer ({_UNANSWERED[0]})" if _UNANSWERED else "the hub is off (HF_HUB_OFFLINE=1)"
+
+
+def go_offline(reason: str) -> None:
     """Every later load in this process (and its children) reads the cache without asking the hub."""
     from huggingface_hub import constants
 
+    _UNANSWERED.append(reason)
     os.environ["HF_HUB_OFFLINE"] = "1"
     constants.HF_HUB_OFFLINE = True
     try:  # already imported: datasets keeps its own copy of the switch
@@ -75,8 +83,8 @@ def go_offline() -> None:
         pass
 
 
-def ways_in(repo_id: str, kind: str, where: str) -> str:
-    flag = " --repo-type dataset" if kind == "dataset" else ""
+def ways_in(repo_id: str, kind: str, where: str, revision: str | None = None) -> str:
+    flag = (" --repo-type dataset" if kind == "dataset" else "") + (f" --revision {revision}" if revision else "")
     return (f"on a machine that reaches the hub run `hf download {repo_id}{flag}` and copy its HF_HOME "
             f"(~/.cache/huggingface) here, or set {where} to a local {'directory' if kind == 'model' else 'file'}")
 
@@ -92,13 +100,22 @@ def check_available(repo_id: str, kind: str = "model", revision: str | None = No
     """"cache" or "hub": where `repo_id` will be read from; a MedsftError naming the fix otherwise. A local path
     or a built-in name is "local" without a request."""
     if not is_hub_id(repo_id):
-        return "local"
+        from medsft.paths import looks_local
+
+        if repo_id.startswith("builtin:") or looks_local(repo_id) or Path(repo_id).expanduser().exists():
+            return "local"
+        revision_key = "model.revision" if kind == "model" else f"{where.rsplit('.', 1)[0]}.revision"
+        raise MedsftError(f"{repo_id!r} is neither a local path nor a hub id (org/name)",
+                          f"write the revision in {revision_key}, not after an @" if "@" in repo_id else
+                          "give a hub id like Qwen/Qwen3-0.6B, or the path of a local "
+                          f"{'directory' if kind == 'model' else 'file'}", where)
     cached = in_cache(repo_id, kind, revision)
+    at = f" at revision {revision}" if revision else ""
     if offline():
         if cached:
             return "cache"
-        raise MedsftError(f"{kind} {repo_id!r} is not in this machine's hub cache ({cache_dir()}) and the hub is off "
-                          "(HF_HUB_OFFLINE=1)", ways_in(repo_id, kind, where), where)
+        raise MedsftError(f"{kind} {repo_id!r}{at} is not in this machine's hub cache ({cache_dir()}) and "
+                          f"{why_offline()}", ways_in(repo_id, kind, where, revision), where)
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, RevisionNotFoundError
 
@@ -119,15 +136,17 @@ def check_available(repo_id: str, kind: str = "model", revision: str | None = No
             raise MedsftError(f"{kind} {repo_id!r} does not exist on the hub{local}", "check the id (org/name)"
                               f"{suggestion(repo_id, kind)}", where) from None
         if not cached:
-            raise MedsftError(f"the hub answered {status} for {kind} {repo_id!r}", ways_in(repo_id, kind, where),
-                              where) from None
+            raise MedsftError(f"the hub answered {status} for {kind} {repo_id!r}",
+                              ways_in(repo_id, kind, where, revision), where) from None
+        reason = f"{status}"
     except Exception as err:  # no network, DNS, a closed port, a proxy: the request never got an answer
         if not cached:
             from huggingface_hub import constants
 
             raise MedsftError(f"the hub ({constants.ENDPOINT}) cannot be reached for {kind} {repo_id!r} "
-                              f"({type(err).__name__})", ways_in(repo_id, kind, where), where) from None
-    go_offline()  # the cache has it and the hub does not answer: read the cache without retrying per file
+                              f"({type(err).__name__})", ways_in(repo_id, kind, where, revision), where) from None
+        reason = type(err).__name__
+    go_offline(reason)  # the cache has it and the hub does not answer: read the cache without retrying per file
     return "cache"
 
 
@@ -144,7 +163,7 @@ def check_push(hub_model_id: str | None, where: str = "training.push_to_hub") ->
     fix = (f"set {where}: false and push the adapter later from a connected machine (`hf upload REPO_ID "
            "OUTPUT_DIR/adapter`)")
     if offline():
-        raise MedsftError("push_to_hub is on but the hub is off (HF_HUB_OFFLINE=1)", fix, where)
+        raise MedsftError(f"push_to_hub is on but {why_offline()}", fix, where)
     if not get_token():
         raise MedsftError("push_to_hub is on but there is no hub token",
                           f"log in with `hf auth login` (or set HF_TOKEN) with write access, or {fix}", where)

@@ -28,24 +28,32 @@ def run(args) -> int:
     if not Path("launch/slurm_job.sh").is_file():
         raise MedsftError("launch/slurm_job.sh is not in this directory",
                           "run medsft slurm from the medsft repository root (the job runs launch/slurm_job.sh)")
+    if args.wait and not args.submit:
+        raise MedsftError("--wait waits for a submitted job", "add --submit, or leave out --wait")
+    from medsft.launch.detect import read_accelerate_config
+
+    config = read_accelerate_config(args.config)
+    cpu_config = bool(config.get("use_cpu")) or str(config.get("distributed_type", "")).upper() == "MULTI_CPU"
     job = checked(SlurmJob(recipe=args.recipe, config=args.config, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
                            cpus_per_task=args.cpus_per_task, mem=args.mem, time=args.time, partition=args.partition,
                            account=args.account, overrides=tuple(args.overrides),
-                           allow_cpu=os.environ.get(ALLOW_CPU) == "1", directory=os.getcwd()))
+                           allow_cpu=os.environ.get(ALLOW_CPU) == "1", directory=os.getcwd()), cpu_config)
     launch = from_accelerate_config(job.config, job.nodes * job.processes_per_node, cuda=job.gpus_per_node > 0)
     command = "medsft slurm " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["slurm"] else \
         "medsft slurm"
     text = script(job, summary(job, launch.describe()), command)
     sbatch = shutil.which("sbatch")
     if not args.submit:
-        print(text, end="")
+        answer = None
         if sbatch:  # Slurm answers whether it could run it, and when, without queueing it
             try:
                 answer = submit(sbatch, text, "--test-only")
             except MedsftError as err:
                 if not UNREACHABLE.search(err.what):
-                    raise
+                    raise  # nothing printed: `medsft slurm … > job.sbatch` leaves no refused script behind
                 answer = "no Slurm controller answered here, so the script was not checked"
+        print(text, end="")
+        if answer:
             notice(f"sbatch --test-only: {' '.join(answer.split())}")
         return 0
     if not sbatch:
@@ -64,7 +72,10 @@ def run(args) -> int:
 
 def submit(sbatch: str, text: str, *options: str) -> str:
     """sbatch with the script on its standard input; its answer (--test-only answers on stderr)."""
-    res = subprocess.run([sbatch, *options], input=text, capture_output=True, text=True, timeout=120)
+    try:
+        res = subprocess.run([sbatch, *options], input=text, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        raise refused("no answer from sbatch in 120 s (the Slurm controller timed out)") from None
     if res.returncode != 0:
         raise refused(res.stdout + res.stderr)
     return (res.stdout + res.stderr).strip()

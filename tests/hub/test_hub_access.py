@@ -123,3 +123,36 @@ def test_data_and_launch_check_the_hub_first(command):
                   timeout=120)
     line = one_line(res)
     assert "`hf download org/some-data --repo-type dataset`" in line, line
+
+
+def test_a_revision_written_into_the_id_is_refused_before_anything_loads():
+    res, took = train("model.name=Qwen/Qwen3-0.6B@main", {"HF_HUB_OFFLINE": "1"})
+    line = one_line(res)
+    assert "neither a local path nor a hub id" in line and "model.revision" in line and took < BOUND_S, line
+
+
+def test_offline_with_another_revision_cached_names_the_revision(medsft_env):
+    snapshot = medsft_env / "hf" / "hub" / "models--org--cached-model" / "snapshots" / ("1" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("1" * 40)
+    res = run_cli("train", "recipes/tiny-cpu.yaml", "--set", "model.name=org/cached-model", "--set",
+                  "model.revision=v2", env={"HF_HUB_OFFLINE": "1"}, timeout=120)
+    line = one_line(res)
+    assert "at revision v2" in line and "`hf download org/cached-model --revision v2`" in line, line
+
+
+def test_after_the_hub_failed_to_answer_the_reason_is_not_the_users_switch(hub_answering, medsft_env):
+    """A cached model and a hub answering 500: medsft reads the cache offline; the push check that follows says
+    the hub did not answer, not that the user turned it off."""
+    snapshot = medsft_env / "hf" / "hub" / "models--org--cached" / "snapshots" / ("2" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("2" * 40)
+    res = run_cli("train", "recipes/tiny-cpu.yaml", "--set", "model.name=org/cached", "--set",
+                  "training.push_to_hub=true", env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub_answering(500)},
+                  timeout=120)
+    line = one_line(res)
+    assert "push_to_hub is on but the hub did not answer (500)" in line and "HF_HUB_OFFLINE" not in line, line

@@ -64,12 +64,38 @@ def test_medsft_slurm_prints_the_job_without_slurm(tmp_path):
 @pytest.mark.parametrize("flags, words", [
     (["--gpus-per-node", "0"], ["--gpus-per-node 0", "MEDSFT_ALLOW_CPU=1"]),
     (["--time", "3h"], ["--time '3h'", "24:00:00"]),
+    (["--time", "5"], ["--time 5", "requeue at once"]),  # the checkpoint signal comes 5 minutes before the limit
+    (["--time", "1:30"], ["--time 1:30", "requeue at once"]),  # minutes:seconds
     (["--nodes", "0"], ["--nodes 0"]),
     (["--partition", "gpu;rm"], ["--partition"]),
+    (["--wait"], ["--wait", "--submit"]),
+    (["--set", "output.dir=/tmp/x\ntouch /tmp/pwned #"], ["control character"]),  # a line of its own in the script
+    (["--config", "CPU_CONFIG"], ["trains on CPUs", "--gpus-per-node 0"]),  # a CPU config asking for 8 GPUs
 ])
-def test_medsft_slurm_refuses_in_one_line(flags, words):
+def test_medsft_slurm_refuses_in_one_line(flags, words, tmp_path):
+    config = tmp_path / "cpu.yaml"
+    config.write_text("distributed_type: MULTI_CPU\nuse_cpu: True\nnum_processes: 2\n")
+    flags = [str(config) if f == "CPU_CONFIG" else f for f in flags]
     res = run_cli("slurm", "recipes/tiny-cpu.yaml", "--config", "accelerate_configs/ddp.yaml", *flags,
                   env={"MEDSFT_ALLOW_CPU": ""})
     assert res.returncode == 2 and res.stdout == ""
     lines = res.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and all(w in lines[0] for w in words), lines
+
+
+def test_a_cpu_accelerate_config_needs_no_gpus(tmp_path):
+    config = tmp_path / "cpu.yaml"
+    config.write_text("distributed_type: MULTI_CPU\nuse_cpu: True\nnum_processes: 2\n")
+    res = run_cli("slurm", "recipes/tiny-cpu.yaml", "--config", config, "--gpus-per-node", "0",
+                  env={"MEDSFT_ALLOW_CPU": "", "PATH": os.path.dirname(sys.executable)})
+    assert res.returncode == 0, res.stderr
+    assert "#SBATCH --gpus-per-node" not in res.stdout and "#SBATCH --nodes=1" in res.stdout
+
+
+def test_a_node_whose_allocated_gpus_are_hidden_says_so(tmp_path):
+    """Slurm allocated 4 GPUs but CUDA sees none (CUDA_VISIBLE_DEVICES empty): the node refuses in one line."""
+    res = job(tmp_path, SLURM_GPUS_ON_NODE="4", CUDA_VISIBLE_DEVICES="")
+    assert res.returncode == 2, res.stdout + res.stderr
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "allocated 4 GPUs but 0 are visible" in errors[0], res.stderr
+    assert not (tmp_path / "run").exists()
