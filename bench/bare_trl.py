@@ -41,9 +41,10 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
 
     from common import run_overrides, step_clock
-    from medsft.train import assembly
+
     from medsft.launch import detect as launch
     from medsft.recipe.files import load_recipe
+    from medsft.train import assembly
     from medsft.train.runspec import resolve
 
     recipe = load_recipe(args.recipe, run_overrides(args.max_steps, args.output, args.logging_steps))

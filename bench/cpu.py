@@ -162,10 +162,11 @@ def time_own_code(trainer) -> list[float]:
 def turns_of(kinds: list[str], steps: int) -> dict:
     """One interleaved session of two trainers (the first named leads each pair)."""
     from bare_trl import bare_trainer
-    from medsft.train import assembly
+
     from medsft.launch import detect as launch
-    from medsft.train.preemption import PreemptionCallback
     from medsft.recipe.files import load_recipe
+    from medsft.train import assembly
+    from medsft.train.preemption import PreemptionCallback
     from medsft.train.runspec import resolve
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -45,10 +45,10 @@ def write_rows(path: Path, n: int) -> str:
 
 def child(data_file: str, num_proc: int) -> None:
     """One timed data stage in this process; prints a JSON line."""
-    from medsft.train import assembly
     from medsft.launch import detect as launch
     from medsft.model.load import load_tokenizer
     from medsft.recipe.files import load_recipe
+    from medsft.train import assembly
     from medsft.train.runspec import resolve
 
     recipe = load_recipe(REPO / "recipes" / "tiny-cpu.yaml", [f"data.source={data_file}", "training.max_length=4096",

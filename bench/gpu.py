@@ -53,8 +53,16 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (append_summary, describe_gpu, environment, gpu_environment, random_model_dir,  # noqa: E402
-                    results_dir, run_overrides, synthetic_rows)
+from common import (  # noqa: E402
+    append_summary,
+    describe_gpu,
+    environment,
+    gpu_environment,
+    random_model_dir,
+    results_dir,
+    run_overrides,
+    synthetic_rows,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "medsft" / "memory" / "architectures"
@@ -211,7 +219,6 @@ def measure(spec: dict) -> dict:
 
 def child_main(spec: dict) -> None:
     import torch
-
     from common import install_random_weights_loader
 
     install_random_weights_loader()  # a random_weights_dir model: weights drawn on the GPU, no files read

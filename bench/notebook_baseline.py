@@ -31,14 +31,14 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
 
     import torch
+    from common import install_random_weights_loader, step_clock
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, DataCollatorWithFlattening
     from trl import SFTConfig, SFTTrainer
 
-    from common import install_random_weights_loader, step_clock
-    from medsft.recipe.data_section import DataSection
     from medsft.data.load import load_raw
     from medsft.model.load import resolve_model_path
+    from medsft.recipe.data_section import DataSection
 
     dtype = torch.bfloat16 if args.bf16 else torch.float32
     raw = load_raw(DataSection(source=args.data))

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import save  # noqa: E402
 
-from medsft.memory.model import FRAGMENTATION, GiB, Arch, Setup, estimate  # noqa: E402
+from medsft.memory.model import FRAGMENTATION, Arch, GiB, Setup, estimate  # noqa: E402
 
 MISTRAL_7B = Arch(4096, 14336, 32, 32, 8, 128, 32000, False)
 LLAMA2_7B = Arch(4096, 11008, 32, 32, 32, 128, 32000, False)

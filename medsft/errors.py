@@ -20,7 +20,7 @@ class MedsftError(Exception):
             text += f" — {self.fix}"
         return " ".join(text.split())  # always one line
 
-    def at(self, where: str) -> "MedsftError":
+    def at(self, where: str) -> MedsftError:
         """The same error, located (used when the caller knows the file)."""
         if not self.where:
             self.where = where

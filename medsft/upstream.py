@@ -11,7 +11,6 @@ from contextlib import contextmanager, nullcontext
 from functools import cache
 from types import SimpleNamespace
 
-
 # ---------------------------------------------------------------- bitsandbytes: no hub lookup at import
 KERNEL_HUB_LINE = "Failed to load CPU gemm_4bit_forward from kernels-community"
 BNB_CPU_OPS = "bitsandbytes.backends.cpu.ops"

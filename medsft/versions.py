@@ -70,9 +70,8 @@ def version_of(name: str) -> str | None:
 
 def torch_build() -> str | None:
     """The CUDA version torch was built for, read from its files (no import: `medsft env` stays quick)."""
-    import re
-
     import importlib.util
+    import re
     from pathlib import Path
 
     spec = importlib.util.find_spec("torch")  # finds the package without running it

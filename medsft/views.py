@@ -13,8 +13,15 @@ GiB = 2**30
 def item_progress(label: str, total: int):
     """A rich progress bar on the main rank's stderr (items done, items/s, ETA); yields `advance(n)`. The
     `progress` the commands hand to generation (medsft/evaluation/generate.py)."""
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
     from rich.text import Text
 
     from medsft.console import rich_console
@@ -172,7 +179,7 @@ def show_eval(results: dict, console=None) -> None:
         if name in results:
             table.add_column(name, justify="right")
     for section, vals in results["adapter"].items():
-        for key, value in vals.items():
+        for key in vals:
             if key in ("n", "tokens"):
                 continue
             cells = [f"{results[n][section].get(key, float('nan')):.3f}" for n in ("adapter", "base", "delta")

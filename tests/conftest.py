@@ -67,11 +67,10 @@ def run_cli_here(*args, cwd=None, env=None, timeout=None) -> subprocess.Complete
     so the two read alike."""
     import contextlib
     import io
+    import signal
     import traceback
 
     from medsft.cli import main
-
-    import signal
 
     out, err = io.StringIO(), io.StringIO()
     before, environ = os.getcwd(), dict(os.environ)

@@ -121,8 +121,8 @@ def inference_launch(data_parallel: bool):
 def load_for_inference(adapter_dir, *, use_adapter: bool = True, data_parallel: bool = False):
     """(model, tokenizer, recipe): the quantized base as trained, with the adapter unless told not to; one
     replica per rank when `data_parallel` (inference_launch)."""
-    from medsft.model import load as model_mod
     from medsft.launch.placement import decide
+    from medsft.model import load as model_mod
 
     adapter_dir = check_adapter_dir(adapter_dir)
     recipe = recipe_of(adapter_dir)

@@ -20,11 +20,11 @@ def run_merge(adapter_dir, out_dir, evaluation: dict | None = None) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from medsft.adapter.load import attach, check_adapter_dir, recipe_of
-    from medsft.model.load import offline_error, resolve_model_path
     from medsft.adapter.card import write_card
+    from medsft.adapter.load import attach, check_adapter_dir, recipe_of
     from medsft.io.outputs import atomic_dir
     from medsft.io.ownership import mark
+    from medsft.model.load import offline_error, resolve_model_path
 
     adapter_dir = check_adapter_dir(adapter_dir)
     recipe = recipe_of(adapter_dir)

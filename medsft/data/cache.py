@@ -18,8 +18,8 @@ import json
 from medsft.console import is_main, rank
 from medsft.io.hashing import file_digest, text_digest, tree_digest
 from medsft.io.outputs import atomic_dir
-from medsft.versions import package_versions
 from medsft.paths import medsft_home
+from medsft.versions import package_versions
 
 CACHE_VERSION = "1"
 

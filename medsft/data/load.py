@@ -23,9 +23,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medsft.errors import MedsftError
 from medsft.data.formats import completion_text, conversation, prompt_messages
 from medsft.data.mixture import SOURCE_COLUMN, Source, capped, combine, reading_sources, sources_of, weigh
+from medsft.errors import MedsftError
 
 TINY_DATASET = "builtin:tiny-medical"
 TINY_ROWS = 800

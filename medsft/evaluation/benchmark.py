@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean, stdev
 
-from medsft.evaluation.answers import LETTERS, read_output
 from medsft.errors import MedsftError
+from medsft.evaluation.answers import LETTERS, read_output
 
 # how an item is posed; "huatuo" and "huatuo-strict" are HuatuoGPT-o1's evaluation prompts (their
 # evaluation/eval.py, default and --strict_prompt), options listed as "A. text" one per line

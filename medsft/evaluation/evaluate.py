@@ -16,12 +16,12 @@ medsft/evaluation/benchmark.py reads and scores them, medsft/evaluation/report.p
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from statistics import mean
-from typing import Callable
 
+from medsft.data.formats import format_metrics
 from medsft.evaluation.answers import read_output
 from medsft.evaluation.benchmark import pose_question
-from medsft.data.formats import format_metrics
 
 Generate = Callable[[list[str]], list[dict]]  # records as generate.generate_batch returns them
 
@@ -77,8 +77,8 @@ def held_out_ids(adapter_dir, recipe) -> list[int]:
     import json
     from pathlib import Path
 
-    from medsft.recipe.data_section import check_data_files
     from medsft.errors import MedsftError
+    from medsft.recipe.data_section import check_data_files
 
     path = Path(adapter_dir) / "test_ids.json"
     try:
@@ -127,9 +127,10 @@ def run_eval(adapter_dir, *, max_generations: int = 20, settings=None, with_base
     from pathlib import Path
 
     from datasets import Dataset
+
+    from medsft.adapter.load import load_for_inference, recipe_of
     from medsft.data import load as data
     from medsft.data import tokenized
-    from medsft.adapter.load import load_for_inference, recipe_of
     from medsft.evaluation.generate import Settings, generate_batch, no_progress
     from medsft.io.outputs import write_json
 
@@ -182,10 +183,10 @@ def run_benchmark(adapter_dir, items, *, settings, prompt: str, samples: int = 1
 
     from accelerate import PartialState
 
-    from medsft.evaluation import benchmark
-    from medsft.evaluation.report import report
     from medsft.console import is_main
+    from medsft.evaluation import benchmark
     from medsft.evaluation.generate import generate_parallel, no_progress
+    from medsft.evaluation.report import report
 
     adapter_dir = Path(adapter_dir)
     questions = [benchmark.pose(item, prompt) for item in items for _ in range(samples)]  # item-major

@@ -21,6 +21,7 @@ from pathlib import Path
 from medsft.errors import MedsftError
 from medsft.versions import git_commit, package_versions, untested_versions
 
+
 @contextmanager
 def atomic_dir(final: str | os.PathLike, kind: str | None = None):
     """Yield a temporary sibling directory; on success it replaces `final` in one rename (with `kind`: only

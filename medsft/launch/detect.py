@@ -11,9 +11,9 @@ with `accelerate_env` for every shipped config).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Mapping
 
 from medsft.errors import MedsftError
 

@@ -82,7 +82,7 @@ class Arch:
     qk_norm: bool = False
 
     @classmethod
-    def from_config(cls, cfg: dict) -> "Arch":
+    def from_config(cls, cfg: dict) -> Arch:
         cfg = cfg.get("text_config", cfg)
         h, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
         return cls(hidden=h, intermediate=int(cfg["intermediate_size"]), layers=int(cfg["num_hidden_layers"]),
@@ -138,7 +138,7 @@ class Setup:
             return list(LINEARS)
         return [n for n in LINEARS if any(str(t).split(".")[-1] == n for t in self.targets)]
 
-    def replace(self, **changes) -> "Setup":
+    def replace(self, **changes) -> Setup:
         return dataclasses.replace(self, **changes)
 
 

@@ -10,14 +10,13 @@ the changes that would make a run fit. Verdict: fits below 85% of the device, ti
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import json
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from medsft.errors import MedsftError
-from medsft.memory.model import GiB, Arch, Estimate, Setup, estimate
+from medsft.memory.model import Arch, Estimate, GiB, Setup, estimate
 
 SHIPPED = Path(__file__).resolve().parent / "architectures"
 

@@ -25,9 +25,9 @@ template's own, medsft's (chatml_training.jinja, TRL's llama3_training.jinja), o
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from medsft.errors import MedsftError, did_you_mean
 

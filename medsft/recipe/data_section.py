@@ -12,9 +12,9 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from medsft.recipe.checks import Float, Fraction, Int, Label, PathText, PositiveInt, Section, Text, rule
 from medsft.errors import MedsftError
 from medsft.paths import looks_local
+from medsft.recipe.checks import Float, Fraction, Int, Label, PathText, PositiveInt, Section, Text, rule
 
 DEFAULT_DATASET = "FreedomIntelligence/medical-o1-reasoning-SFT"
 DATA_SUFFIXES = (".json", ".jsonl", ".parquet")

@@ -57,7 +57,7 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         if not isinstance(output, dict) or not output.get("dir"):  # one run directory per recipe by default
             raw["output"] = {**(output if isinstance(output, dict) else {}), "dir": f"runs/{Path(path).stem}"}
     except MedsftError as err:
-        raise err.at(where)
+        raise err.at(where) from None
     recipe = build(raw, where)
     check_output_paths(recipe)
     return recipe
@@ -73,7 +73,7 @@ def check_output_paths(recipe) -> None:
             try:
                 check_writable_dir(Path(value), f"output.{key}")
             except MedsftError as err:
-                raise err.at(recipe.source_file)
+                raise err.at(recipe.source_file) from None
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
@@ -132,7 +132,7 @@ def read_yaml(path) -> dict:
     try:
         raw = load_yaml(text)
     except MedsftError as err:
-        raise err.at(str(path))
+        raise err.at(str(path)) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

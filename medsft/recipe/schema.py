@@ -16,10 +16,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, ValidationError
 
-from medsft.recipe.checks import Float, Fraction, Int, Label, PathText, PositiveInt, Section, rule
-from medsft.recipe.data_section import DataSection, SourceSection, check_data_files
 from medsft.errors import MedsftError, did_you_mean
 from medsft.paths import looks_local
+from medsft.recipe.checks import Float, Fraction, Int, Label, PathText, PositiveInt, Section, rule
+from medsft.recipe.data_section import DataSection, SourceSection, check_data_files
 from medsft.recipe.sft_fields import sft_config_fields
 from medsft.recipe.training_section import TRAINING_DEFAULTS, TRAINING_OWNED, training_model
 

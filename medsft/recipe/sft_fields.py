@@ -42,7 +42,7 @@ def module_path(module: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0]).joinpath(*module.split(".")[1:]).with_suffix(".py")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def parsed(module: str) -> ast.Module:
     return ast.parse(module_path(module).read_text(encoding="utf-8"))
 

@@ -44,7 +44,7 @@ TYPES = {"bool": bool, "int": Int, "float": Float, "str": str, "dict": dict, "li
 def field_type(name: str, spec: FieldSpec):
     kinds = [TYPES[k] for k in sorted(spec.kinds) if k in TYPES]
     base = Any if "any" in spec.kinds or not kinds else kinds[0] if len(kinds) == 1 else \
-        Union[tuple(kinds)]
+        Union[tuple(kinds)]  # noqa: UP007 (a union built from a list of types)
     checks = []
     if spec.choices:
         no = "no" in spec.choices  # YAML 1.1 reads a bare `no` as false

@@ -9,8 +9,9 @@ Like torchtune's recipes, setup is a fixed series of stages, each a plain functi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from medsft.console import notice
 from medsft.errors import MedsftError
@@ -61,8 +62,8 @@ def prepare_data(spec, tokenizer, into: Assembly | None = None, report: Callable
     """Rows loaded, checked and split (data.load_splits), then tokenized by TRL's preparation with long rows
     dropped, through the shared cache (data_cache.prepared_splits: the main process prepares, others load).
     `report` also receives each cache line as it happens (they are kept in `cache_lines` either way)."""
-    from medsft.data import load as data
     from medsft.data import cache as data_cache
+    from medsft.data import load as data
 
     run = into or Assembly(spec)
     run.tokenizer = tokenizer
@@ -100,7 +101,8 @@ def prepare_model(spec, tokenizer, into: Assembly | None = None) -> Assembly:
 def make_trainer(spec, args, model, tokenizer, prepared, eval_questions=()):
     """medsft's SFTTrainer (medsft/train/trainer.py) with LoRA, medsft's progress view, metrics file, identity
     check and, when asked, generation metrics; TRL's tqdm and printer callbacks removed."""
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback as TqdmCallback
+    from transformers.trainer_callback import PrinterCallback
+    from transformers.trainer_callback import ProgressCallback as TqdmCallback
 
     from medsft.model import load as model_mod
     from medsft.train.format_metrics import GenerationEvalCallback

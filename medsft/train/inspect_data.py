@@ -29,11 +29,11 @@ def show(recipe, *, limit: int | None, split: str, as_json: bool) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from medsft.train import assembly
-    from medsft.data import load as data
-    from medsft.launch import detect as launch
     from medsft.console import rich_console
+    from medsft.data import load as data
     from medsft.errors import MedsftError
+    from medsft.launch import detect as launch
+    from medsft.train import assembly
     from medsft.train.runspec import resolve
 
     console = rich_console(stderr=as_json)

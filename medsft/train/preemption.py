@@ -30,7 +30,7 @@ class PreemptionCallback(TrainerCallback):
         self.stopped_for_signal = False
         self._previous = {}
 
-    def install(self) -> "PreemptionCallback":
+    def install(self) -> PreemptionCallback:
         for sig in SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self

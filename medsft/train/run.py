@@ -65,7 +65,7 @@ def check_paths(recipe) -> None:
         if is_main():  # one process proves it; the others would only race its probes
             check_writable([Write(out, "output.dir"), Write(adapter, "output.adapter_dir", replaces=True)])
     except MedsftError as err:
-        raise err.at(where)
+        raise err.at(where) from None
 
 
 def already_complete(spec) -> bool:
@@ -95,10 +95,10 @@ def run(recipe, resume: str = "auto", force: bool = False, callbacks=()):
     `callbacks`: more TrainerCallbacks (benchmarks time and measure through them)."""
     from contextlib import nullcontext
 
-    from medsft.launch import detect as launch
     from medsft.io.checkpoints import resume_point
-    from medsft.memory.micro_batch import previous_choice
     from medsft.io.ownership import RunLock
+    from medsft.launch import detect as launch
+    from medsft.memory.micro_batch import previous_choice
     from medsft.train.runspec import resolve
 
     check_paths(recipe)
@@ -125,9 +125,9 @@ def run(recipe, resume: str = "auto", force: bool = False, callbacks=()):
 
 
 def train(spec, checkpoint: str | None, resume: str, force: bool, callbacks=()):
-    from medsft.train import assembly
-    from medsft.io.ownership import mark
     from medsft.io.outputs import manifest, write_json
+    from medsft.io.ownership import mark
+    from medsft.train import assembly
     from medsft.train.preemption import EXIT_PREEMPTED, PreemptionCallback
     from medsft.train.progress import StartedOverCallback
     from medsft.train.shards import gather_rows_seen
@@ -229,7 +229,7 @@ def check_room(spec, trainer, train_rows: int) -> None:
         check_writable([Write(Path(recipe.output.dir), "output.dir", size=kept * checkpoint),
                         Write(recipe.adapter_dir, "output.adapter_dir", replaces=True, size=2 * adapter)])
     except MedsftError as err:
-        raise err.at(recipe.source_file)
+        raise err.at(recipe.source_file) from None
 
 
 def say_data(built) -> None:
@@ -269,9 +269,9 @@ def save_adapter(trainer, tokenizer, recipe, info: dict, test_ids) -> None:
 
     import yaml
 
-    from medsft.memory.micro_batch import recorded_recipe
     from medsft.io.outputs import replace_dir, write_json
     from medsft.io.ownership import follow, mark
+    from medsft.memory.micro_batch import recorded_recipe
 
     final = follow(recipe.adapter_dir, "output.adapter_dir")  # a symlink: staged beside its target, link kept
     staging = final.with_name(f".{final.name}.partial")  # the same path on every rank (ZeRO-3 gathers)

@@ -11,18 +11,18 @@ decided here and nowhere else.
 
 from __future__ import annotations
 
-from functools import cached_property
-
 import functools
 import json
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 from medsft.errors import MedsftError
-from medsft.launch.detect import Launch, check as check_launch
-from medsft.memory.micro_batch import FALLBACK_MICRO_BATCH, decide as decide_batch
+from medsft.launch.detect import Launch
+from medsft.launch.detect import check as check_launch
 from medsft.launch.placement import Placement, check_chat_template, check_devices, decide
+from medsft.memory.micro_batch import FALLBACK_MICRO_BATCH
+from medsft.memory.micro_batch import decide as decide_batch
 from medsft.recipe.schema import Recipe
-
 
 # training fields that do not change what is learned (a resumed run may change them freely)
 NOT_TRAJECTORY = {
@@ -152,7 +152,7 @@ def resolve(recipe: Recipe, launch: Launch, kernels: str | None = None, memory=N
         check_devices(recipe.model.device_map, launch)
         check_chat_template(recipe.model.chat_template, launch)
     except MedsftError as err:
-        raise err.at(f"{launch.source} with {where}" if launch.source != "environment" else where)
+        raise err.at(f"{launch.source} with {where}" if launch.source != "environment" else where) from None
     notices = []
     if recipe.model.trust_remote_code:
         notices.append(f"trust_remote_code is on: code from {recipe.model.name!r} will run on this machine")

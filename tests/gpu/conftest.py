@@ -131,7 +131,6 @@ def check_adapter_reloads(target: Target, adapter: Path, rows: int = 8) -> dict:
     import torch
     from peft import PeftModel
     from safetensors.torch import load_file
-
     from transformers import AutoTokenizer
 
     from medsft.model.builtin.tiny_data import generate

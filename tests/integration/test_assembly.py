@@ -10,12 +10,11 @@ import pytest
 from tests.conftest import REPO, run_cli_here
 
 
-
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, tiny_dir):
-    from medsft.train import assembly
     from medsft.launch import detect as launch
     from medsft.recipe.files import load_recipe
+    from medsft.train import assembly
     from medsft.train.runspec import resolve
 
     out = tmp_path_factory.mktemp("assembly")

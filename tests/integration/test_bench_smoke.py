@@ -8,9 +8,7 @@ import os
 import subprocess
 import sys
 
-
 from tests.conftest import REPO
-
 
 
 def test_gpu_bench_smoke(tmp_path, tiny_dir):

@@ -17,7 +17,6 @@ from medsft.recipe.files import load_recipe
 from tests.conftest import REPO, free_port, run_cli_here
 
 
-
 @pytest.fixture(scope="module")
 def adapter(tmp_path_factory):
     from medsft.train.run import run

@@ -12,7 +12,6 @@ from medsft.recipe.files import load_recipe
 from tests.conftest import REPO, run_cli, run_cli_here
 
 
-
 @pytest.fixture(scope="module")
 def adapter(tmp_path_factory):
     """tiny-cpu trained long enough to learn the format reliably (5 epochs; 3 give 0.90, 5 give 1.00)."""

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from medsft.io.ownership import LOCK, RunLock, inventory_one, mark
-from tests.conftest import REPO, run_cli, run_cli_here
 from tests.cases import check_one_line_error, fake_adapter, run_case, snapshot
+from tests.conftest import REPO, run_cli, run_cli_here
 
 TINY = str(REPO / "recipes" / "tiny-cpu.yaml")
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import run_cli
 from tests.cases import check_one_line_error, recipe_with, run_case, snapshot
+from tests.conftest import run_cli
 
 ROWS = [{"Question": f"What treats condition {i}?", "Complex_CoT": f"Condition {i} responds to drug {i}.",
          "Response": f"Drug {i}."} for i in range(120)]

@@ -10,8 +10,13 @@ import pytest
 
 from medsft.errors import MedsftError
 from tests.conftest import REPO, run_cli, run_cli_here
-from tests.unit.template_fixtures import (HAVE_QWEN3_TOKENIZER, bare_model, conversations, qwen3_tokenizer_dir,
-                                         turn_spans)
+from tests.unit.template_fixtures import (
+    HAVE_QWEN3_TOKENIZER,
+    bare_model,
+    conversations,
+    qwen3_tokenizer_dir,
+    turn_spans,
+)
 
 
 @pytest.fixture(scope="module")

@@ -26,13 +26,13 @@ def main(out: Path, steps: int) -> None:
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
     from medsft.data import load as data
-    from medsft.model import load as model_mod
     from medsft.data import tokenized
     from medsft.launch.detect import from_env
     from medsft.launch.placement import decide
+    from medsft.model import load as model_mod
     from medsft.recipe.files import load_recipe
-    from medsft.train.runspec import resolve
     from medsft.train.assembly import lora_config
+    from medsft.train.runspec import resolve
     from medsft.upstream import keep_4bit_trainable_layout
     from tests.bnb_layout import packed_4bit_layers
 

@@ -87,7 +87,7 @@ def test_two_machines_on_one_host(tmp_path, tiny_dir):
     procs = [accelerate("ddp.yaml", *common, "--machine_rank", str(rank), out=out, processes=2, wait=False)
              for rank in (0, 1)]
     results = [p.communicate(timeout=900) for p in procs]
-    for p, (stdout, stderr) in zip(procs, results):
+    for p, (_, stderr) in zip(procs, results):
         assert p.returncode == 0, stderr[-4000:]
     m = check_one_adapter(out, 2, "ddp-cpu")
     assert m["launch"]["num_processes"] == 2

@@ -13,9 +13,7 @@ import os
 import subprocess
 import sys
 
-
-from tests.conftest import REPO
-from tests.conftest import free_port
+from tests.conftest import REPO, free_port
 
 STEPS = 12
 

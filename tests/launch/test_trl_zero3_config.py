@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 
-
 from tests.conftest import REPO, free_port
 
 TRL_ZERO3 = REPO / "tests" / "launch" / "user_configs" / "trl_zero3.yaml"

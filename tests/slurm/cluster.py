@@ -61,7 +61,7 @@ class Cluster:
         self.procs: list[subprocess.Popen] = []
         self.munged = None
 
-    def start(self) -> "Cluster":
+    def start(self) -> Cluster:
         (self.root / "state").mkdir(parents=True)
         for node in ("n1", "n2"):
             (self.root / "spool" / node).mkdir(parents=True)

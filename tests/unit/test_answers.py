@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from medsft.data.formats import split_reasoning
 from medsft.evaluation.answers import read_choice, read_output
 from medsft.evaluation.benchmark import pose_question
-from medsft.data.formats import split_reasoning
 
 OPTIONS = {"A": "Benign genetic carrier condition", "B": "Folate deficiency", "C": "Iron deficiency",
            "D": "Parvovirus B19 infection", "E": "Vitamin B12 deficiency"}

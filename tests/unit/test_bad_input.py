@@ -13,8 +13,17 @@ import subprocess
 
 import pytest
 
-from tests.cases import (BASE, ROWS_OK, check_one_line_error, check_said_before_torch, fake_adapter,  # noqa: F401
-                         recipe_file, recipe_with, run_case, snapshot)
+from tests.cases import (  # noqa: F401
+    BASE,
+    ROWS_OK,
+    check_one_line_error,
+    check_said_before_torch,
+    fake_adapter,
+    recipe_file,
+    recipe_with,
+    run_case,
+    snapshot,
+)
 from tests.conftest import REPO, run_cli, run_cli_here
 
 # name -> (recipe text or dict, extra CLI args, expected text in the error)

@@ -10,8 +10,8 @@ import random
 import pytest
 
 from medsft.evaluation.benchmark import Item, pose, read_benchmark, read_benchmarks
-from medsft.evaluation.report import published_for
 from medsft.evaluation.generate import length_sorted_batches
+from medsft.evaluation.report import published_for
 from tests.conftest import run_cli, run_cli_here
 
 OPT4 = {"A": "Benign genetic carrier condition", "B": "Folate deficiency", "C": "Iron deficiency",

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from medsft.recipe.data_section import DataSection
 from medsft.data.load import load_splits, split, to_prompt_completion
 from medsft.errors import MedsftError
+from medsft.recipe.data_section import DataSection
 
 
 def test_split_matches_notebook(demo_json):

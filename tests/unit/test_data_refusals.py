@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from medsft.recipe.data_section import DataSection
-from tests.conftest import REPO, run_cli, run_cli_here
 from tests.cases import recipe_file, recipe_with, run_case
+from tests.conftest import REPO, run_cli, run_cli_here
 
 CHATML_TRAINING = (REPO / "medsft" / "model" / "templates" / "chatml_training.jinja").read_text()
 LOOP = "{%- for message in messages %}"

@@ -14,8 +14,8 @@ import yaml
 from medsft.evaluation.answers import read_output
 from medsft.evaluation.benchmark import Item, score
 from medsft.evaluation.report import chart_names
-from tests.conftest import REPO, run_cli_here
 from tests.cases import check_one_line_error, fake_adapter, recipe_with, run_case, snapshot
+from tests.conftest import REPO, run_cli_here
 
 OPTIONS = {"A": "iron deficiency anemia", "B": "parvovirus B19 infection", "C": "lead poisoning", "D": "thalassemia"}
 N = 50_000  # a cubic (or quadratic) scan of this many characters would not finish in hours
@@ -157,8 +157,8 @@ def test_max_generations_with_benchmark_must_be_positive(workspace):  # noqa: F8
 @pytest.fixture(scope="module")
 def moved_adapter(tmp_path_factory):
     """A tiny adapter trained on a local file, copied elsewhere, its training data then moved away."""
-    from medsft.recipe.files import load_recipe
     from medsft.model.builtin.tiny_data import generate
+    from medsft.recipe.files import load_recipe
     from medsft.train.run import run
 
     root = tmp_path_factory.mktemp("travel")

@@ -11,7 +11,6 @@ from medsft.data.formats import conversation
 from tests.conftest import REPO, run_cli_here
 from tests.unit.template_fixtures import SYSTEM, conversations, turn_spans
 
-
 # ---------------------------------------------------------------- huatuo
 
 
@@ -40,9 +39,8 @@ def test_huatuo_labels_start_at_thinking(demo_json, tiny_dir):
 
 def test_huatuo_metrics_and_choice_read_final_response(demo_json):
     """Format metrics and the multiple-choice extractor read the answer after `## Final Response`."""
-    from medsft.data.formats import format_metrics
+    from medsft.data.formats import completion_text, format_metrics, split_reasoning
     from medsft.evaluation.evaluate import mc_accuracy, mc_items
-    from medsft.data.formats import completion_text, split_reasoning
 
     rows = json.loads(demo_json.read_text())
     items = mc_items(rows)[:5]

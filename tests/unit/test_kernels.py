@@ -6,7 +6,6 @@ import pytest
 
 from medsft.model.kernels import choose
 
-
 REQUESTS = ("off", "auto", "liger", "hub")
 SITUATIONS = [(cuda, liger, hub) for cuda in (True, False) for liger in (True, False) for hub in (True, False)]
 

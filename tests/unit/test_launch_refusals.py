@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import REPO, run_cli
 from tests.cases import check_said_before_torch, recipe_file, recipe_with, run_case, snapshot
+from tests.conftest import REPO, run_cli
 
 
 def cuda_here() -> bool:

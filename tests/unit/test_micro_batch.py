@@ -12,13 +12,13 @@ import pytest
 import yaml
 
 from medsft.launch.detect import from_accelerate_config, from_env
-from medsft.memory.model import GiB, estimate
 from medsft.memory.micro_batch import Memory
+from medsft.memory.model import GiB, estimate
 from medsft.memory.preflight import setup_from, verdict
 from medsft.recipe.files import load_recipe
 from medsft.train.runspec import resolve
-from tests.conftest import REPO, run_cli, run_cli_here
 from tests.cases import recipe_file, recipe_with, run_case
+from tests.conftest import REPO, run_cli, run_cli_here
 
 CONFIGS = REPO / "accelerate_configs"
 LLAMA8B = REPO / "recipes" / "llama3.1-8b.yaml"

@@ -166,8 +166,8 @@ def test_training_gate_uses_the_launch(llama70b_recipe):
     from medsft.errors import MedsftError
     from medsft.launch.detect import from_env
     from medsft.recipe.files import load_recipe
-    from medsft.train.runspec import resolve
     from medsft.train.run import preflight_gate
+    from medsft.train.runspec import resolve
 
     recipe = load_recipe(llama70b_recipe)
     zero3 = resolve(recipe, from_env(ZERO3_X8, cuda=True, num_gpus=8), kernels="off")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from medsft.recipe.files import NOTEBOOK_TARGETS, load_recipe
 from medsft.errors import MedsftError
+from medsft.recipe.files import NOTEBOOK_TARGETS, load_recipe
 from tests.conftest import REPO
 
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))

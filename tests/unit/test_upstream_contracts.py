@@ -69,9 +69,9 @@ def test_eval_loss_is_nll_while_training_with_dft(tiny_dir, tmp_path):
     relies on TRL reading args.loss_type on every compute_loss call)."""
     import torch
 
-    from medsft.train import assembly
     from medsft.launch import detect as launch
     from medsft.recipe.files import load_recipe
+    from medsft.train import assembly
     from medsft.train.runspec import resolve
 
     recipe = load_recipe(REPO / "recipes" / "tiny-cpu.yaml", [f"output.dir={tmp_path}", "training.loss_type=dft",
