@@ -95,11 +95,20 @@ def test_offline_with_nothing_cached_names_both_ways_in(kind):
     assert ("--repo-type dataset" in line) == (kind == "dataset")
 
 
-def test_a_typo_of_a_cached_model_gets_a_did_you_mean(hub_answering, medsft_env):
-    snapshot = medsft_env / "hf" / "hub" / "models--Qwen--Qwen3-0.6B" / "snapshots" / ("0" * 40)
-    snapshot.mkdir(parents=True)
-    (snapshot / "config.json").write_text("{}")
-    res, _ = train("model.name=Qwen/Qwen3-0.6b", {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub_answering(404)})
+def cached_model(home, repo_id: str) -> dict:
+    """A hub cache of its own (HF_HOME=home) holding `repo_id` at main, as `hf download` leaves it."""
+    commit = "1" * 40
+    folder = home / "hf" / "hub" / f"models--{repo_id.replace('/', '--')}"
+    (folder / "snapshots" / commit).mkdir(parents=True)
+    (folder / "snapshots" / commit / "config.json").write_text("{}")
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text(commit)
+    return {"HF_HOME": str(home / "hf")}
+
+
+def test_a_typo_of_a_cached_model_gets_a_did_you_mean(hub_answering, tmp_path):
+    res, _ = train("model.name=Qwen/Qwen3-0.6b", {**cached_model(tmp_path, "Qwen/Qwen3-0.6B"), "HF_HUB_OFFLINE": "0",
+                                                  "HF_ENDPOINT": hub_answering(404)})
     assert "did you mean 'Qwen/Qwen3-0.6B'" in one_line(res)
 
 
@@ -131,28 +140,19 @@ def test_a_revision_written_into_the_id_is_refused_before_anything_loads():
     assert "neither a local path nor a hub id" in line and "model.revision" in line and took < BOUND_S, line
 
 
-def test_offline_with_another_revision_cached_names_the_revision(medsft_env):
-    snapshot = medsft_env / "hf" / "hub" / "models--org--cached-model" / "snapshots" / ("1" * 40)
-    snapshot.mkdir(parents=True)
-    (snapshot / "config.json").write_text("{}")
-    (snapshot.parent.parent / "refs").mkdir()
-    (snapshot.parent.parent / "refs" / "main").write_text("1" * 40)
+def test_offline_with_another_revision_cached_names_the_revision(tmp_path):
     res = run_cli("train", "recipes/tiny-cpu.yaml", "--set", "model.name=org/cached-model", "--set",
-                  "model.revision=v2", env={"HF_HUB_OFFLINE": "1"}, timeout=120)
+                  "model.revision=v2", env={**cached_model(tmp_path, "org/cached-model"), "HF_HUB_OFFLINE": "1"},
+                  timeout=120)
     line = one_line(res)
     assert "at revision v2" in line and "`hf download org/cached-model --revision v2`" in line, line
 
 
-def test_after_the_hub_failed_to_answer_the_reason_is_not_the_users_switch(hub_answering, medsft_env):
+def test_after_the_hub_failed_to_answer_the_reason_is_not_the_users_switch(hub_answering, tmp_path):
     """A cached model and a hub answering 500: medsft reads the cache offline; the push check that follows says
     the hub did not answer, not that the user turned it off."""
-    snapshot = medsft_env / "hf" / "hub" / "models--org--cached" / "snapshots" / ("2" * 40)
-    snapshot.mkdir(parents=True)
-    (snapshot / "config.json").write_text("{}")
-    (snapshot.parent.parent / "refs").mkdir()
-    (snapshot.parent.parent / "refs" / "main").write_text("2" * 40)
     res = run_cli("train", "recipes/tiny-cpu.yaml", "--set", "model.name=org/cached", "--set",
-                  "training.push_to_hub=true", env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub_answering(500)},
-                  timeout=120)
+                  "training.push_to_hub=true", env={**cached_model(tmp_path, "org/cached"), "HF_HUB_OFFLINE": "0",
+                                                    "HF_ENDPOINT": hub_answering(500)}, timeout=120)
     line = one_line(res)
     assert "push_to_hub is on but the hub did not answer (500)" in line and "HF_HUB_OFFLINE" not in line, line
