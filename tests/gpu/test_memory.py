@@ -54,8 +54,9 @@ def test_preflight_estimate_against_measured_peak(target, case, tmp_path):
           f"{'–' if measured is None else f'{measured:.3f}'} GiB, estimate/measured "
           f"{'–' if ratio is None else f'{ratio:.3f}'}")
     record(target, case, settings, row)
-    if not target.cuda:
-        pytest.skip("CPU logic check: the run and the estimate worked; torch.cuda.max_memory_allocated needs CUDA")
+    if not target.cuda:  # the CPU logic check: no CUDA peak to compare, and the record says so instead of guessing
+        assert measured is None and ratio is None and predicted > 0, row
+        return
     assert BOUNDS[0] <= ratio <= BOUNDS[1], f"estimate/measured {ratio:.2f} outside {BOUNDS}"
 
 
