@@ -48,12 +48,12 @@ def cached_ids(kind: str) -> list[str]:
 
 def in_cache(repo_id: str, kind: str, revision: str | None) -> bool:
     """The cache has a snapshot of the revision (what an offline load reads)."""
-    folder = cache_dir() / f"{kind}s--{repo_id.replace('/', '--')}"
-    ref = folder / "refs" / (revision or "main")
-    commit = ref.read_text().strip() if ref.is_file() else (revision or "")
-    return bool(commit) and (folder / "snapshots" / commit).is_dir() and any((folder / "snapshots" / commit).iterdir())
+    snapshot = cache_dir() / f"{kind}s--{repo_id.replace('/', '--')}" / "snapshots" / \
+        (cached_commit(repo_id, kind, revision) or revision or "")
+    return snapshot.name != "snapshots" and snapshot.is_dir() and any(snapshot.iterdir())
 
 
+_COMMITS: dict[tuple[str, str, str | None], str] = {}  # (kind, id, revision) -> the commit the hub answered with
 _UNANSWERED: list[str] = []  # the hub's failure that made this process go offline (go_offline), if any
 
 
@@ -120,7 +120,9 @@ def check_available(repo_id: str, kind: str = "model", revision: str | None = No
     from huggingface_hub.errors import HfHubHTTPError, RevisionNotFoundError
 
     try:
-        HfApi().repo_info(repo_id, repo_type=kind, revision=revision, timeout=TIMEOUT_S)
+        info = HfApi().repo_info(repo_id, repo_type=kind, revision=revision, timeout=TIMEOUT_S)
+        if info.sha:
+            _COMMITS[(kind, repo_id, revision)] = info.sha
         return "hub"
     except RevisionNotFoundError:
         raise MedsftError(f"{kind} {repo_id!r} has no revision {revision!r}", "check its branches and tags on "
@@ -148,6 +150,29 @@ def check_available(repo_id: str, kind: str = "model", revision: str | None = No
         reason = type(err).__name__
     go_offline(reason)  # the cache has it and the hub does not answer: read the cache without retrying per file
     return "cache"
+
+
+def cached_commit(repo_id: str, kind: str, revision: str | None) -> str | None:
+    """The commit this machine's hub cache points the revision at (what an offline load reads)."""
+    ref = cache_dir() / f"{kind}s--{repo_id.replace('/', '--')}" / "refs" / (revision or "main")
+    try:
+        return ref.read_text().strip() or None
+    except OSError:
+        return None
+
+
+@functools.lru_cache(maxsize=32)
+def commit(repo_id: str, kind: str, revision: str | None) -> str:
+    """The commit a load of `repo_id` reads (a data cache's identity): a full commit id as written; the hub's
+    answer (check_available's, or one request); else the cache's; else the revision as written."""
+    if revision and re.fullmatch(r"[0-9a-f]{40}", revision):
+        return revision
+    if (kind, repo_id, revision) not in _COMMITS and not offline():
+        try:
+            check_available(repo_id, kind, revision, "data.source")
+        except MedsftError:
+            pass  # unreachable or unknown: the cache decides, as it does for the load
+    return _COMMITS.get((kind, repo_id, revision)) or cached_commit(repo_id, kind, revision) or revision or "main"
 
 
 def suggestion(repo_id: str, kind: str) -> str:

@@ -112,19 +112,17 @@ def finish(code: int) -> int:
     os._exit(code)
 
 
-DATA_FILES = (".json", ".jsonl", ".parquet")
-
-
 def check_hub(recipe, pushing: bool = True) -> None:
     """Every hub id the recipe names, checked before anything loads: a gated, misspelled or unreachable model
     or dataset is one line in seconds, not a traceback after the data stage (medsft/hub.py). `pushing`: the
     command trains, so `training.push_to_hub` will push at its end."""
     from medsft import hub
     from medsft.data.mixture import sources_of
+    from medsft.recipe.data_section import DATA_SUFFIXES
 
     hub.check_available(recipe.model.name, "model", recipe.model.revision, "model.name")
     for src in sources_of(recipe.data):
-        if not src.source.lower().endswith(DATA_FILES):
+        if not src.source.lower().endswith(DATA_SUFFIXES):
             hub.check_available(src.source, "dataset", src.revision, src.where)
     if pushing and recipe.training.get("push_to_hub"):
         hub.check_push(recipe.training.get("hub_model_id"))

@@ -46,12 +46,12 @@ def run(args) -> int:
     if not args.submit:
         answer = None
         if sbatch:  # Slurm answers whether it could run it, and when, without queueing it
-            try:
-                answer = submit(sbatch, text, "--test-only")
-            except MedsftError as err:
-                if not UNREACHABLE.search(err.what):
-                    raise  # nothing printed: `medsft slurm … > job.sbatch` leaves no refused script behind
+            res = sbatch_run(sbatch, text, "--test-only")
+            answer = (res.stdout + res.stderr).strip()
+            if res.returncode != 0 and UNREACHABLE.search(answer):
                 answer = "no Slurm controller answered here, so the script was not checked"
+            elif res.returncode != 0:
+                raise refused(answer)  # nothing printed: `medsft slurm … > job.sbatch` leaves no refused script
         print(text, end="")
         if answer:
             notice(f"sbatch --test-only: {' '.join(answer.split())}")
@@ -59,8 +59,7 @@ def run(args) -> int:
     if not sbatch:
         raise MedsftError("--submit: sbatch is not on PATH (Slurm's client tools are not installed here)",
                           "run it on the cluster's login node, or leave out --submit to print the script")
-    res = subprocess.run([sbatch, "--parsable", *(["--wait"] if args.wait else [])], input=text, capture_output=True,
-                         text=True, timeout=None if args.wait else 120)
+    res = sbatch_run(sbatch, text, "--parsable", *(["--wait"] if args.wait else []))
     job_id = res.stdout.strip().splitlines()[-1].split(";")[0] if res.stdout.strip() else ""
     if not job_id.isdigit():
         raise refused(res.stdout + res.stderr)
@@ -70,15 +69,14 @@ def run(args) -> int:
     return res.returncode if args.wait else 0
 
 
-def submit(sbatch: str, text: str, *options: str) -> str:
-    """sbatch with the script on its standard input; its answer (--test-only answers on stderr)."""
+def sbatch_run(sbatch: str, text: str, *options: str) -> subprocess.CompletedProcess:
+    """sbatch with the script on its standard input (--test-only answers on stderr; --wait returns when the job
+    ends, with its status)."""
     try:
-        res = subprocess.run([sbatch, *options], input=text, capture_output=True, text=True, timeout=120)
+        return subprocess.run([sbatch, *options], input=text, capture_output=True, text=True,
+                              timeout=None if "--wait" in options else 120)
     except subprocess.TimeoutExpired:
         raise refused("no answer from sbatch in 120 s (the Slurm controller timed out)") from None
-    if res.returncode != 0:
-        raise refused(res.stdout + res.stderr)
-    return (res.stdout + res.stderr).strip()
 
 
 def refused(answer: str) -> MedsftError:

@@ -12,7 +12,6 @@ max_length/packing/loss settings and the TRL and medsft versions. Entries are wr
 
 from __future__ import annotations
 
-import functools
 import json
 
 from medsft.console import is_main, rank
@@ -73,32 +72,9 @@ def source_fingerprint(source: str, revision: str | None = None) -> str:
             return "sha256:" + tree_digest(path, (p for p in path.rglob("*") if p.is_file()))[:16]
     except OSError as err:  # loading the data says so in one line; the identity only records it
         return f"unreadable: {err.strerror}"
-    return "hub:" + hub_commit(source, revision)
+    from medsft.hub import commit
 
-
-@functools.lru_cache(maxsize=16)
-def hub_commit(repo: str, revision: str | None) -> str:
-    """The commit datasets will load: the hub's answer when online, else the one the local hub cache points
-    the revision at (what an offline load reads), else the revision as written."""
-    import re
-    from pathlib import Path
-
-    from huggingface_hub import constants
-
-    if revision and re.fullmatch(r"[0-9a-f]{40}", revision):
-        return revision
-    if not constants.HF_HUB_OFFLINE:
-        try:
-            from huggingface_hub import HfApi
-
-            return HfApi().dataset_info(repo, revision=revision, timeout=10).sha or revision or "main"
-        except Exception:  # unreachable hub, unknown repo: the local cache decides, as it does for datasets
-            pass
-    ref = Path(constants.HF_HUB_CACHE) / f"datasets--{repo.replace('/', '--')}" / "refs" / (revision or "main")
-    try:
-        return ref.read_text().strip()
-    except OSError:
-        return revision or "main"
+    return "hub:" + commit(source, "dataset", revision)
 
 
 def load_cached(path):

@@ -26,6 +26,7 @@ from pathlib import Path
 from medsft.data.formats import completion_text, conversation, prompt_messages
 from medsft.data.mixture import SOURCE_COLUMN, Source, capped, combine, reading_sources, sources_of, weigh
 from medsft.errors import MedsftError
+from medsft.recipe.data_section import DATA_SUFFIXES
 
 TINY_DATASET = "builtin:tiny-medical"
 TINY_ROWS = 800
@@ -132,7 +133,7 @@ def load_source(src: Source):
     if source.startswith("builtin:"):
         raise MedsftError(f"unknown built-in dataset {source!r}", f"use {TINY_DATASET!r}", where)
     suffix = Path(source).suffix.lower()
-    if suffix in (".json", ".jsonl", ".parquet") and Path(source).stat().st_size == 0:
+    if suffix in DATA_SUFFIXES and Path(source).stat().st_size == 0:
         raise MedsftError(f"{source!r} has no rows (the file is empty)", f"point {where} at a file with rows", where)
     try:
         if suffix in (".json", ".jsonl"):
@@ -173,7 +174,7 @@ def describe_load_error(source: str, err: Exception) -> tuple[str, str]:
     name = type(err).__name__
     if "corresponds to no data" in text or "EmptyDatasetError" in name:
         return f"{source} has no rows", "point data.source at a file with rows"
-    if Path(source).suffix.lower() in (".json", ".jsonl", ".parquet"):
+    if Path(source).suffix.lower() in DATA_SUFFIXES:
         return (f"cannot read {source} ({name}: {text})",
                 "check that it is valid JSON/JSONL/Parquet with one object per row and consistent types")
     if "offline" in text.lower() or "connect" in text.lower() or name in ("ConnectionError", "DatasetNotFoundError",

@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from medsft.errors import MedsftError
+from medsft.recipe.data_section import DATA_SUFFIXES
 
 SOURCE_COLUMN = "medsft_source"  # in a mixture's raw rows: the index of the source in data.sources
 
@@ -61,7 +62,7 @@ def sources_of(d) -> list[Source]:
 
 def label(source: str, config: str | None) -> str:
     """A short name for a source: the file name, or hub id:config."""
-    if Path(source).suffix.lower() in (".json", ".jsonl", ".parquet"):
+    if Path(source).suffix.lower() in DATA_SUFFIXES:
         return Path(source).name
     return f"{source}:{config}" if config and not source.startswith("builtin:") else source
 
