@@ -30,7 +30,7 @@ c = Σ s_i² / Σ s_i over the packed rows' lengths s_i (`attention_context` in 
 
 Memory: `torch.cuda.max_memory_allocated` over the training steps only (peak statistics reset when training
 begins, after loading; the loading peak is recorded apart), against `medsft.memory.model.estimate(arch,
-setup_from(resolve(recipe, detect()))).allocated` — the run as medsft.train.run.run resolves it, so the same
+resolve(recipe, detect()).memory_setup()).allocated` — the run as medsft.train.run.run resolves it, so the same
 kernels and the same attention (both recorded in the row's `preflight`); ratio = estimate / measured. The
 memory phase asks for kernels off and eval batch = micro-batch. The dense (ΣT)² masks are counted where one
 is really built (memory_model's "dense attention mask" term: transformers' own SDPA or eager over a
@@ -149,12 +149,12 @@ def train_with(callback, recipe):
 def preflight(recipe) -> tuple[object, dict]:
     from medsft.launch.detect import detect
     from medsft.memory.model import estimate
-    from medsft.memory.preflight import Arch, read_config, setup_from
+    from medsft.memory.preflight import Arch, read_config
     from medsft.train.runspec import resolve
 
     arch = Arch.from_config(read_config(recipe.model.name)[0])
     spec = resolve(recipe, detect())  # kernels chosen as medsft.train.run.run chooses them: the same run
-    setup = setup_from(spec)
+    setup = spec.memory_setup()
     est = estimate(arch, setup)
     persistent = sum(b for _, b, _ in est.persistent)
     training = persistent + max(est.phase_bytes(p) for p in est.phases if p != "evaluation")

@@ -7,9 +7,8 @@ contracts and fail with a clear message when an upgrade changes one.
 
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from functools import cache
-from types import SimpleNamespace
 
 # ---------------------------------------------------------------- bitsandbytes: no hub lookup at import
 KERNEL_HUB_LINE = "Failed to load CPU gemm_4bit_forward from kernels-community"
@@ -112,48 +111,6 @@ def keep_4bit_trainable_layout(model) -> int:
                     module.weight.data, state)
             seen += 1
     return seen
-
-
-# ---------------------------------------------------------------- TRL: dataset preparation
-
-# What `SFTTrainer._prepare_dataset` reads from `self` and from `args` in TRL 1.16 (checked by
-# tests/unit/test_upstream_contracts.py against the installed source).
-PREPARE_SIGNATURE = ("self", "dataset", "processing_class", "args", "packing", "formatting_func", "dataset_name")
-PREPARE_SELF = frozenset({"_tokenizer", "chat_template", "completion_only_loss"})
-PREPARE_ARGS = frozenset({"dataset_num_proc", "dataset_text_field", "assistant_only_loss", "max_length",
-                          "truncation_mode", "shuffle_dataset", "seed", "packing_strategy"})
-
-
-@contextmanager
-def main_first_barriers_off():
-    """TRL wraps its dataset preparation in main-process-first barriers (`global_then_local_main_first`).
-    medsft prepares on the main process alone while the other ranks wait for its cache (medsft/data/cache.py);
-    TRL's barriers would pair with that wait and release the other ranks early, or hang them."""
-    import trl.trainer.sft_trainer as sft
-
-    original = sft.global_then_local_main_first
-    sft.global_then_local_main_first = nullcontext
-    try:
-        yield
-    finally:
-        sft.global_then_local_main_first = original
-
-
-def prepare_dataset(ds, tokenizer, *, name: str, num_proc: int | None = None, completion_only_loss: bool = True,
-                    assistant_only_loss: bool = False, chat_template: str | None = None):
-    """`input_ids` + `labels` for one split, made by TRL's own preparation (chat template, prompt masking,
-    assistant masks), so `medsft data` shows exactly what the trainer receives and the trainer never
-    tokenizes twice. TRL has no public function for it: this calls the private method with the few
-    attributes it reads (PREPARE_SELF, PREPARE_ARGS), and truncation is off (medsft drops long rows)."""
-    from trl import SFTTrainer
-
-    trainer_like = SimpleNamespace(_tokenizer=tokenizer, chat_template=chat_template,
-                                   completion_only_loss=completion_only_loss)
-    args = SimpleNamespace(dataset_num_proc=num_proc, dataset_text_field="text", assistant_only_loss=assistant_only_loss,
-                           max_length=None, truncation_mode="keep_start", shuffle_dataset=False, seed=0,
-                           packing_strategy="bfd")
-    with main_first_barriers_off():
-        return SFTTrainer._prepare_dataset(trainer_like, ds, tokenizer, args, False, None, name)
 
 
 # ---------------------------------------------------------------- TRL: chat templates

@@ -129,7 +129,7 @@ def load_for_inference(adapter_dir, *, use_adapter: bool = True, data_parallel: 
     launch = inference_launch(data_parallel)
     placement = decide(launch, bits=recipe.quantization.bits, dtype=recipe.model.dtype)
     tokenizer = adapter_tokenizer(adapter_dir, recipe)
-    base, _ = model_mod.load_model(recipe, placement, launch.cuda)
+    base, _ = model_mod.load_model(recipe.model, recipe.quantization, placement, launch.cuda)
     base.config.use_cache = True
     if not use_adapter:
         model_mod.fit_embeddings(base, tokenizer, training=False)  # the template's tokens must have rows

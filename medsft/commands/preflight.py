@@ -12,7 +12,6 @@ def run(args) -> int:
     from dataclasses import replace
 
     from medsft.launch.detect import from_accelerate_config, from_env
-    from medsft.memory.preflight import run_preflight
     from medsft.train.runspec import resolve
 
     if args.num_gpus is not None and args.num_gpus < 1:
@@ -31,7 +30,7 @@ def run(args) -> int:
     from medsft.memory.micro_batch import Memory
 
     memory = Memory(parse_size(args.gpu_memory), "as given by --gpu-memory") if args.gpu_memory else None
-    report = run_preflight(resolve(recipe, launch, kernels="off", memory=memory), gpu_memory=args.gpu_memory)
+    report = resolve(recipe, launch, kernels="off", memory=memory).preflight(args.gpu_memory)
     from medsft.views import show_preflight
 
     show_preflight(report)

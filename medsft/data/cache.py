@@ -1,56 +1,62 @@
-"""Tokenized datasets cached by fingerprint; under a multi-process launch the main process prepares them
-and every other rank loads the result.
+"""The data stage behind a cache: rows → tokenized splits, keyed by what the tokens depend on, computed cheaply.
 
-Why: tokenizing 25k long reasoning rows on every rank wastes minutes per launch and, done eight times
-at once, can outlast a collective's timeout. The key covers everything the tokens depend on: the raw
-data's fingerprint and the data section (format, sources, weights, seed), the tokenizer (vocabulary and
-added tokens, special tokens, chat template — `model.chat_template` applied — which also fixes the
-training variant `messages` rows are tokenized with),
-max_length/packing/loss settings and the TRL and medsft versions. Entries are written atomically under
-`$MEDSFT_HOME/datasets/<key>`; a second run with the same inputs starts training without tokenizing.
+Why: tokenizing 25k long reasoning rows on every rank and every launch wastes minutes, and done eight times at
+once can outlast a collective's timeout. The key is known before any row is read: each source's identity
+(a local file's streamed SHA-256, a dataset folder's files, a hub dataset's commit, the built-in generator's
+parameters), the data section, the tokenizer (vocabulary, added and special tokens, chat template —
+`model.chat_template` applied), the tokenization settings and the TRL/medsft versions. So a warm run
+memory-maps the tokenized Arrow files and never reads the raw rows; a file corrected in place (same size,
+same mtime) has other bytes and another key. The main process prepares while the other ranks wait, then
+they load its result; a rank that cannot see the cache (node-local disk) prepares itself. Entries are
+written atomically under `$MEDSFT_HOME/datasets/<key>`.
 """
 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from medsft.console import is_main, rank
+from medsft.data.tokenized import Tokenization
 from medsft.io.hashing import file_digest, text_digest, tree_digest
 from medsft.io.outputs import atomic_dir
 from medsft.paths import medsft_home
 from medsft.versions import package_versions
 
-CACHE_VERSION = "1"
+if TYPE_CHECKING:
+    from datasets import DatasetDict
+
+    from medsft.data.load import DropReport
+    from medsft.recipe.data_section import DataSection
+
+CACHE_VERSION = "2"
 
 
-def cache_key(spec, raw_fingerprint: str, tokenizer) -> str:
-    versions = package_versions()
-    parts = {
-        "version": CACHE_VERSION,
-        "trl": versions.get("trl"),
-        "medsft": versions.get("medsft", "dev"),
-        "data": spec.recipe.data.model_dump(mode="json"),
-        "chat_template": spec.recipe.model.chat_template,
-        "raw": raw_fingerprint,
-        "content": content_fingerprint(spec.recipe.data),  # datasets' fingerprint of a local file omits its bytes
-        "training": spec.cache_inputs(),
-    }
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    return text_digest(json.dumps(parts, sort_keys=True, default=str),
-                       backend.to_str() if backend is not None else str(sorted(tokenizer.get_vocab().items())),
-                       tokenizer.chat_template or "",
-                       json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str))[:20]
+@dataclass
+class PreparedData:
+    """The data stage's result: what the trainer receives and what the run reports about it."""
+
+    prepared: DatasetDict  # row_id, input_ids, labels per split, long training rows dropped
+    report: DropReport  # rows read, kept, dropped (why), per source
+    row_ids: dict[str, list[int]]  # each split's row ids before long rows were dropped
+    questions: list[str]  # the validation split's questions, in order (generations during training)
+    stats: dict[str, dict]  # token-length statistics per split, before dropping
+    dropped: dict[str, int]  # long rows dropped per split
+    content: dict[str, str]  # each source's identity (the cache key's data part)
+    cache_lines: list[str] = field(default_factory=list)  # this rank's cache lines
+
+    def meta(self) -> dict[str, Any]:
+        return {"splits": list(self.prepared), "report": self.report.to_dict(), "row_ids": self.row_ids,
+                "questions": self.questions, "stats": self.stats, "dropped": self.dropped, "content": self.content}
 
 
-def raw_fingerprint(raw) -> str:
-    """datasets' own fingerprint of the rows load_raw returned (derived from its sources': datasets' for files and
-    hub data, the generator's identity for built-in rows, medsft/data/load.py)."""
-    return raw._fingerprint
-
-
-def content_fingerprint(data_section) -> dict[str, str]:
+def content_fingerprint(data_section: DataSection) -> dict[str, str]:
     """What each source's rows are, known before anything is loaded (the run identity's data part, and the
-    tokenized cache's): a local file's bytes, the built-in generator's parameters, a hub dataset's commit.
+    cache key's): a local file's bytes, the built-in generator's parameters, a hub dataset's commit.
     Why bytes: a file corrected in place keeps its path (and can keep its mtime); its rows are what count."""
     from medsft.data.mixture import sources_of
 
@@ -58,8 +64,6 @@ def content_fingerprint(data_section) -> dict[str, str]:
 
 
 def source_fingerprint(source: str, revision: str | None = None) -> str:
-    from pathlib import Path
-
     if source.startswith("builtin:"):
         from medsft.data.load import builtin_fingerprint
 
@@ -77,52 +81,107 @@ def source_fingerprint(source: str, revision: str | None = None) -> str:
     return "hub:" + commit(source, "dataset", revision)
 
 
-def load_cached(path):
+def tokenizer_identity(tokenizer: Any) -> str:
+    """The tokenizer's vocabulary, merges, added and special tokens and chat template, as one digest."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return text_digest(backend.to_str() if backend is not None else str(sorted(tokenizer.get_vocab().items())),
+                       tokenizer.chat_template or "",
+                       json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str))
+
+
+def cache_key(data_section: DataSection, content: dict[str, str], chat_template: str | None, tokenizer: Any,
+              tokenization: Tokenization) -> str:
+    versions = package_versions()
+    parts = {"version": CACHE_VERSION, "trl": versions.get("trl"), "medsft": versions.get("medsft", "dev"),
+             "transformers": versions.get("transformers"), "data": data_section.model_dump(mode="json"),
+             "content": content, "chat_template": chat_template, "tokenization": tokenization.key()}
+    return text_digest(json.dumps(parts, sort_keys=True, default=str), tokenizer_identity(tokenizer))[:20]
+
+
+def load_cached(path: Path) -> PreparedData:
+    """The tokenized splits memory-mapped from the cache, and what the run reports, from its metadata."""
     from datasets import DatasetDict, load_from_disk
+
+    from medsft.data.load import DropReport
 
     meta = json.loads((path / "medsft.json").read_text())
     prepared = DatasetDict({name: load_from_disk(str(path / name)) for name in meta["splits"]})
-    return prepared, meta["stats"], meta["dropped"]
+    return PreparedData(prepared, DropReport.from_dict(meta["report"]), meta["row_ids"], meta["questions"],
+                        meta["stats"], meta["dropped"], meta["content"])
 
 
-def prepare_and_cache(spec, splits, tokenizer, path, report):
-    from medsft.data import tokenized
+def prepare(data_section: DataSection, tokenizer: Any, tokenization: Tokenization, content: dict[str, str]
+            ) -> PreparedData:
+    """Rows loaded, checked, split and weighed (medsft/data/load.py), tokenized once for every split, long
+    training rows dropped."""
+    from datasets import DatasetDict
 
-    prepared, stats, dropped = tokenized.prepare_all(splits, tokenizer, spec)
+    from medsft.data import load, tokenized
+
+    formatted, report = load.formatted_rows(data_section)
+    splits = load.split_rows(formatted, report, data_section)
+    tokens = tokenized.tokenize(formatted, tokenizer, tokenization)
+    position = {row_id: i for i, row_id in enumerate(formatted["row_id"])}
+    out, stats, dropped, row_ids = {}, {}, {}, {}
+    for name, part in splits.items():
+        row_ids[name] = list(part["row_id"])
+        prepared = tokens.select([position[r] for r in row_ids[name]])
+        stats[name] = tokenized.length_stats(tokenized.lengths(prepared), tokenization.max_length)
+        if name != "test":  # the test split is kept whole for evaluation, which uses the raw rows
+            prepared, dropped[name] = tokenized.drop_overlong(prepared, tokenization.drop_longer_than, name=name)
+        out[name] = prepared
+    return PreparedData(DatasetDict(out), report, row_ids, load.eval_questions(splits["validation"]), stats,
+                        dropped, content)
+
+
+def prepare_and_cache(data_section: DataSection, tokenizer: Any, tokenization: Tokenization, content: dict[str, str],
+                      path: Path, report: Callable[[str], None]) -> PreparedData:
+    result = prepare(data_section, tokenizer, tokenization, content)
     try:
         with atomic_dir(path) as tmp:
-            for name, ds in prepared.items():
+            for name, ds in result.prepared.items():
                 ds.save_to_disk(str(tmp / name))
-            (tmp / "medsft.json").write_text(json.dumps({"splits": list(prepared), "stats": stats,
-                                                         "dropped": dropped}))
+            (tmp / "medsft.json").write_text(json.dumps(result.meta()))
     except OSError as err:  # a read-only or full cache never stops a run
         report(f"data: could not cache the tokenized data ({err})")
-    return prepared, stats, dropped
+        return result
+    return load_cached(path)  # memory-mapped, as every later run and every other rank reads it
 
 
-def load_or_prepare(spec, splits, tokenizer, path, rank: int, report):
-    import time
-
+def load_or_prepare(data_section: DataSection, tokenizer: Any, tokenization: Tokenization, content: dict[str, str],
+                    path: Path, rank: int, report: Callable[[str], None]) -> PreparedData:
     start = time.perf_counter()
     if (path / "medsft.json").is_file():
         result = load_cached(path)
         report(f"data[rank {rank}]: loaded tokenized splits from cache {path} in {time.perf_counter() - start:.2f} s")
         return result
-    result = prepare_and_cache(spec, splits, tokenizer, path, report)
+    result = prepare_and_cache(data_section, tokenizer, tokenization, content, path, report)
     report(f"data[rank {rank}]: tokenized and cached to {path} in {time.perf_counter() - start:.2f} s")
     return result
 
 
-def prepared_splits(spec, raw, splits, tokenizer, report):
-    """(prepared DatasetDict, stats, dropped): the main process prepares (or loads) while the other ranks
-    wait, then they load its result; a rank that cannot see the cache (node-local disk) prepares itself.
-    `report` receives one line per rank (the per-rank cache lines are the multi-process tests' evidence)."""
+def prepared_data(data_section: DataSection, tokenizer: Any, tokenization: Tokenization, *,
+                  chat_template: str | None = None, content: dict[str, str] | None = None,
+                  report: Callable[[str], None] | None = None) -> PreparedData:
+    """The data stage through the cache, on every rank: the main process prepares (or loads) while the others
+    wait, then they load its result. `content`: the sources' identities when the caller has them (the run
+    identity computed them); `report` receives this rank's cache lines as they happen (also kept in
+    `cache_lines`: the multi-process tests' evidence)."""
     from accelerate import PartialState
 
-    path = medsft_home() / "datasets" / cache_key(spec, raw_fingerprint(raw), tokenizer)
+    lines: list[str] = []
+
+    def line(text: str) -> None:
+        lines.append(text)
+        if report is not None:
+            report(text)
+
+    content = content if content is not None else content_fingerprint(data_section)
+    path = medsft_home() / "datasets" / cache_key(data_section, content, chat_template, tokenizer, tokenization)
     state = PartialState()
-    result = load_or_prepare(spec, splits, tokenizer, path, 0, report) if is_main() else None
+    result = load_or_prepare(data_section, tokenizer, tokenization, content, path, 0, line) if is_main() else None
     state.wait_for_everyone()
     if result is None:
-        result = load_or_prepare(spec, splits, tokenizer, path, rank(), report)
+        result = load_or_prepare(data_section, tokenizer, tokenization, content, path, rank(), line)
+    result.cache_lines = lines
     return result

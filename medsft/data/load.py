@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from medsft.data.formats import completion_text, conversation, prompt_messages
 from medsft.data.mixture import SOURCE_COLUMN, Source, capped, combine, reading_sources, sources_of, weigh
@@ -60,11 +62,11 @@ class DropReport:
                 return s.name
         return "?"
 
-    def source_counts(self, splits, before=None) -> dict:
-        """Per source: rows read, kept, dropped (why), weight, and examples per split of `splits` (any
-        DatasetDict with row ids: the formatted split or the tokenized one, after long rows are dropped), with
-        the share of the training split each has. With `before` (the formatted splits): the distinct rows
-        each trains and the rows longer than max_length dropped per split."""
+    def source_counts(self, splits: Mapping[str, list[int]], before: Mapping[str, list[int]] | None = None) -> dict:
+        """Per source: rows read, kept, dropped (why), weight, and examples per split of `splits` (each split's row
+        ids: the formatted split's or the tokenized one's, after long rows are dropped), with the share of the
+        training split each has. With `before` (the formatted splits' row ids): the distinct rows each trains and
+        the rows longer than max_length dropped per split."""
         out = {}
         for s in self.sources:
             out[s.name] = {"source": s.source, "config": s.config, "format": s.format, "weight": s.weight,
@@ -79,17 +81,30 @@ class DropReport:
             entry["share"] = round(entry.get("train", 0) / total, 4) if total else 0.0
         if before is not None:
             ahead = self.per_source(before)
-            distinct = Counter(map(self.source_of, set(before["train"]["row_id"] if len(before["train"]) else [])))
+            distinct = Counter(map(self.source_of, set(before.get("train", []))))
             for source, entry in out.items():
                 entry["overlong_dropped"] = {name: ahead[name][source] - entry.get(name, 0) for name in splits
                                              if name in ahead}
                 entry["distinct_train_rows"] = distinct[source]
         return out
 
-    def per_source(self, splits) -> dict[str, Counter]:
+    def per_source(self, splits: Mapping[str, list[int]]) -> dict[str, Counter]:
         """{split: Counter(source name -> examples)}."""
-        return {name: Counter(self.source_of(r) for r in (list(ds["row_id"]) if len(ds) else []))
-                for name, ds in splits.items()}
+        return {name: Counter(self.source_of(r) for r in ids) for name, ids in splits.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"total": self.total, "kept": self.kept, "reasons": dict(self.reasons),
+                "sources": [{**asdict(s), "reasons": dict(s.reasons)} for s in self.sources]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DropReport:
+        sources = [SourceReport(**{**s, "reasons": Counter(s["reasons"])}) for s in d["sources"]]
+        return cls(d["total"], d["kept"], Counter(d["reasons"]), sources)
+
+
+def row_ids(splits: Mapping[str, Any]) -> dict[str, list[int]]:
+    """Each split's row ids (a DatasetDict's, tokenized or not)."""
+    return {name: list(ds["row_id"]) if len(ds) else [] for name, ds in splits.items()}
 
 
 @dataclass
@@ -219,7 +234,7 @@ def to_prompt_completion(ds, d):
         SourceReport(s.name, s.source, s.config, s.format, s.weight, s.max_rows, *bounds[i])
         for i, s in enumerate(sources)])
     rows = []
-    for i, row in enumerate(ds):
+    for i, row in enumerate(rows_of(ds)):
         src, sr = sources[owner[i]], report.sources[owner[i]]
         sr.total += 1
         problem = row_problem(row, d, src)
@@ -242,6 +257,14 @@ def to_prompt_completion(ds, d):
     features = Features(columns)
     formatted = Dataset.from_list([{k: r.get(k, []) for k in columns} for r in rows], features=features)
     return formatted, report
+
+
+def rows_of(ds: Any, batch_rows: int = 1000) -> Iterator[dict]:
+    """The rows as dicts, read a batch of columns at a time (much faster than one row at a time)."""
+    for batch in ds.iter(batch_size=batch_rows):
+        columns = list(batch)
+        for values in zip(*(batch[c] for c in columns)):
+            yield dict(zip(columns, values))
 
 
 def example(row: dict, index: int, src: Source, d) -> dict:
@@ -275,16 +298,17 @@ def check_bad_fraction(total: int, dropped: int, reasons: Counter, d, name: str 
                           f"more than data.max_bad_fraction={d.max_bad_fraction}", fix, "data")
 
 
-def eval_questions(ds, n: int) -> list[str]:
-    """The questions of the first `n` examples of a formatted split (the last prompt turn, or a conversation's
-    first user turn), for generation during training."""
-    out = []
-    for row in ds.select(range(min(n, len(ds)))) if n else []:
-        if row.get("prompt"):
-            out.append(row["prompt"][-1]["content"])
-        else:
-            out.append(next(m["content"] for m in row["messages"] if m["role"] == "user"))
-    return out
+def eval_questions(ds: Any, n: int | None = None) -> list[str]:
+    """The questions of the first `n` examples of a formatted split (all when None): the last prompt turn, or a
+    conversation's first user turn."""
+    n = len(ds) if n is None else min(n, len(ds))
+    if not n:
+        return []
+    part = ds.select(range(n))
+    prompts = part["prompt"] if "prompt" in part.column_names else [None] * n
+    conversations = part["messages"] if "messages" in part.column_names else [None] * n
+    return [prompt[-1]["content"] if prompt else next(m["content"] for m in conv if m["role"] == "user")
+            for prompt, conv in zip(prompts, conversations)]
 
 
 def question_of(row: dict, d) -> str | None:
@@ -346,8 +370,8 @@ def check_split_sizes(n: int, d, name: str | None = None) -> None:
                               "split)", "data")
 
 
-def mixture_outcome(report: DropReport, formatted, prepared, d, max_length: int | None,
-                    check: bool = True) -> str | None:
+def mixture_outcome(report: DropReport, before: Mapping[str, list[int]], prepared: Mapping[str, list[int]], d,
+                    max_length: int | None, check: bool = True) -> str | None:
     """What a mixture became, as one line: per source the rows kept, the rows trained (and how often each
     repeats), those dropped for length, and the share of the training split against its weight. Raises when
     a source lost every training row, or (weighted) its share ended far from its weight
@@ -356,7 +380,7 @@ def mixture_outcome(report: DropReport, formatted, prepared, d, max_length: int 
 
     if len(report.sources) == 1:
         return None  # one source: the data line says it all
-    counts = report.source_counts(prepared, before=formatted)
+    counts = report.source_counts(prepared, before=before)
     total = len(prepared["train"])
     weights = [s.weight for s in report.sources]
     weighted = all(w is not None for w in weights)
@@ -392,13 +416,15 @@ def mixture_outcome(report: DropReport, formatted, prepared, d, max_length: int 
     return "data: mixture — " + "; ".join(parts)
 
 
-def load_splits(d):
-    """Everything above in order: (DatasetDict, DropReport, raw dataset). Each source is split on its own, then
-    the sources' splits are weighed (when weighted) and concatenated."""
+def formatted_rows(d) -> tuple[Any, DropReport]:
+    """Every source's rows loaded and formatted as training examples, with the account of what was dropped."""
+    return to_prompt_completion(load_raw(d), d)
+
+
+def split_rows(formatted: Any, report: DropReport, d) -> Any:
+    """Each source split on its own (seeded), then the sources' splits weighed (when weighted) and concatenated."""
     from datasets import DatasetDict, concatenate_datasets
 
-    raw = load_raw(d)
-    formatted, report = to_prompt_completion(raw, d)
     ids = list(formatted["row_id"])
     named = len(report.sources) > 1
     parts = []
@@ -406,4 +432,10 @@ def load_splits(d):
         positions = [i for i, r in enumerate(ids) if sr.start <= r < sr.end]
         parts.append(split(formatted.select(positions), d, sr.name if named else None))
     weigh(parts, [sr.weight for sr in report.sources], d, [sr.name for sr in report.sources])
-    return DatasetDict({name: concatenate_datasets([p[name] for p in parts]) for name in SPLITS}), report, raw
+    return DatasetDict({name: concatenate_datasets([p[name] for p in parts]) for name in SPLITS})
+
+
+def load_splits(d) -> tuple[Any, DropReport]:
+    """Everything above in order: (DatasetDict of formatted splits, DropReport)."""
+    formatted, report = formatted_rows(d)
+    return split_rows(formatted, report, d), report

@@ -1,94 +1,165 @@
-"""Tokenize prompt/completion rows and build labels with TRL's own dataset preparation.
+"""Prompt/completion rows and conversations → `input_ids` + `labels`, batched, by TRL's tokenization rules.
 
-Why: `medsft data --json` must show `input_ids` and `labels` exactly as the trainer receives them, and
-the trainer must not tokenize twice. So medsft runs TRL's preparation (medsft/upstream.py), once, and
-hands the prepared dataset to `SFTTrainer`, which then skips its own. Over-long rows are dropped rather
-than truncated: a truncated reasoning trace loses its answer and end-of-turn token, and would teach the
-model never to stop (axolotl drops them too). Dropped rows are counted and reported.
-Conversations (`messages`) are prepared with TRL's `assistant_only_loss`: labels on every assistant turn
-and its end-of-turn token, -100 on every system/user token, through a template with `{% generation %}`
-markers (medsft/model/chat_templates.py `training_template`). A mixture holding both kinds is prepared kind by
-kind and put back in its order.
+Why not TRL's `SFTTrainer._prepare_dataset` itself: it formats and tokenizes one row at a time and lets
+`datasets` fingerprint (hash) the 151k-entry tokenizer for every `map`, so preparing medical-o1 took longer
+than training a few hundred steps. medsft applies the same rules to a batch at once (the fast tokenizer's
+batch call through `apply_chat_template`, exactly the call TRL makes per row), gives `datasets` its
+fingerprints, and runs once for every split. The cores: the fast tokenizer's batch call encodes on every core
+already (Rust threads); a process pool (`training.dataset_num_proc`) adds only the template rendering, and
+measured no faster on 2 cores (bench/data_stage.py), so it is used only when the recipe asks. The rules are TRL's (tests/data compares the tokens with TRL's
+own preparation on real templates):
+- prompt/completion: the prompt rendered with the generation prompt, prompt + completion rendered whole; the
+  completion starts where the two token lists diverge (`trl.data_utils.common_prefix_length`); with
+  `completion_only_loss` every prompt token is -100.
+- conversations (`messages`): TRL's `assistant_only_loss` — labels on every assistant turn and its end-of-turn
+  token, -100 elsewhere, through a template with `{% generation %}` markers (medsft/model/chat_templates.py).
+Over-long rows are dropped rather than truncated: a truncated reasoning trace loses its answer and end-of-turn
+token, and would teach the model never to stop (axolotl drops them too). Dropped rows are counted.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from medsft.errors import MedsftError
-from medsft.upstream import prepare_dataset
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+BATCH_ROWS = 256
 
 
-def prepare_split(ds, tokenizer, *, name: str, num_proc: int | None = None, completion_only_loss: bool = True):
-    """input_ids + labels (+ row_id) for one split, via TRL."""
-    if len(ds) == 0:
-        return ds
-    columns = ds.column_names
-    if "messages" not in columns:
-        return prepare_kind(ds, tokenizer, "prompt", name=name, num_proc=num_proc,
-                            completion_only_loss=completion_only_loss)
-    if "prompt" not in columns:
-        return prepare_kind(ds, tokenizer, "messages", name=name, num_proc=num_proc,
-                            completion_only_loss=completion_only_loss)
-    from datasets import concatenate_datasets
+@dataclass(frozen=True)
+class Tokenization:
+    """What the tokens depend on besides the rows and the tokenizer, and how many processes make them."""
 
-    is_conversation = [bool(m) for m in list(ds["messages"])]
-    ds = ds.add_column("position", list(range(len(ds))))
-    parts = []
-    for kind, wanted in (("prompt", False), ("messages", True)):
-        rows = [i for i, conv in enumerate(is_conversation) if conv == wanted]
-        if rows:
-            keep = ["row_id", "position", "messages"] if wanted else ["row_id", "position", "prompt", "completion"]
-            parts.append(prepare_kind(ds.select(rows).select_columns(keep), tokenizer, kind, name=name,
-                                      num_proc=num_proc, completion_only_loss=completion_only_loss,
-                                      extra=("position",)))
-    joined = concatenate_datasets(parts)
-    positions = list(joined["position"])
-    order = sorted(range(len(joined)), key=positions.__getitem__)
-    return joined.select(order).remove_columns("position")
+    completion_only_loss: bool = True
+    max_length: int | None = 2048  # the length statistics count the rows over it
+    drop_longer_than: int | None = 2048  # training rows longer than this are dropped (None: keep all)
+    num_proc: int | None = None  # training.dataset_num_proc: a process pool of that many (None: one process)
+
+    def key(self) -> dict[str, Any]:
+        return {"completion_only_loss": self.completion_only_loss, "drop_longer_than": self.drop_longer_than}
 
 
-def prepare_kind(ds, tokenizer, kind: str, *, name: str, num_proc, completion_only_loss: bool, extra=()):
-    """One kind of example through TRL: prompt/completion (completion-only loss) or messages (assistant-only)."""
+def tokenize(ds: Dataset, tokenizer: Any, tokenization: Tokenization = Tokenization(), *, name: str = "data"
+             ) -> Dataset:
+    """`row_id`, `input_ids`, `labels` for every row of `ds` (prompt/completion rows, conversations, or both),
+    in order."""
+    from datasets import Features, List, Value
     from jinja2 import TemplateError
 
-    template = None
-    try:
-        if kind == "prompt":
-            prepared = prepare_dataset(ds, tokenizer, name=name, num_proc=num_proc,
-                                       completion_only_loss=completion_only_loss)
-        else:
-            from medsft.model.chat_templates import training_template
+    training_template = None
+    if "messages" in ds.column_names:  # conversations: the template variant with {% generation %} markers
+        from medsft.model.chat_templates import training_template as with_markers
 
-            template = training_template(tokenizer)
-            prepared = prepare_dataset(ds, tokenizer, name=name, num_proc=num_proc,
-                                       completion_only_loss=completion_only_loss, assistant_only_loss=True,
-                                       chat_template=template)
+        training_template = with_markers(tokenizer)
+    if len(ds) == 0:
+        return ds.select_columns(["row_id"]).add_column("input_ids", []).add_column("labels", [])
+    features = Features({"row_id": Value("int64"), "input_ids": List(Value("int32")), "labels": List(Value("int32"))})
+    try:
+        return ds.map(tokenize_batch, batched=True, batch_size=BATCH_ROWS, features=features,
+                      remove_columns=[c for c in ds.column_names if c != "row_id"],
+                      fn_kwargs={"tokenizer": tokenizer, "completion_only_loss": tokenization.completion_only_loss,
+                                 "template": training_template},
+                      num_proc=tokenization.num_proc if (tokenization.num_proc or 1) > 1 else None,
+                      new_fingerprint=uuid.uuid4().hex,
+                      desc=f"Tokenizing {name}")
     except TemplateError:  # the template's own raise_exception ("Conversation roles must alternate", ...)
-        raise refused_rows(ds, tokenizer, kind, template, name) from None
-    except RuntimeError as err:  # TRL: an example with no assistant token in the mask
-        raise MedsftError(f"a {name} conversation has no trained token ({' '.join(str(err).split())[:120]})",
+        raise refused_rows(ds, tokenizer, training_template, name) from None
+    except NoTrainedToken as err:
+        raise MedsftError(f"{name} row {err.row_id} has no trained token (the chat template marks no assistant turn)",
                           "check that the chat template marks assistant turns with {% generation %}",
                           "model.chat_template") from None
-    return prepared.select_columns(["row_id", *extra, "input_ids", "labels"])
 
 
-def refused_rows(ds, tokenizer, kind: str, template: str | None, name: str) -> MedsftError:
-    """The rows a chat template refuses, found by rendering each (only once TRL has failed): how many, and the
-    first by row id with the template's own message. An error, not a dropped row: the template is only
+class NoTrainedToken(Exception):
+    def __init__(self, row_id: int):
+        super().__init__(row_id)
+        self.row_id = row_id
+
+
+def tokenize_batch(batch: dict[str, list], tokenizer: Any, completion_only_loss: bool,
+                   template: str | None) -> dict[str, list]:
+    """One batch: prompt/completion rows and conversations each tokenized by batched calls, put back in order."""
+    from trl.data_utils import common_prefix_length
+
+    n = len(batch["row_id"])
+    conversations = batch.get("messages") or [None] * n
+    ids: list[list[int]] = [[] for _ in range(n)]
+    labels: list[list[int]] = [[] for _ in range(n)]
+    single = [i for i in range(n) if not conversations[i]]
+    for i, (prompt_ids, full) in zip(single, prompt_and_whole_ids(tokenizer, [batch["prompt"][i] for i in single],
+                                                                  [batch["completion"][i] for i in single])):
+        start = common_prefix_length(prompt_ids, full) if completion_only_loss else 0
+        ids[i], labels[i] = full, [-100] * start + full[start:]
+    multi = [i for i in range(n) if conversations[i]]
+    if multi:
+        out = tokenizer.apply_chat_template([conversations[i] for i in multi], tokenize=True, return_dict=True,
+                                            chat_template=template, return_assistant_tokens_mask=True)
+        for i, full, mask in zip(multi, out["input_ids"], out["assistant_masks"]):
+            if 1 not in mask:
+                raise NoTrainedToken(batch["row_id"][i])
+            ids[i], labels[i] = full, [t if m else -100 for t, m in zip(full, mask)]
+    return {"row_id": batch["row_id"], "input_ids": ids, "labels": labels}
+
+
+def prompt_and_whole_ids(tokenizer: Any, prompts: list[list[dict]], completions: list[list[dict]]
+                         ) -> list[tuple[list[int], list[int]]]:
+    """(prompt tokens with the generation prompt, prompt + completion tokens) per row: TRL's two
+    `apply_chat_template(..., tokenize=True)` calls, which render the template, then encode the text without
+    special tokens. Rendering is Python and encoding is Rust that releases the GIL, so a chunk is encoded on a
+    thread while the next one renders."""
+    out: list[tuple[list[int], list[int]]] = []
+    pending = []
+    for start in range(0, len(prompts), RENDER_CHUNK):
+        chunk_prompts = prompts[start:start + RENDER_CHUNK]
+        texts = tokenizer.apply_chat_template(chunk_prompts, tokenize=False, add_generation_prompt=True)
+        texts += tokenizer.apply_chat_template([p + c for p, c in zip(chunk_prompts, completions[start:start + RENDER_CHUNK])],
+                                               tokenize=False)
+        pending.append(encoder().submit(tokenizer, texts, add_special_tokens=False))
+    for future in pending:
+        encoded = future.result()["input_ids"]
+        half = len(encoded) // 2
+        out += zip(encoded[:half], encoded[half:])
+    return out
+
+
+RENDER_CHUNK = 64
+_ENCODERS: dict[int, ThreadPoolExecutor] = {}
+
+
+def encoder() -> ThreadPoolExecutor:
+    """This process's encoding thread (a process forked by a `dataset_num_proc` pool starts its own: the parent's
+    thread does not exist there)."""
+    pid = os.getpid()
+    if pid not in _ENCODERS:
+        _ENCODERS[pid] = ThreadPoolExecutor(1, thread_name_prefix="medsft-encode")
+    return _ENCODERS[pid]
+
+
+def refused_rows(ds: Dataset, tokenizer: Any, template: str | None, name: str) -> MedsftError:
+    """The rows a chat template refuses, found by rendering each (only once tokenizing has failed): how many, and
+    the first by row id with the template's own message. An error, not a dropped row: the template is only
     known here, after the split and the weights, and a row it refuses is the data's or the template's
     mismatch for the user to settle (data.max_bad_fraction counts what the data alone shows)."""
     from jinja2 import TemplateError
 
     refused = []
     for row in ds:
-        messages = row["messages"] if kind == "messages" else row["prompt"] + row["completion"]
+        conversation = row.get("messages") or None
+        messages = conversation if conversation else row["prompt"] + row["completion"]
         try:
-            tokenizer.apply_chat_template(messages, tokenize=False, chat_template=template)
+            tokenizer.apply_chat_template(messages, tokenize=False, chat_template=template if conversation else None)
         except TemplateError as err:
             refused.append((row["row_id"], " ".join(str(err).split())[:160]))
     if not refused:
-        return MedsftError(f"the chat template failed while preparing the {name} split", "check the template",
+        return MedsftError(f"the chat template failed while preparing the {name} rows", "check the template",
                            "model.chat_template")
     row_id, message = min(refused)
     return MedsftError(f"the chat template refuses {len(refused)} of {len(ds)} {name} rows (row {row_id}: {message})",
@@ -97,11 +168,16 @@ def refused_rows(ds, tokenizer, kind: str, template: str | None, name: str) -> M
                        "accepts them", "model.chat_template")
 
 
-def lengths(ds) -> list[int]:
-    return [len(ids) for ids in ds["input_ids"]] if len(ds) else []
+def lengths(ds: Dataset) -> list[int]:
+    """Tokens per row, read from the Arrow column's offsets (no row is decoded)."""
+    import pyarrow.compute as pc
+
+    if not len(ds):
+        return []
+    return pc.list_value_length(ds.select_columns(["input_ids"]).with_format("arrow")[:]["input_ids"]).to_pylist()
 
 
-def drop_overlong(ds, max_length: int | None, *, name: str):
+def drop_overlong(ds: Dataset, max_length: int | None, *, name: str) -> tuple[Dataset, int]:
     """Rows that fit in max_length, and how many did not."""
     if max_length is None or len(ds) == 0:
         return ds, 0
@@ -113,7 +189,7 @@ def drop_overlong(ds, max_length: int | None, *, name: str):
     return (ds.select(keep) if len(keep) < len(ds) else ds), len(ds) - len(keep)
 
 
-def length_stats(lens: list[int], max_length: int | None) -> dict:
+def length_stats(lens: list[int], max_length: int | None) -> dict[str, Any]:
     if not lens:
         return {"count": 0}
     ordered = sorted(lens)
@@ -121,19 +197,3 @@ def length_stats(lens: list[int], max_length: int | None) -> dict:
     return {"count": len(lens), "min": ordered[0], "median": statistics.median(ordered), "p95": p95,
             "max": ordered[-1], "over_max_length": sum(n > max_length for n in lens) if max_length else 0,
             "max_length": max_length}
-
-
-def prepare_all(splits, tokenizer, spec):
-    """All splits prepared; returns (DatasetDict, {split: stats before dropping}, {split: n dropped})."""
-    from datasets import DatasetDict
-
-    t = spec.recipe.training
-    out, stats, dropped = {}, {}, {}
-    for name, ds in splits.items():
-        prepared = prepare_split(ds, tokenizer, name=name, num_proc=t.get("dataset_num_proc"),
-                                 completion_only_loss=spec.cache_inputs()["completion_only_loss"])
-        stats[name] = length_stats(lengths(prepared), t.get("max_length"))
-        if name != "test":  # the test split is kept whole for evaluation, which uses the raw rows
-            prepared, dropped[name] = drop_overlong(prepared, spec.drop_longer_than, name=name)
-        out[name] = prepared
-    return DatasetDict(out), stats, dropped

@@ -140,7 +140,7 @@ def run_eval(adapter_dir, *, max_generations: int = 20, settings=None, with_base
     model, tokenizer, recipe = load_for_inference(adapter_dir)
     d = recipe.data
     formatted, _ = data.to_prompt_completion(Dataset.from_list(rows), d)
-    prepared = tokenized.prepare_split(formatted, tokenizer, name="test")
+    prepared = tokenized.tokenize(formatted, tokenizer, name="test")
     questions = [data.question_of(r, d) for r in rows][:max_generations]
     items = mc_items(rows)[:max_generations]
 

@@ -30,8 +30,14 @@ Rules (one home for each):
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 from medsft.errors import MedsftError
+
+if TYPE_CHECKING:
+    from medsft.launch.detect import Launch
+    from medsft.memory.model import Arch, Setup
+    from medsft.recipe.schema import ModelSection
 
 DEFAULT_GLOBAL_BATCH = 128  # rows per optimizer step: HuatuoGPT-o1's SFT setting
 FALLBACK_MICRO_BATCH = 8  # no device to measure (CPU runs are not memory-bound the same way)
@@ -45,6 +51,16 @@ class Memory:
 
     bytes: float
     where: str
+
+
+@dataclass(frozen=True)
+class BatchRequest:
+    """What the recipe (and a DeepSpeed config) state about the batch."""
+
+    micro_batch: int | str = 8  # training.per_device_train_batch_size: a number or "auto"
+    accumulation: int | str | None = None  # gradient_accumulation_steps: a number, "auto", or unset
+    global_batch: int | None = None  # training.global_batch_size
+    source_file: str | None = None  # where the recipe came from (errors name it)
 
 
 @dataclass(frozen=True)
@@ -64,7 +80,7 @@ class BatchChoice:
     def global_batch(self) -> int:
         return self.micro_batch * self.grad_accum * self.world
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "global_batch": self.global_batch}
 
 
@@ -72,11 +88,11 @@ def divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def architecture(recipe):
+def architecture(model: ModelSection) -> Arch:
     from medsft.memory.model import Arch
     from medsft.memory.preflight import read_config
 
-    config, _ = read_config(recipe.model.name, recipe.model.revision)
+    config, _ = read_config(model.name, model.revision)
     try:
         return Arch.from_config(config)
     except KeyError as err:
@@ -84,19 +100,19 @@ def architecture(recipe):
                           "number (the memory model supports decoder-only transformers)", "model.name") from None
 
 
-def estimated_total(arch, spec, micro_batch: int) -> float:
+def estimated_total(arch: Arch, setup: Setup, micro_batch: int) -> float:
     from medsft.memory.model import estimate
-    from medsft.memory.preflight import setup_from
 
-    return estimate(arch, setup_from(spec).replace(micro_batch=micro_batch)).total
+    return estimate(arch, setup.replace(micro_batch=micro_batch)).total
 
 
-def largest_fitting(arch, spec, sizes: list[int], device: float):
+def largest_fitting(arch: Arch, setup: Setup, sizes: list[int], device: float
+                    ) -> tuple[int | None, float | None, int | None, float | None]:
     """(chosen, its total, next size, its total) over ascending `sizes`; chosen None when even the first
     does not fit. The estimate grows with the micro-batch, so the scan stops at the first that does not fit."""
     chosen = chosen_total = None
     for size in sizes:
-        total = estimated_total(arch, spec, size)
+        total = estimated_total(arch, setup, size)
         if total > FITS_SHARE * device:
             return chosen, chosen_total, size, total
         chosen, chosen_total = size, total
@@ -136,15 +152,13 @@ def previous_choice(resume: str, output_dir: str) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
-def decide(spec, accumulation, memory: Memory | None = None, previous: int | None = None,
-           notices: list | None = None) -> BatchChoice:
-    """The micro-batch and accumulation of this run. `accumulation`: the recipe's or the DeepSpeed config's
-    number, "auto", or None (unset). `memory` None on a CUDA launch: measured here."""
-    recipe, launch = spec.recipe, spec.launch
-    where = recipe.source_file
-    t = recipe.training
-    micro = t.get("per_device_train_batch_size", 8)
-    stated = t.get("global_batch_size")
+def decide(request: BatchRequest, setup: Setup, model: ModelSection, launch: Launch, memory: Memory | None = None,
+           previous: int | None = None, notices: list[str] | None = None) -> BatchChoice:
+    """The micro-batch and accumulation of a run: `request` as the recipe states it, `setup` the run's memory
+    setup (its micro-batch replaced by each candidate), `model` whose architecture the estimate reads.
+    `memory` None on a CUDA launch: measured here."""
+    where = request.source_file
+    micro, accumulation, stated = request.micro_batch, request.accumulation, request.global_batch
     world = max(1, launch.world_size if launch.distributed != "none" else 1)
     procs = f"{world} process{'es' if world > 1 else ''}"
     fixed_accum = accumulation if isinstance(accumulation, int) else None
@@ -208,15 +222,15 @@ def decide(spec, accumulation, memory: Memory | None = None, previous: int | Non
                            f"{'' if per_rank is not None else '; set training.global_batch_size to keep the steps'}; "
                            "`medsft preflight RECIPE --gpu-memory SIZE` chooses for a GPU")
         return choice(m, "fallback: no GPU to measure")
-    arch = architecture(recipe)
-    chosen, total, next_size, next_total = largest_fitting(arch, spec, sizes, memory.bytes)
+    arch = architecture(model)
+    chosen, total, next_size, next_total = largest_fitting(arch, setup, sizes, memory.bytes)
     if chosen is None and fixed_accum is not None and per_rank is not None:
         raise MedsftError(f"per_device_train_batch_size: auto with gradient_accumulation_steps {fixed_accum} cannot "
                           f"keep {rows} rows per optimizer step over {procs}: micro-batch {sizes[0]} won't fit "
                           f"({next_total / 2**30:.1f} GiB estimated, {FITS_SHARE:.0%} of {memory.bytes / 2**30:.1f} "
                           f"GiB {memory.where} allowed)", "set gradient_accumulation_steps: auto (or remove it)", where)
     if chosen is None:
-        raise nothing_fits(arch, spec, sizes[0], next_total, memory, fixed_accum, per_rank)
+        raise nothing_fits(arch, setup, sizes[0], next_total, memory, fixed_accum, per_rank, where)
     if per_rank is None and notices is not None:
         notices.append(f"training.per_device_train_batch_size: auto with gradient_accumulation_steps {fixed_accum}: "
                        f"{chosen * fixed_accum * world} rows per optimizer step; set training.global_batch_size to "
@@ -225,18 +239,19 @@ def decide(spec, accumulation, memory: Memory | None = None, previous: int | Non
                   device=memory.bytes, total=total, next_size=next_size, next_total=next_total)
 
 
-def nothing_fits(arch, spec, smallest: int, total: float, memory: Memory, fixed_accum, per_rank) -> MedsftError:
+def nothing_fits(arch: Arch, setup: Setup, smallest: int, total: float, memory: Memory, fixed_accum: int | None,
+                 per_rank: int | None, where: str | None) -> MedsftError:
     """Even the smallest candidate does not fit: the preflight's own suggestions, on one line."""
-    from medsft.memory.preflight import setup_from, suggestions
+    from medsft.memory.preflight import suggestions
 
-    s = setup_from(spec).replace(micro_batch=smallest)
+    s = setup.replace(micro_batch=smallest)
     accum = fixed_accum if per_rank is None else per_rank // smallest
     tips = [t for t in suggestions(arch, s, memory.bytes, accum) if "per_device_train_batch_size" not in " ".join(t[1])]
     fix = "; ".join(f"{label}: {' '.join('--set ' + o if '=' in o else o for o in overrides)}"
                     for label, overrides, _ in tips) or "use more GPUs with ZeRO-3 / FSDP2, or a smaller model"
     return MedsftError(f"training.per_device_train_batch_size: auto: even micro-batch {smallest} won't fit "
                        f"({total / 2**30:.1f} GiB estimated, {FITS_SHARE:.0%} of {memory.bytes / 2**30:.1f} GiB "
-                       f"{memory.where} allowed)", fix, spec.recipe.source_file)
+                       f"{memory.where} allowed)", fix, where)
 
 
 def recorded_recipe(recipe, batch: dict | None) -> dict:

@@ -2,8 +2,8 @@
 
 Why: an 8B QLoRA run that dies of OOM after 20 minutes of loading and tokenizing is the most common waste
 of GPU time. The architecture comes from the model's config.json (a local directory, the hub cache, or
-the configs medsft ships for its recipes: no weights, no network), the rest from the resolved run
-(medsft/train/runspec.py: recipe and launch, ZeRO/FSDP/offload included). The arithmetic is medsft/memory/model.py;
+the configs medsft ships for its recipes: no weights, no network), the rest from the run's memory setup
+(medsft/memory/model.py `Setup`, which the resolved run fills: ZeRO/FSDP/offload included). The arithmetic is medsft/memory/model.py;
 this module reads the inputs, renders persistent terms and phases, names the dominant term, and ranks
 the changes that would make a run fit. Verdict: fits below 85% of the device, tight up to 100%.
 """
@@ -14,9 +14,14 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from medsft.errors import MedsftError
 from medsft.memory.model import Arch, Estimate, GiB, Setup, estimate
+
+if TYPE_CHECKING:
+    from medsft.memory.micro_batch import BatchChoice
+    from medsft.recipe.schema import ModelSection
 
 SHIPPED = Path(__file__).resolve().parent / "architectures"
 
@@ -60,23 +65,6 @@ def parse_size(text: str) -> float:
     scale = {"GIB": GiB, "G": GiB, "GB": 1e9, "MIB": 2**20, "M": 2**20, "MB": 1e6, "TIB": 2**40, "T": 2**40,
              "TB": 1e12}[unit]
     return float(m.group(1)) * scale
-
-
-def setup_from(spec) -> Setup:
-    """The estimate's inputs, read from the resolved run (launch included)."""
-    recipe, launch = spec.recipe, spec.launch
-    distributed = launch.distributed != "none"
-    return Setup(
-        bits=recipe.quantization.bits, double_quant=recipe.quantization.double_quant, dtype=recipe.model.dtype,
-        rank=recipe.lora.rank, targets=recipe.lora.target_modules, dropout=recipe.lora.dropout,
-        micro_batch=spec.micro_batch, eval_batch=spec.eval_batch,
-        max_length=int(recipe.training.get("max_length") or 1024), checkpointing=spec.checkpointing,
-        attention=spec.attention.memory_kind,
-        padding_free=bool(recipe.training.get("padding_free") or recipe.training.get("packing")),
-        world_size=launch.world_size if distributed else 1, shard_params=launch.sharded_params and distributed,
-        zero_stage=launch.zero_stage, fsdp=launch.distributed == "fsdp",
-        offload_optimizer=launch.offload_optimizer, offload_params=launch.offload_params,
-        optimizer="deepspeed" if launch.distributed == "deepspeed" else "adamw")
 
 
 CHANGES = [  # (label, --set overrides, Setup changes): each candidate is re-estimated and ranked by effect
@@ -153,22 +141,21 @@ class Preflight:
     where: str
     verdict: str
     tips: list = field(default_factory=list)  # (label, overrides, total bytes) when it won't fit
-    batch: object = None  # the micro-batch choice (medsft/memory/micro_batch.py BatchChoice)
+    batch: BatchChoice | None = None  # how the micro-batch was chosen
 
 
-def run_preflight(spec, *, gpu_memory=None) -> Preflight:
-    """The estimate of `spec`'s run on its device (or `gpu_memory`), its verdict and suggestions."""
-    recipe = spec.recipe
-    config, source = read_config(recipe.model.name, recipe.model.revision)
+def run_preflight(setup: Setup, model: ModelSection, *, grad_accum: int, attention: str, launch: str,
+                  batch: BatchChoice | None = None, gpu_memory: str | None = None) -> Preflight:
+    """The estimate of a run's `setup` for `model` on its device (or `gpu_memory`), its verdict and suggestions.
+    `attention`, `launch`, `batch`: how the run was resolved, as the report says it."""
+    config, source = read_config(model.name, model.revision)
     try:
         arch = Arch.from_config(config)
     except KeyError as err:
         raise MedsftError(f"config.json lacks {err.args[0]!r}", "preflight supports decoder-only transformers "
                           "(Llama, Qwen, Mistral …)", "model.name") from None
-    s = setup_from(spec)
     device, where = device_memory(gpu_memory)
-    est = estimate(arch, s)
+    est = estimate(arch, setup)
     v = verdict(est.total, device)
-    tips = suggestions(arch, s, device, spec.grad_accum) if v == "won't fit" else []
-    return Preflight(recipe.model.name, source, spec.attention.notice, spec.launch.describe(), s, est, device, where,
-                     v, tips, spec.batch)
+    tips = suggestions(arch, setup, device, grad_accum) if v == "won't fit" else []
+    return Preflight(model.name, source, attention, launch, setup, est, device, where, v, tips, batch)

@@ -11,9 +11,15 @@ the recipe's `model.chat_template` applied (medsft/model/chat_templates.py) and 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from medsft.errors import MedsftError
 from medsft.model.builtin.tiny_model import builtin_model_dir, is_builtin
+
+if TYPE_CHECKING:
+    from medsft.launch.placement import Placement
+    from medsft.model.attention import Choice
+    from medsft.recipe.schema import ModelSection, QuantizationSection
 
 
 def resolve_model_path(name: str, revision: str | None = None) -> str:
@@ -124,16 +130,15 @@ def quantization_config(q, quant_storage: str, model_dtype: str):
     )
 
 
-def load_model(recipe, placement, cuda: bool, attention=None):
-    """The base model, quantized as the recipe says and placed as the placement says, with `attention` (a
-    medsft.model.attention.Choice; the run's, RunSpec.attention, else chosen here; training says it).
-    Returns (model, the attention's name)."""
+def load_model(m: ModelSection, quantization: QuantizationSection, placement: Placement, cuda: bool,
+               attention: Choice | None = None) -> tuple[Any, str]:
+    """The base model, quantized as the quantization section says and placed as the placement says, with
+    `attention` (the run's choice, else chosen here). Returns (model, the attention's name)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from medsft.model import attention as attention_mod
 
-    m = recipe.model
     if attention is None:
         attention = attention_mod.choose(m.attn_implementation,
                                          attention_mod.detect(cuda and torch.cuda.is_available(), m.dtype))
@@ -142,7 +147,7 @@ def load_model(recipe, placement, cuda: bool, attention=None):
     kwargs = dict(
         dtype=getattr(torch, m.dtype),
         attn_implementation=attention.implementation,
-        quantization_config=quantization_config(recipe.quantization, placement.quant_storage, m.dtype),
+        quantization_config=quantization_config(quantization, placement.quant_storage, m.dtype),
         trust_remote_code=m.trust_remote_code,
         revision=m.revision,
         use_cache=False,  # training; generation turns it back on

@@ -41,16 +41,16 @@ MEDSFT_KEYS = {"global_batch_size"}
 TYPES = {"bool": bool, "int": Int, "float": Float, "str": str, "dict": dict, "list": list}
 
 
-def field_type(name: str, spec: FieldSpec):
-    kinds = [TYPES[k] for k in sorted(spec.kinds) if k in TYPES]
-    base = Any if "any" in spec.kinds or not kinds else kinds[0] if len(kinds) == 1 else \
+def field_type(name: str, field_spec: FieldSpec):
+    kinds = [TYPES[k] for k in sorted(field_spec.kinds) if k in TYPES]
+    base = Any if "any" in field_spec.kinds or not kinds else kinds[0] if len(kinds) == 1 else \
         Union[tuple(kinds)]  # noqa: UP007 (a union built from a list of types)
     checks = []
-    if spec.choices:
-        no = "no" in spec.choices  # YAML 1.1 reads a bare `no` as false
+    if field_spec.choices:
+        no = "no" in field_spec.choices  # YAML 1.1 reads a bare `no` as false
         checks.append(BeforeValidator(lambda v, no=no: "no" if v is False and no else v))
-        checks.append(rule(lambda v, c=spec.choices: not isinstance(v, str) or v in c,
-                           f"must be one of {', '.join(spec.choices)}"))
+        checks.append(rule(lambda v, c=field_spec.choices: not isinstance(v, str) or v in c,
+                           f"must be one of {', '.join(field_spec.choices)}"))
     if name in AUTO:
         checks.append(WrapValidator(auto_or_int))
         checks.append(PlainSerializer(lambda v: v, return_type=Any))
@@ -58,8 +58,8 @@ def field_type(name: str, spec: FieldSpec):
         checks.append(rule(lambda v: not isinstance(v, (int, float)) or v > 0, "must be positive"))
     if name in NON_NEGATIVE:
         checks.append(rule(lambda v: not isinstance(v, (int, float)) or v >= 0, "must be ≥ 0"))
-    return (Annotated[((base | None) if spec.optional else base, *checks)] if checks
-            else (base | None) if spec.optional else base), None
+    return (Annotated[((base | None) if field_spec.optional else base, *checks)] if checks
+            else (base | None) if field_spec.optional else base), None
 
 
 def auto_or_int(value, handler):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from medsft.console import notice
+from medsft.data.cache import PreparedData
 from medsft.errors import MedsftError
 
 STAGES = ("tokenizer", "data", "model", "trainer")
@@ -25,13 +26,7 @@ class Assembly:
 
     spec: Any
     tokenizer: Any = None
-    splits: Any = None  # the raw rows per split (prompt/completion or conversations)
-    report: Any = None  # data.load_splits' account: rows read, kept, dropped, per source
-    raw: Any = None  # the loaded rows before splitting (its fingerprint keys the cache)
-    prepared: Any = None  # DatasetDict of tokenized splits, as the trainer receives them
-    stats: dict = field(default_factory=dict)  # token-length statistics per split, before dropping
-    dropped: dict = field(default_factory=dict)  # overlong rows dropped per split
-    cache_lines: list[str] = field(default_factory=list)  # this rank's data-cache lines
+    data: PreparedData | None = None  # the tokenized splits as the trainer receives them, and their account
     cache_lines_by_rank: list[list[str]] = field(default_factory=list)  # every rank's (the manifest records them)
     model: Any = None  # the base model: quantized, placed, embeddings fitted, trainable 4-bit layout
     attention: str | None = None  # the attention implementation the model was loaded with
@@ -59,23 +54,15 @@ def load_tokenizer(spec):
 
 
 def prepare_data(spec, tokenizer, into: Assembly | None = None, report: Callable[[str], None] | None = None) -> Assembly:
-    """Rows loaded, checked and split (data.load_splits), then tokenized by TRL's preparation with long rows
-    dropped, through the shared cache (data_cache.prepared_splits: the main process prepares, others load).
-    `report` also receives each cache line as it happens (they are kept in `cache_lines` either way)."""
-    from medsft.data import cache as data_cache
-    from medsft.data import load as data
+    """Rows loaded, checked, split and tokenized with long rows dropped, through the shared cache
+    (medsft/data/cache.py: the main process prepares, the others load). `report` receives each cache line
+    as it happens (they are kept in `data.cache_lines` either way)."""
+    from medsft.data.cache import prepared_data
 
     run = into or Assembly(spec)
     run.tokenizer = tokenizer
-    run.splits, run.report, run.raw = data.load_splits(spec.recipe.data)
-
-    def line(text: str) -> None:
-        run.cache_lines.append(text)
-        if report is not None:
-            report(text)
-
-    run.prepared, run.stats, run.dropped = data_cache.prepared_splits(spec, run.raw, run.splits, tokenizer,
-                                                                      report=line)
+    run.data = prepared_data(spec.recipe.data, tokenizer, spec.tokenization(), chat_template=spec.recipe.model.chat_template,
+                             content=spec.identity()["data"]["content"], report=report)
     return run
 
 
@@ -88,7 +75,7 @@ def prepare_model(spec, tokenizer, into: Assembly | None = None) -> Assembly:
     from medsft.upstream import keep_4bit_trainable_layout
 
     run = into or Assembly(spec, tokenizer=tokenizer)
-    run.model, run.attention = model_mod.load_model(spec.recipe, spec.placement, spec.launch.cuda, spec.attention)
+    run.model, run.attention = model_mod.load_model(spec.recipe.model, spec.recipe.quantization, spec.placement, spec.launch.cuda, spec.attention)
     notice(spec.attention.notice)
     run.embedding_rows_added = model_mod.fit_embeddings(run.model, tokenizer)
     keep_4bit_trainable_layout(run.model)
@@ -158,8 +145,7 @@ def build(spec, *, stop_after: str = "trainer", args=None, report: Callable[[str
     if last >= STAGES.index("model"):
         prepare_model(spec, run.tokenizer, into=run)
     if last >= STAGES.index("trainer"):
-        from medsft.data import load as data
-
-        questions = data.eval_questions(run.splits["validation"], spec.recipe.evaluation.generations)
-        run.trainer = make_trainer(spec, run.args, run.model, run.tokenizer, run.prepared, questions)
+        assert run.data is not None
+        questions = run.data.questions[:spec.recipe.evaluation.generations]
+        run.trainer = make_trainer(spec, run.args, run.model, run.tokenizer, run.data.prepared, questions)
     return run

@@ -40,8 +40,8 @@ def show(recipe, *, limit: int | None, split: str, as_json: bool) -> None:
     spec = resolve(recipe, launch.detect(), kernels="off")
     # the data stage of `medsft train`'s own assembly: the same prepared (and cached) splits, shown here
     built = assembly.build(spec, stop_after="data", report=lambda m: console.print(m, markup=False))
-    tokenizer, splits, report, prepared = built.tokenizer, built.splits, built.report, built.prepared
-    stats, dropped = built.stats, built.dropped
+    tokenizer, stage = built.tokenizer, built.data
+    report, prepared, stats, dropped = stage.report, stage.prepared, stage.stats, stage.dropped
     ds = prepared[split]
 
     console.print(report.summary())
@@ -56,11 +56,12 @@ def show(recipe, *, limit: int | None, split: str, as_json: bool) -> None:
     mixture = len(report.sources) > 1
     if mixture:
         console.print(source_table(report, prepared))
-    outcome = data.mixture_outcome(report, splits, prepared, recipe.data, spec.drop_longer_than, check=False)
+    after = data.row_ids(prepared)
+    outcome = data.mixture_outcome(report, stage.row_ids, after, recipe.data, spec.drop_longer_than, check=False)
     if outcome:
         console.print(outcome, markup=False)
         try:
-            data.mixture_outcome(report, splits, prepared, recipe.data, spec.drop_longer_than)
+            data.mixture_outcome(report, stage.row_ids, after, recipe.data, spec.drop_longer_than)
         except MedsftError as err:
             console.print(f"medsft train refuses this mixture: {err.line()}", markup=False)
 
@@ -101,10 +102,12 @@ def source_table(report, prepared):
     """Rows read, kept, and examples per split for each source of a mixture."""
     from rich.table import Table
 
+    from medsft.data.load import row_ids
+
     table = Table(title="sources")
     for col in ("source", "format", "weight", "rows", "kept", *prepared):
         table.add_column(col, justify="left" if col in ("source", "format") else "right", overflow="fold")
-    for name, c in report.source_counts(prepared).items():
+    for name, c in report.source_counts(row_ids(prepared)).items():
         table.add_row(name, c["format"], "-" if c["weight"] is None else f"{c['weight']:g}", str(c["rows"]),
                       str(c["kept"]), *(str(c[s]) for s in prepared))
     return table

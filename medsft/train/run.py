@@ -18,15 +18,13 @@ def preflight_gate(spec, force: bool, gpu_memory: str | None = None) -> None:
     included), every rank gets its verdict. `gpu_memory` replaces the measured free memory (tests)."""
     import torch.distributed as dist
 
-    from medsft.memory.preflight import run_preflight
-
     if not spec.launch.cuda and gpu_memory is None:
         say("preflight: skipped (no GPU; `medsft preflight RECIPE --gpu-memory SIZE` estimates one)")
         return
     verdict = [None]
     if is_main():
         try:
-            report = run_preflight(spec, gpu_memory=gpu_memory)
+            report = spec.preflight(gpu_memory)
             from medsft.views import show_preflight
 
             show_preflight(report)
@@ -125,6 +123,7 @@ def run(recipe, resume: str = "auto", force: bool = False, callbacks=()):
 
 
 def train(spec, checkpoint: str | None, resume: str, force: bool, callbacks=()):
+    from medsft.data.load import row_ids
     from medsft.io.outputs import manifest, write_json
     from medsft.io.ownership import mark
     from medsft.train import assembly
@@ -138,9 +137,9 @@ def train(spec, checkpoint: str | None, resume: str, force: bool, callbacks=()):
     args = spec.sft_config()  # also sets up the distributed state
     preflight_gate(spec, force)
     built = assembly.build(spec, args=args, after_data=say_data)  # data → model → trainer
-    tokenizer, splits, report, raw, prepared = built.tokenizer, built.splits, built.report, built.raw, built.prepared
+    tokenizer, data = built.tokenizer, built.data
+    prepared = data.prepared
     trainer, attn, added_rows, kernels_ran = built.trainer, built.attention, built.embedding_rows_added, built.kernels
-    stats, dropped = built.stats, built.dropped
     for callback in callbacks:
         trainer.add_callback(callback)
     out = Path(recipe.output.dir)
@@ -188,10 +187,10 @@ def train(spec, checkpoint: str | None, resume: str, force: bool, callbacks=()):
         **{**spec.manifest(), "kernels": kernels_ran,
            "launch": {**spec.manifest()["launch"], "distributed_type": trainer.accelerator.distributed_type.value,
                       "num_processes": trainer.accelerator.num_processes}},
-        data={"fingerprint": raw._fingerprint,
-              "rows": report.total, "kept": report.kept, "dropped": dict(report.reasons), "overlong_dropped": dropped,
-              "split_sizes": {k: len(v) for k, v in prepared.items()}, "token_lengths": stats,
-              "sources": report.source_counts(prepared, before=splits),
+        data={"content": data.content, "rows": data.report.total, "kept": data.report.kept,
+              "dropped": dict(data.report.reasons), "overlong_dropped": data.dropped,
+              "split_sizes": {k: len(v) for k, v in prepared.items()}, "token_lengths": data.stats,
+              "sources": data.report.source_counts(row_ids(prepared), before=data.row_ids),
               "cache_by_rank": built.cache_lines_by_rank},
         chat_template={"name": recipe.model.chat_template, "embedding_rows_added": added_rows,
                        "trainable_token_indices": getattr(getattr(trainer.model, "peft_config", {}).get("default"),
@@ -199,7 +198,7 @@ def train(spec, checkpoint: str | None, resume: str, force: bool, callbacks=()):
         train={"global_step": trainer.state.global_step, "train_loss": result.training_loss,
                "resumed_from": checkpoint},
     )
-    save_adapter(trainer, tokenizer, recipe, info, splits["test"]["row_id"])
+    save_adapter(trainer, tokenizer, recipe, info, data.row_ids["test"])
     if is_main():
         mark(Path(recipe.output.dir), "run", state="complete", identity=spec.identity(),
              global_step=trainer.state.global_step, adapter=str(recipe.adapter_dir))
@@ -236,19 +235,20 @@ def say_data(built) -> None:
     """What the data stage produced, before any model loads; a mixture the drops unbalanced is refused here."""
     from medsft.data import load as data
 
-    spec = built.spec
-    say(built.report.summary())
-    lines = built.cache_lines  # every rank's go to the manifest; the main process says its own, once
+    spec, stage = built.spec, built.data
+    say(stage.report.summary())
+    lines = stage.cache_lines  # every rank's go to the manifest; the main process says its own, once
     built.cache_lines_by_rank = gather_lines(lines) if spec.launch.world_size > 1 else [lines]
     for line in lines:
         say(line.replace("data[rank 0]", "data", 1))
-    for name, n in built.dropped.items():
+    for name, n in stage.dropped.items():
         if n:
             say(f"data: {n} {name} rows longer than training.max_length={spec.drop_longer_than} dropped")
-    mixture = data.mixture_outcome(built.report, built.splits, built.prepared, spec.recipe.data, spec.drop_longer_than)
+    mixture = data.mixture_outcome(stage.report, stage.row_ids, data.row_ids(stage.prepared), spec.recipe.data,
+                                   spec.drop_longer_than)
     if mixture:
         notice(mixture)
-    say("data: " + ", ".join(f"{k} {len(v)}" for k, v in built.prepared.items()) + " rows")
+    say("data: " + ", ".join(f"{k} {len(v)}" for k, v in stage.prepared.items()) + " rows")
 
 
 def start_over(out: Path) -> None:

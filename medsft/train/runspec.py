@@ -15,14 +15,21 @@ import functools
 import json
 from dataclasses import dataclass, field, replace
 from functools import cached_property
+from typing import TYPE_CHECKING
 
+from medsft.data.tokenized import Tokenization
 from medsft.errors import MedsftError
 from medsft.launch.detect import Launch
 from medsft.launch.detect import check as check_launch
 from medsft.launch.placement import Placement, check_chat_template, check_devices, decide
-from medsft.memory.micro_batch import FALLBACK_MICRO_BATCH
+from medsft.memory.micro_batch import FALLBACK_MICRO_BATCH, BatchRequest
 from medsft.memory.micro_batch import decide as decide_batch
 from medsft.recipe.schema import Recipe
+
+if TYPE_CHECKING:
+    from medsft.memory.micro_batch import BatchChoice
+    from medsft.memory.model import Setup
+    from medsft.memory.preflight import Preflight
 
 # training fields that do not change what is learned (a resumed run may change them freely)
 NOT_TRAJECTORY = {
@@ -55,7 +62,7 @@ class RunSpec:
     grad_accum: int = 1
     max_grad_norm: float = 1.0
     precision: str = "no"  # mixed precision: bf16 | fp16 | no
-    batch: object = None  # medsft/micro_batch.BatchChoice: how micro_batch and grad_accum were decided
+    batch: BatchChoice | None = None  # how micro_batch and grad_accum were decided
     notices: tuple[str, ...] = field(default=())
 
     @functools.cached_property
@@ -97,11 +104,39 @@ class RunSpec:
             raise MedsftError(f"training section rejected by trl.SFTConfig: {' '.join(str(err).split())[:300]}",
                               "fix the training section", self.recipe.source_file) from None
 
-    def cache_inputs(self) -> dict:
-        """What the tokens depend on besides the data and the tokenizer (the data-cache key)."""
+    def tokenization(self) -> Tokenization:
+        """What the data stage needs of the training section (medsft/data/tokenized.py)."""
         t = self.recipe.training
-        return {"drop_longer_than": self.drop_longer_than, "packing": bool(t.get("packing")),
-                "completion_only_loss": t.get("completion_only_loss", True) is not False}
+        return Tokenization(completion_only_loss=t.get("completion_only_loss", True) is not False,
+                            max_length=t.get("max_length"), drop_longer_than=self.drop_longer_than,
+                            num_proc=t.get("dataset_num_proc"))
+
+    def memory_setup(self) -> Setup:
+        """The memory estimate's inputs (medsft/memory/model.py), read from this run (launch included)."""
+        from medsft.memory.model import Setup
+        from medsft.recipe.training_section import TRAINING_DEFAULTS
+
+        recipe, launch = self.recipe, self.launch
+        t = recipe.training
+        distributed = launch.distributed != "none"
+        return Setup(
+            bits=recipe.quantization.bits, double_quant=recipe.quantization.double_quant, dtype=recipe.model.dtype,
+            rank=recipe.lora.rank, targets=recipe.lora.target_modules, dropout=recipe.lora.dropout,
+            micro_batch=self.micro_batch, eval_batch=self.eval_batch,
+            max_length=int(t.get("max_length") or TRAINING_DEFAULTS["max_length"]), checkpointing=self.checkpointing,
+            attention=self.attention.memory_kind, padding_free=bool(t.get("padding_free") or t.get("packing")),
+            world_size=launch.world_size if distributed else 1, shard_params=launch.sharded_params and distributed,
+            zero_stage=launch.zero_stage, fsdp=launch.distributed == "fsdp",
+            offload_optimizer=launch.offload_optimizer, offload_params=launch.offload_params,
+            optimizer="deepspeed" if launch.distributed == "deepspeed" else "adamw")
+
+    def preflight(self, gpu_memory: str | None = None) -> Preflight:
+        """The memory preflight of this run (medsft/memory/preflight.py) on its device or `gpu_memory`."""
+        from medsft.memory.preflight import run_preflight
+
+        return run_preflight(self.memory_setup(), self.recipe.model, grad_accum=self.grad_accum,
+                             attention=self.attention.notice, launch=self.launch.describe(), batch=self.batch,
+                             gpu_memory=gpu_memory)
 
     def identity(self) -> dict:
         """The run's identity (`trained_identity`), taken once: at the start, before any row is read, so a data
@@ -181,7 +216,8 @@ def resolve(recipe: Recipe, launch: Launch, kernels: str | None = None, memory=N
         accum = adopted(recipe, launch, "gradient_accumulation_steps", launch.gradient_accumulation, 1)
     elif accum == "auto" and launch.gradient_accumulation is not None:
         accum = launch.gradient_accumulation  # the DeepSpeed config fixes it
-    batch = decide_batch(spec, accum, memory, previous_micro_batch, notices)
+    request = BatchRequest(t.get("per_device_train_batch_size", 8), accum, t.get("global_batch_size"), where)
+    batch = decide_batch(request, spec.memory_setup(), recipe.model, launch, memory, previous_micro_batch, notices)
     spec = replace(spec, micro_batch=batch.micro_batch, grad_accum=batch.grad_accum, batch=batch,
                    notices=tuple(notices))
     check_deepspeed_json(spec)

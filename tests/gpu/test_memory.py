@@ -1,6 +1,6 @@
 """The memory preflight against the GPU: a few training steps of a real architecture with the peak statistics
 reset after loading (bench/gpu.py's measured run, in a fresh process), torch.cuda.max_memory_allocated
-compared with medsft.memory.model.estimate(arch, setup_from(resolve(recipe, detect(), kernels="off")))
+compared with medsft.memory.model.estimate(arch, resolve(recipe, detect(), kernels="off").memory_setup())
 .allocated. The ratio is printed and recorded (gpu-tests-memory-<date>.json); only a loose sanity bound is
 asserted. bench/gpu.py --phase memory records the full comparison for the 0.6B and 8B shapes."""
 
@@ -27,7 +27,7 @@ CASES = {"checkpointing, micro-batch 1": dict(max_length=2048, micro_batch=1, ch
 def test_preflight_estimate_against_measured_peak(target, case, tmp_path):
     from medsft.launch.detect import detect
     from medsft.memory.model import estimate
-    from medsft.memory.preflight import Arch, read_config, setup_from
+    from medsft.memory.preflight import Arch, read_config
     from medsft.train.runspec import resolve
 
     settings = dict(CASES[case])
@@ -37,7 +37,7 @@ def test_preflight_estimate_against_measured_peak(target, case, tmp_path):
             "data": "builtin:tiny-medical", "cuda": target.cuda, **settings}
     recipe = bench_gpu().recipe_for(spec)
     arch = Arch.from_config(read_config(recipe.model.name)[0])
-    predicted = estimate(arch, setup_from(resolve(recipe, detect(), kernels="off"))).allocated
+    predicted = estimate(arch, resolve(recipe, detect(), kernels="off").memory_setup()).allocated
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     res = subprocess.run([sys.executable, "bench/gpu.py", "--run", json.dumps(spec)], cwd=REPO, env=env,

@@ -30,7 +30,7 @@ def test_trainer_trains_on_what_medsft_data_shows(built):
     assert res.returncode == 0, res.stderr[-2000:]
     shown = [json.loads(line) for line in res.stdout.splitlines()]
     train = built.trainer.train_dataset
-    assert len(shown) == len(train) == len(built.prepared["train"]) > 0
+    assert len(shown) == len(train) == len(built.data.prepared["train"]) > 0
     assert [ex["row_id"] for ex in shown] == train["row_id"]
     assert [ex["input_ids"] for ex in shown] == train["input_ids"]
     assert [ex["labels"] for ex in shown] == train["labels"]
@@ -62,7 +62,7 @@ def test_stages_stop_where_asked(built):
 
     data_only = assembly.build(built.spec, stop_after="data")
     assert data_only.model is None and data_only.trainer is None
-    assert data_only.prepared["train"]["input_ids"] == built.prepared["train"]["input_ids"]
+    assert data_only.data.prepared["train"]["input_ids"] == built.data.prepared["train"]["input_ids"]
     up_to_model = assembly.build(built.spec, stop_after="model")
     assert up_to_model.trainer is None and not hasattr(up_to_model.model, "peft_config")
     assert up_to_model.attention == built.attention and up_to_model.kernels == built.kernels

@@ -81,13 +81,20 @@ def test_cpu_bench_runs_end_to_end(tmp_path, tiny_dir):
     assert data["tokens"]["computed_per_real_token"]["padded batches of 8"] > 1
 
 
-def test_data_stage_bench_hits_the_cache_when_warm(tmp_path, tiny_dir):
-    res = run_bench(["bench/data_stage.py", "--rows", "300", "--reps", "1", "--num-proc", "1"], tmp_path)
+def test_data_stage_bench_times_trl_and_medsft_cold_and_warm(tmp_path, tiny_dir):
+    """TRL's preparation and medsft's stage, cold then warm, each in a fresh process: medsft's warm run answered
+    from its cache (the bench checks it), every number and ratio recorded (none asserted: timings)."""
+    res = run_bench(["bench/data_stage.py", "--rows", "300", "--reps", "1"], tmp_path)
     (result,) = tmp_path.glob("data-stage-*.json")
     data = json.loads(result.read_text())
-    assert data["rows"] == 300 and data["train_rows"] > 200
-    assert len(data["cold_seconds"]) == len(data["warm_seconds"]) == 1
-    assert "cold" in res.stdout and "warm" in res.stdout
+    assert data["rows"] == 300 and set(data["runs"]) == {"trl_cold", "medsft_cold", "trl_warm", "medsft_warm"}
+    assert [len(v) for v in data["runs"].values()] == [1, 1, 1, 1]
+    assert data["runs"]["trl_cold"][0]["rows"] == 300 and data["runs"]["medsft_cold"][0]["rows"] == 300
+    assert not data["runs"]["medsft_cold"][0]["cache_hit"] and data["runs"]["medsft_warm"][0]["cache_hit"]
+    assert all(r[0]["peak_rss_mb"] > 0 for r in data["runs"].values())
+    assert set(data["ratios"]) == {"medsft_cold_over_trl_cold", "medsft_warm_over_medsft_cold",
+                                   "medsft_warm_over_trl_warm", "medsft_warm_rss_over_trl_warm_rss"}
+    assert "medsft cold" in res.stdout and "TRL" in res.stdout
 
 
 def test_gpu_bench_maxlen_search_stops_at_oom_cap_and_budget(tmp_path):

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from medsft.data.load import load_splits
+from medsft.data.load import load_raw, load_splits
 from medsft.data.mixture import sample_rows, weighted_sizes
 from medsft.recipe.data_section import DataSection
 from tests.conftest import REPO, run_cli, run_cli_here
@@ -34,9 +34,9 @@ def test_weighted_sizes():
 
 
 def test_demo_twice_weighted_counts_and_reproducible_split(demo_json):
-    splits, report, raw = load_splits(twice(demo_json))
-    assert len(raw) == 396 and [s.name for s in report.sources] == ["medical-o1-demo.json#1", "medical-o1-demo.json#2"]
-    counts = report.source_counts(splits)
+    splits, report = load_splits(twice(demo_json))
+    assert len(load_raw(twice(demo_json))) == 396 and [s.name for s in report.sources] == ["medical-o1-demo.json#1", "medical-o1-demo.json#2"]
+    counts = report.source_counts(ids(splits))
     assert {n: (c["rows"], c["kept"], c["train"], c["validation"], c["test"]) for n, c in counts.items()} == {
         "medical-o1-demo.json#1": (198, 198, 158, 20, 20), "medical-o1-demo.json#2": (198, 198, 53, 20, 20)}
     assert (counts["medical-o1-demo.json#1"]["weight"], counts["medical-o1-demo.json#2"]["weight"]) == (0.75, 0.25)
@@ -44,7 +44,7 @@ def test_demo_twice_weighted_counts_and_reproducible_split(demo_json):
     other = ids(load_splits(twice(demo_json, split_seed=1))[0])
     assert other["train"] != ids(splits)["train"] and other["test"] != ids(splits)["test"]
     # each source split with the seed: its held-out rows are the notebook's; no question both trained and held out
-    single, _, _ = load_splits(DataSection(source=str(demo_json)))
+    single, _ = load_splits(DataSection(source=str(demo_json)))
     assert [r - 198 for r in ids(splits)["test"] if r >= 198] == ids(single)["test"]
     question = lambda ds: {p[-1]["content"] for p in ds["prompt"]}  # noqa: E731
     assert not question(splits["train"]) & (question(splits["test"]) | question(splits["validation"]))
@@ -52,8 +52,8 @@ def test_demo_twice_weighted_counts_and_reproducible_split(demo_json):
 
 
 def test_upsample_repeats_the_smaller_share(demo_json):
-    splits, report, _ = load_splits(twice(demo_json, 0.25, 0.75, weighting="upsample"))
-    counts = report.source_counts(splits)
+    splits, report = load_splits(twice(demo_json, 0.25, 0.75, weighting="upsample"))
+    counts = report.source_counts(ids(splits))
     assert (counts["medical-o1-demo.json#1"]["train"], counts["medical-o1-demo.json#2"]["train"]) == (158, 474)
     assert len(set(ids(splits)["train"])) == 158 + 158
     assert ids(load_splits(twice(demo_json, 0.25, 0.75, weighting="upsample"))[0]) == ids(splits)
@@ -62,8 +62,9 @@ def test_upsample_repeats_the_smaller_share(demo_json):
 def test_row_caps_and_unweighted_sources(demo_json):
     d = DataSection(sources=[{"source": str(demo_json), "max_rows": 50}, {"source": "builtin:tiny-medical",
                                                                           "max_rows": 100}])
-    splits, report, raw = load_splits(d)
-    counts = report.source_counts(splits)
+    splits, report = load_splits(d)
+    raw = load_raw(d)
+    counts = report.source_counts(ids(splits))
     assert len(raw) == 150 and list(raw["medsft_source"]).count(1) == 100
     assert {n: (c["train"], c["validation"], c["test"]) for n, c in counts.items()} == {
         "medical-o1-demo.json": (40, 5, 5), "builtin:tiny-medical": (80, 10, 10)}
@@ -88,14 +89,15 @@ def test_sources_of_different_formats_and_columns(demo_json, tiny_dir, tmp_path)
         {"source": str(share), "format": "messages"},
         {"source": str(renamed), "format": "huatuo", "question_column": "q", "reasoning_column": "cot",
          "response_column": "a"}])
-    splits, report, raw = load_splits(d)
+    splits, report = load_splits(d)
+    raw = load_raw(d)
     assert {"Question", "Complex_CoT", "Response", "messages", "medsft_source", "options"} <= set(raw.column_names)
     assert raw[100]["Question"] == rows[0]["Question"] and raw[100]["messages"] is None
-    counts = report.source_counts(splits)
+    counts = report.source_counts(ids(splits))
     assert [(c["format"], c["train"], c["validation"], c["test"]) for c in counts.values()] == [
         ("think", 48, 6, 6), ("messages", 32, 4, 4), ("huatuo", 24, 3, 3)]
     tok = AutoTokenizer.from_pretrained(tiny_dir)
-    prepared = tokenized.prepare_split(splits["train"], tok, name="train")
+    prepared = tokenized.tokenize(splits["train"], tok, name="train")
     assert list(prepared["row_id"]) == list(splits["train"]["row_id"]), "order kept across kinds"
     for ex, formatted in zip(prepared, splits["train"]):
         trained = tok.decode([t for t, lab in zip(ex["input_ids"], ex["labels"]) if lab != -100])

@@ -221,11 +221,11 @@ def test_qwen3_tokenizer_without_template(name, tmp_path, demo_json):
 
     directory = qwen3_tokenizer_dir(tmp_path / "qwen3")
     tok = load_tokenizer(ModelSection(name=str(directory), chat_template=name))
-    splits, _, raw = data.load_splits(DataSection(source=str(demo_json)))
+    splits, _ = data.load_splits(DataSection(source=str(demo_json)))
     rows = json.loads(demo_json.read_text())
     count = 0
     for part in splits.values():
-        for ex in tokenized.prepare_split(part, tok, name="check"):
+        for ex in tokenized.tokenize(part, tok, name="check"):
             ids, labels = reference(tok, rows[ex["row_id"]])
             assert (ex["input_ids"], ex["labels"]) == (ids, labels)
             count += 1
@@ -247,9 +247,9 @@ def test_multi_turn_llama3_token_by_token(bare_dir, demo_json, tmp_path):
     path = tmp_path / "conv.json"
     path.write_text(json.dumps(conversations(rows)))
     tok = load_tokenizer(ModelSection(name=str(bare_dir), chat_template="llama3"))
-    splits, _, _ = data.load_splits(DataSection(source=str(path), format="messages"))
+    splits, _ = data.load_splits(DataSection(source=str(path), format="messages"))
     eot = tok.convert_tokens_to_ids("<|eot_id|>")
-    for ex in tokenized.prepare_split(splits["train"], tok, name="train"):
+    for ex in tokenized.tokenize(splits["train"], tok, name="train"):
         ids, labels = ex["input_ids"], ex["labels"]
         spans = turn_spans(tok, ids, "<|start_header_id|>", "<|end_header_id|>\n\n")
         assert [s[0] for s in spans] == ["system", "user", "assistant"] * 1 + ["user", "assistant"] * 2

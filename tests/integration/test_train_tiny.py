@@ -40,7 +40,7 @@ def test_files_written(trained):
     assert m["versions_not_tested"] == untested_versions()  # {} where the lock is installed (.ci/run checks that)
     assert m["launch"]["world_size"] == 1 and m["placement"]["name"] == "cpu"
     assert m["data"]["split_sizes"] == {"train": 640, "validation": 80, "test": 80}
-    assert m["data"]["fingerprint"]
+    assert m["data"]["content"]
     (source,) = m["data"]["sources"].items()  # one data.source is listed as a mixture of one
     assert source[0] == "builtin:tiny-medical" and source[1]["format"] == "think" and source[1]["train"] == 640
     assert m["train"]["global_step"] == trainer.state.global_step == 80

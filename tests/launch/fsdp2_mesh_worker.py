@@ -25,8 +25,7 @@ def main(out: Path, steps: int) -> None:
     from torch.distributed.fsdp import fully_shard
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    from medsft.data import load as data
-    from medsft.data import tokenized
+    from medsft.data.cache import content_fingerprint, prepare
     from medsft.launch.detect import from_env
     from medsft.launch.placement import decide
     from medsft.model import load as model_mod
@@ -43,7 +42,7 @@ def main(out: Path, steps: int) -> None:
     fsdp_on_gpus = from_env({**os.environ, "ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}, cuda=True, num_gpus=world)
     placement = decide(fsdp_on_gpus, bits=recipe.quantization.bits, dtype=recipe.model.dtype)
     assert placement.name == "fsdp2" and placement.device_map is None
-    base, _ = model_mod.load_model(recipe, placement, cuda=False)
+    base, _ = model_mod.load_model(recipe.model, recipe.quantization, placement, cuda=False)
     keep_4bit_trainable_layout(base)
     storage = {p.dtype for n, p in base.named_parameters() if "proj" in n and p.dim() == 2}
     model = get_peft_model(base, lora_config(recipe))
@@ -55,9 +54,8 @@ def main(out: Path, steps: int) -> None:
     sharded = all(type(p).__name__ == "DTensor" for layer in layers for p in layer.parameters())
 
     tokenizer = model_mod.load_tokenizer(recipe.model)
-    splits, _, _ = data.load_splits(recipe.data)
     spec = resolve(recipe, fsdp_on_gpus, kernels="off")
-    prepared, _, _ = tokenized.prepare_all(splits, tokenizer, spec)
+    prepared = prepare(recipe.data, tokenizer, spec.tokenization(), content_fingerprint(recipe.data)).prepared
     rows = prepared["train"].select(range(rank, len(prepared["train"]), world))  # this rank's shard
     collate = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id)
     trainable = [p for p in model.parameters() if p.requires_grad]

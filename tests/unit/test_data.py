@@ -6,14 +6,15 @@ import json
 
 import pytest
 
-from medsft.data.load import load_splits, split, to_prompt_completion
+from medsft.data.load import load_raw, load_splits, split, to_prompt_completion
 from medsft.errors import MedsftError
 from medsft.recipe.data_section import DataSection
 
 
 def test_split_matches_notebook(demo_json):
     d = DataSection(source=str(demo_json))
-    splits, report, raw = load_splits(d)
+    splits, report = load_splits(d)
+    raw = load_raw(d)
     # the notebook: train_test_split(0.2, seed=816), then the 20% halved with the same seed
     first = raw.train_test_split(test_size=0.2, seed=816)
     second = first["test"].train_test_split(test_size=0.5, seed=816)
@@ -70,7 +71,7 @@ def test_one_source_written_either_way_holds_out_the_same_rows(demo_json, tmp_pa
     def held_out(data: dict):
         recipe = build({"model": {"name": "builtin:tiny-qwen2"}, "data": data, "output": {"dir": str(tmp_path / "r")}},
                        "recipe.yaml")
-        splits, report, raw = load_splits(recipe.data)
+        splits, report = load_splits(recipe.data)
         (tmp_path / "test_ids.json").write_text(json.dumps(list(splits["test"]["row_id"])))
         rows = held_out_rows(tmp_path, recipe)
         return {name: list(ds["row_id"]) for name, ds in splits.items()}, rows, report

@@ -98,7 +98,7 @@ CASES = {
                                                model__chat_template="alternating.jinja"),
                                    {"chats.json": json.dumps(chats(40, repeat_user=40)),
                                     "alternating.jinja": ALTERNATING},
-                                   "refuses 32 of 32 train rows (row "),
+                                   "refuses 40 of 40 data rows (row "),
     "template refuses the system prompt": (recipe_with(data__system_prompt="Be brief.",
                                                        model__chat_template="nosys.jinja"),
                                            {"nosys.jinja": NO_SYSTEM}, ": System role not supported)"),

@@ -1,5 +1,6 @@
-"""No module of medsft reaches back up: its imports (module level and inside functions) form no cycle, between
-modules or between sub-packages. A cycle is named, so the edge to move down is plain."""
+"""No module of medsft reaches back up: its imports (module level and inside functions; not the type-only ones
+under `if TYPE_CHECKING:`, which never run) form no cycle, between modules or between sub-packages. A cycle is
+named, so the edge to move down is plain. And no layer below `train/` takes the whole resolved run."""
 
 from __future__ import annotations
 
@@ -23,7 +24,12 @@ def imports(name: str, path: Path, known: set[str]) -> set[str]:
     """medsft modules that `name` imports anywhere in its file (relative imports resolved)."""
     base = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+                   for stmt in block.body for n in ast.walk(stmt)}  # annotations' imports: never run
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom):
@@ -103,3 +109,43 @@ def test_the_walker_finds_a_cycle_hidden_inside_a_function(tmp_path):
         assert cycles(graph(True)) == [["medsft.a", "medsft.sub"]]
     finally:
         ROOT = saved
+
+
+LAYERS = ("data", "memory", "model", "io", "launch", "recipe", "adapter", "evaluation")
+
+
+def wide_inputs(source: str) -> list[str]:
+    """Where code below `train/` reaches for the whole resolved run: an import of medsft.train or medsft.commands,
+    a parameter named `spec`, or an annotation naming RunSpec."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[:2] in (["medsft", "train"],
+                                                                                               ["medsft", "commands"]):
+            found.append(f"line {node.lineno}: imports {node.module}")
+        if isinstance(node, ast.Import):
+            found += [f"line {node.lineno}: imports {a.name}" for a in node.names
+                      if a.name.split(".")[:2] in (["medsft", "train"], ["medsft", "commands"])]
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            every = [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs,
+                     *(a for a in (node.args.vararg, node.args.kwarg) if a)]
+            for arg in every:
+                annotation = ast.unparse(arg.annotation) if arg.annotation else ""
+                if arg.arg in ("spec", "run_spec") or "RunSpec" in annotation:
+                    found.append(f"line {node.lineno}: {node.name}({arg.arg}: {annotation or '?'})")
+    return found
+
+
+def test_layers_below_train_take_only_what_they_read():
+    """No function under medsft/{data,memory,model,io,launch,recipe,adapter,evaluation} takes a RunSpec: each
+    takes the typed sections and values it reads (data: the data section, tokenizer, Tokenization; memory: a
+    Setup; model: the model and quantization sections and the placement)."""
+    offenders = {str(path.relative_to(ROOT.parent)): found for layer in LAYERS for path in sorted((ROOT / layer).rglob("*.py"))
+                 if (found := wide_inputs(path.read_text(encoding="utf-8")))}
+    assert offenders == {}
+
+
+def test_the_narrow_input_check_sees_a_run_spec():
+    assert wide_inputs("def f(spec):\n    return spec.recipe\n")
+    assert wide_inputs("def f(run: 'RunSpec') -> None:\n    pass\n")
+    assert wide_inputs("def f():\n    from medsft.train.runspec import resolve\n")
+    assert not wide_inputs("def f(data_section: DataSection, tokenizer: Any) -> None:\n    pass\n")

@@ -14,7 +14,7 @@ import yaml
 from medsft.launch.detect import from_accelerate_config, from_env
 from medsft.memory.micro_batch import Memory
 from medsft.memory.model import GiB, estimate
-from medsft.memory.preflight import setup_from, verdict
+from medsft.memory.preflight import verdict
 from medsft.recipe.files import load_recipe
 from medsft.train.runspec import resolve
 from tests.cases import recipe_file, recipe_with, run_case
@@ -42,7 +42,7 @@ def auto_spec(model: str, launch: str, gib: float, *overrides: str):
 def arch_of(model: str):
     from medsft.memory.micro_batch import architecture
 
-    return architecture(load_recipe(LLAMA8B, [f"model.name={MODELS[model]}"]))
+    return architecture(load_recipe(LLAMA8B, [f"model.name={MODELS[model]}"]).model)
 
 
 TABLES = [  # (architecture, launch, device GiB, overrides)
@@ -64,7 +64,7 @@ def test_chosen_micro_batch_is_the_largest_the_memory_model_accepts(model, launc
     rows = spec.recipe.training.get("global_batch_size") or 128
     arch = arch_of(model)
     accepted = [m for m in range(1, rows // world + 1) if (rows // world) % m == 0
-                and verdict(estimate(arch, setup_from(spec).replace(micro_batch=m)).total, gib * GiB) == "fits"]
+                and verdict(estimate(arch, spec.memory_setup().replace(micro_batch=m)).total, gib * GiB) == "fits"]
     assert accepted, "table chosen so that something fits"
     assert spec.micro_batch == max(accepted)
     assert spec.grad_accum * spec.micro_batch * world == rows
@@ -98,7 +98,7 @@ def test_fixed_accumulation_without_a_global_batch_is_kept():
     spec = resolve(recipe, launch_of("1 gpu"), "off", memory=Memory(80 * GiB, "test"))
     assert spec.grad_accum == 4
     arch = arch_of("llama3.1-8b")
-    fits = [m for m in range(1, 64) if verdict(estimate(arch, setup_from(spec).replace(micro_batch=m)).total,
+    fits = [m for m in range(1, 64) if verdict(estimate(arch, spec.memory_setup().replace(micro_batch=m)).total,
                                                80 * GiB) == "fits"]
     assert spec.micro_batch == max(fits)
 

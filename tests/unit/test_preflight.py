@@ -180,16 +180,15 @@ def test_training_gate_uses_the_launch(llama70b_recipe):
 
 def test_offload_lowers_the_estimate_by_the_offloaded_bytes(llama70b_recipe):
     from medsft.launch.detect import from_accelerate_config
-    from medsft.memory.preflight import setup_from
     from medsft.recipe.files import load_recipe
     from medsft.train.runspec import resolve
 
     recipe = load_recipe(llama70b_recipe)
     configs = REPO / "accelerate_configs"
     a = arch("llama3.1-70b")
-    plain = estimate(a, setup_from(resolve(recipe, from_accelerate_config(str(configs / "zero3.yaml"), 8), "off")))
-    offload = estimate(a, setup_from(resolve(recipe, from_accelerate_config(str(configs / "zero3_offload.yaml"), 8),
-                                             "off")))
+    plain = estimate(a, resolve(recipe, from_accelerate_config(str(configs / "zero3.yaml"), 8), "off").memory_setup())
+    offload = estimate(a, resolve(recipe, from_accelerate_config(str(configs / "zero3_offload.yaml"), 8),
+                                  "off").memory_setup())
     offloaded = sum(plain.get(row) for row in ("base weights (quantized)", "embeddings, lm_head, norms",
                                                "LoRA parameters", "optimizer states"))
     assert plain.allocated - offload.allocated == pytest.approx(offloaded)
@@ -198,15 +197,14 @@ def test_offload_lowers_the_estimate_by_the_offloaded_bytes(llama70b_recipe):
 
 def test_fsdp2_is_sharded_like_zero3(llama70b_recipe):
     from medsft.launch.detect import from_accelerate_config
-    from medsft.memory.preflight import setup_from
     from medsft.recipe.files import load_recipe
     from medsft.train.runspec import resolve
 
     recipe = load_recipe(llama70b_recipe)
     configs = REPO / "accelerate_configs"
     a = arch("llama3.1-70b")
-    fsdp = estimate(a, setup_from(resolve(recipe, from_accelerate_config(str(configs / "fsdp2.yaml"), 8), "off")))
-    zero3 = estimate(a, setup_from(resolve(recipe, from_accelerate_config(str(configs / "zero3.yaml"), 8), "off")))
+    fsdp = estimate(a, resolve(recipe, from_accelerate_config(str(configs / "fsdp2.yaml"), 8), "off").memory_setup())
+    zero3 = estimate(a, resolve(recipe, from_accelerate_config(str(configs / "zero3.yaml"), 8), "off").memory_setup())
     assert fsdp.get("base weights (quantized)") == zero3.get("base weights (quantized)")
     assert fsdp.get("gathered layers") == zero3.get("gathered layers")
 

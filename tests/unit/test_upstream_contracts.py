@@ -8,7 +8,6 @@ import dataclasses
 import inspect
 import json
 import os
-import re
 import subprocess
 import sys
 
@@ -40,21 +39,6 @@ def test_declared_choices_are_the_libraries_own():
     assert {"nll", "dft"} <= set(fields["loss_type"].choices)
 
 
-def test_prepare_dataset_contract():
-    """medsft calls SFTTrainer._prepare_dataset with a namespace as `self`: the signature and the attributes
-    it reads must be the ones medsft/upstream.py provides."""
-    from trl import SFTTrainer
-
-    from medsft.upstream import PREPARE_ARGS, PREPARE_SELF, PREPARE_SIGNATURE
-
-    method = SFTTrainer._prepare_dataset
-    assert tuple(inspect.signature(method).parameters) == PREPARE_SIGNATURE, "TRL changed _prepare_dataset's signature"
-    source = inspect.getsource(method)
-    assert set(re.findall(r"\bself\.(\w+)", source)) <= PREPARE_SELF, "_prepare_dataset reads new trainer attributes"
-    assert set(re.findall(r"\bargs\.(\w+)", source)) <= PREPARE_ARGS, "_prepare_dataset reads new SFTConfig fields"
-    assert "global_then_local_main_first()" in source, "TRL's preparation barriers moved: see main_first_barriers_off"
-
-
 def test_bitsandbytes_layout_switch_exists(tiny_dir):
     """The per-layer attribute `keep_4bit_trainable_layout` turns off is the one Linear4bit.forward reads."""
     import bitsandbytes as bnb
@@ -77,7 +61,7 @@ def test_eval_loss_is_nll_while_training_with_dft(tiny_dir, tmp_path):
     recipe = load_recipe(REPO / "recipes" / "tiny-cpu.yaml", [f"output.dir={tmp_path}", "training.loss_type=dft",
                                                               "training.max_steps=1", "data.max_rows=60"])
     built = assembly.build(resolve(recipe, launch.detect(), kernels="off"))
-    trainer, prepared = built.trainer, built.prepared
+    trainer, prepared = built.trainer, built.data.prepared
     got = trainer.evaluate()["eval_loss"]
     assert trainer.args.loss_type == "dft", "the evaluation must not leave the loss switched"
     model, total, count = trainer.model.eval(), 0.0, 0
