@@ -1,10 +1,12 @@
-"""A bare TRL script with medsft's exact settings for tiny-cpu: the yardstick for medsft's own overhead.
+"""Plain TRL, nothing of medsft imported: the yardstick for medsft's own per-step overhead.
 
-Same rows, split, tokenizer, 4-bit model, LoRA and SFTConfig as `medsft train recipes/tiny-cpu.yaml` (medsft's
-own assembly up to the model: medsft/train/assembly.py), but a plain SFTTrainer: no progress view, metrics file,
-row recording, preflight or manifest.
+The notebook's code path (load the rows, a 4-bit NF4 model from bitsandbytes, PEFT LoRA, `SFTTrainer` with
+its own tokenization), with padding-free batches and completion-only loss on prompt/completion rows, as a
+user of TRL alone would write it. The values (model directory, rows, SFTConfig, LoRA, quantization) come
+from a settings file that bench/cpu.py writes from medsft's resolved run, so both train the same rows with
+the same settings; this process only reads it as data.
 
-    python bench/bare_trl.py --max-steps 40
+    python bench/bare_trl.py SETTINGS.json [--baton READ_FD WRITE_FD]
 """
 
 from __future__ import annotations
@@ -18,45 +20,50 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def bare_trainer(recipe, args, model, tokenizer, train_dataset, callbacks=()):
-    """A plain SFTTrainer with medsft's SFTConfig: TRL's default callbacks (logs printed, no tqdm)."""
-    import copy
+def trainer_from(settings: dict, callbacks: list) -> object:
+    import torch
+    from datasets import load_dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from trl import SFTConfig, SFTTrainer
 
-    from trl import SFTTrainer
+    q = settings["quantization"]
+    dtype = getattr(torch, settings["dtype"])
+    model = AutoModelForCausalLM.from_pretrained(settings["model_dir"], dtype=dtype, quantization_config=BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type=q["quant_type"], bnb_4bit_use_double_quant=q["double_quant"],
+        bnb_4bit_compute_dtype=getattr(torch, q["compute_dtype"] or settings["dtype"]),
+        bnb_4bit_quant_storage=getattr(torch, q["quant_storage"])))
+    tokenizer = AutoTokenizer.from_pretrained(settings["model_dir"])
+    rows = load_dataset("json", data_files=settings["train_file"], split="train")
+    lora = settings["lora"]
+    return SFTTrainer(model=model, args=SFTConfig(**settings["sft"]), train_dataset=rows, processing_class=tokenizer,
+                      peft_config=LoraConfig(r=lora["rank"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                                             bias=lora["bias"], target_modules=lora["target_modules"],
+                                             task_type="CAUSAL_LM"),
+                      callbacks=callbacks)
 
-    from medsft.train.assembly import lora_config
 
-    args = copy.deepcopy(args)
-    args.disable_tqdm = True
-    return SFTTrainer(model=model, args=args, train_dataset=train_dataset.remove_columns("row_id"),
-                      processing_class=tokenizer, peft_config=lora_config(recipe), callbacks=list(callbacks))
-
-
-def main(argv=None) -> dict:
+def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser()
-    p.add_argument("--recipe", default="recipes/tiny-cpu.yaml")
-    p.add_argument("--max-steps", type=int, default=40)
-    p.add_argument("--output", default="runs/bench-bare-trl")
-    p.add_argument("--logging-steps", type=int, default=10)
+    p.add_argument("settings", type=Path)
+    p.add_argument("--baton", nargs=2, type=int, metavar=("READ_FD", "WRITE_FD"))
     args = p.parse_args(argv)
+    settings = json.loads(args.settings.read_text())
+    from common import step_clock
 
-    from common import run_overrides, step_clock
-
-    from medsft.launch import detect as launch
-    from medsft.recipe.files import load_recipe
-    from medsft.train import assembly
-    from medsft.train.runspec import resolve
-
-    recipe = load_recipe(args.recipe, run_overrides(args.max_steps, args.output, args.logging_steps))
-    spec = resolve(recipe, launch.detect())
-    sft_args = spec.sft_config()
-    built = assembly.build(spec, stop_after="model")  # the trainer is TRL's own here
     clock = step_clock()
-    trainer = bare_trainer(recipe, sft_args, built.model, built.tokenizer, built.prepared["train"], [clock])
+    callbacks: list = [clock]
+    if args.baton:
+        from baton import baton_callback
+
+        callbacks.append(baton_callback(*args.baton))  # last: its cycle covers the other callbacks' work
+    trainer = trainer_from(settings, callbacks)
     t0 = time.perf_counter()
     result = trainer.train()
+    assert not any(name == "medsft" or name.startswith("medsft.") for name in sys.modules), "medsft was imported"
     out = {"train_runtime": time.perf_counter() - t0, "steps": trainer.state.global_step,
-           "train_loss": result.training_loss, "log_times": clock.times}
+           "train_loss": result.training_loss, "log_times": clock.times,
+           "cycles": callbacks[-1].cycles if args.baton else []}
     print(json.dumps(out))
     return out
 

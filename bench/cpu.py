@@ -1,14 +1,15 @@
 """CPU benchmarks, runnable anywhere, printed as a table and saved to bench/results/cpu-<date>.json.
 
-1. medsft's own per-step overhead: medsft's trainer (as `medsft train` builds it: MedsftTrainer, its
-   callbacks, the row recorder, the preemption check) and a bare SFTTrainer with the same SFTConfig,
-   data and model, in one process, taking turns step by step (two threads, one baton). A step's time runs
-   from its on_step_begin to the next, so logging, callbacks and data loading count. Reported: the median
-   of the ratios of adjacent steps, in both orders (the trainer leading each pair runs slower: an A/A
-   control of two identical trainers measures that bias, and the geometric mean of the two orders cancels
-   it). This is the number for "within 3% of bare TRL": process-to-process differences on this shared
-   2-core VM (±10% between identical runs) swamp a few percent otherwise.
-   Absolute times here are higher than alone (two models take turns in the caches); only the ratio counts.
+1. medsft's own per-step overhead against plain TRL: `medsft train` (its trainer, callbacks, row recorder,
+   preemption check, progress view: medsft.train.run.run) in one process and bench/bare_trl.py (plain TRL,
+   nothing of medsft imported: the notebook's path with padding-free batches and completion-only loss, the
+   same rows and settings) in another, taking turns step by step through a pair of pipes (bench/baton.py).
+   A step's cycle runs from its on_step_begin to the next, the wait excluded, so logging, callbacks and data
+   loading count. Reported: the median of the ratios of adjacent steps, in both orders (the process leading
+   each pair runs at another speed: an A/A control of two identical plain-TRL processes measures that
+   bias, and the geometric mean of the two orders cancels it). This is the number for "within 3% of plain
+   TRL": process-to-process differences on this shared 2-core VM (±10% between identical runs) swamp a
+   few percent otherwise.
 2. Whole processes: `medsft train` vs bench/bare_trl.py vs the notebook baseline, each rep running all
    three (rotating their order) with a log at every optimizer step; a run's step time is the median gap
    between consecutive step logs after 3 warm-up steps. Reported: medians over reps, per-rep ratios, and
@@ -26,7 +27,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -34,7 +34,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import median, run_overrides, save, steady_step_seconds  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SHARE = "medsft's extra callback and logging time, share of a bare step"
 DEMO = REPO.parent / "shared" / "data" / "medical-o1-demo.json"
 
 
@@ -48,15 +47,50 @@ def command(name: str, steps: int, out: str) -> list[str]:
     if name == "medsft":  # as a user runs it; step times from its own metrics.jsonl (a log every step)
         return [sys.executable, "-m", "medsft", "train", "recipes/tiny-cpu.yaml",
                 *(arg for o in run_overrides(steps, out) for arg in ("--set", o))]
-    script = {"bare TRL": "bare_trl.py", "notebook": "notebook_baseline.py"}[name]
-    return [sys.executable, f"bench/{script}", "--max-steps", str(steps), "--output", out, "--logging-steps", "1"]
+    if name == "bare TRL":
+        return [sys.executable, "bench/bare_trl.py", str(bare_settings(Path(out), steps))]
+    return [sys.executable, "bench/notebook_baseline.py", "--max-steps", str(steps), "--output", out,
+            "--logging-steps", "1"]
+
+
+def bare_settings(tmp: Path, steps: int) -> Path:
+    """What plain TRL trains, written as data from medsft's resolved tiny-cpu run: the model directory, the rows
+    of medsft's training split (prompt/completion, in order), the SFTConfig, LoRA and quantization values."""
+    from medsft.data import load
+    from medsft.launch import detect as launch
+    from medsft.recipe.files import load_recipe
+    from medsft.train import assembly
+    from medsft.train.runspec import resolve
+
+    recipe = load_recipe(REPO / "recipes" / "tiny-cpu.yaml", run_overrides(steps, str(tmp / "bare-out")))
+    spec = resolve(recipe, launch.detect())
+    stage = assembly.build(spec, stop_after="data").data
+    assert stage is not None
+    formatted, _ = load.formatted_rows(recipe.data)
+    position = {row_id: i for i, row_id in enumerate(formatted["row_id"])}
+    train_file = tmp / "train.jsonl"
+    with train_file.open("w", encoding="utf-8") as fh:
+        for row_id in stage.prepared["train"]["row_id"]:
+            row = formatted[position[row_id]]
+            fh.write(json.dumps({"prompt": row["prompt"], "completion": row["completion"]}) + "\n")
+    from medsft.model.load import resolve_model_path
+
+    settings = {"model_dir": resolve_model_path(recipe.model.name), "dtype": recipe.model.dtype,
+                "train_file": str(train_file), "sft": {**spec.sft_kwargs(), "disable_tqdm": True},
+                "lora": recipe.lora.model_dump(mode="json"),
+                "quantization": {**recipe.quantization.model_dump(mode="json"),
+                                 "quant_storage": spec.placement.quant_storage}}
+    path = tmp / "bare-settings.json"
+    path.write_text(json.dumps(settings, default=str))
+    return path
 
 
 def sequential(name: str, steps: int) -> tuple[dict, dict]:
     """One benchmark process, start to end: (timing, its final record)."""
     with tempfile.TemporaryDirectory() as tmp:
+        cmd = command(name, steps, tmp)
         start = time.time()
-        res = subprocess.run(command(name, steps, tmp), cwd=REPO, capture_output=True, text=True)
+        res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
         if res.returncode != 0:
             raise SystemExit(f"benchmark run {name!r} failed:\n{res.stderr[-3000:]}")
         if name == "medsft":
@@ -68,140 +102,62 @@ def sequential(name: str, steps: int) -> tuple[dict, dict]:
         return timing(start, logs, steps), result
 
 
-class Baton:
-    """Two trainers in two threads take turns, one optimizer step each, so consecutive steps of the two
-    are timed seconds apart and a slow moment of the machine slows both alike."""
-
-    def __init__(self, names: list[str]):
-        self.cond = threading.Condition()
-        self.names, self.turn, self.done = names, names[0], set()
-
-    def other(self, name: str) -> str:
-        return self.names[1 - self.names.index(name)]
-
-    def hand_over(self, name: str, finished: bool = False) -> None:
-        with self.cond:
-            if finished:
-                self.done.add(name)
-            self.turn = self.other(name)
-            self.cond.notify_all()
-
-    def wait_turn(self, name: str) -> None:
-        with self.cond:
-            self.cond.wait_for(lambda: self.turn == name or self.other(name) in self.done)
-
-    def callback(self, name: str):
-        """Added last, so a cycle (step begin → next step begin) covers every other callback's work too."""
-        from transformers import TrainerCallback
-
-        baton = self
-
-        class Turn(TrainerCallback):
-            def __init__(self):
-                self.start, self.cycles = None, []
-
-            def on_step_begin(self, args, state, control, **kwargs):
-                if self.start is not None:
-                    self.cycles.append(time.perf_counter() - self.start)
-                    baton.hand_over(name)
-                baton.wait_turn(name)
-                self.start = time.perf_counter()
-
-            def on_train_end(self, args, state, control, **kwargs):
-                baton.hand_over(name, finished=True)
-
-        return Turn()
-
-
 def interleaved_ab(steps: int) -> dict:
-    """medsft's trainer (assembly.make_trainer: MedsftTrainer, its callbacks, the row recorder, the preemption
-    check) and a bare SFTTrainer with the same SFTConfig, data and (separately loaded) model, trained in
-    one process, stepping in turns. What differs between them is exactly medsft's per-step code; start-up,
-    allocator and core placement are shared, and drift is cancelled step by step.
-
-    The position in a pair is not neutral: in an A/A control (two identical bare trainers) the trainer that
-    leads each pair measured 8-15% slower on an AVX512-BF16 VM. So the A/B runs in both orders and reports
-    the geometric mean of medsft/bare over the two (the position factor cancels), with the A/A ratio beside
-    it as the size of that bias."""
+    """`medsft train` and plain TRL in two processes, stepping in turns (module docstring, 1.), in both orders,
+    and an A/A control of two plain-TRL processes."""
     sessions = {"medsft first": ["medsft", "bare TRL"], "bare first": ["bare TRL", "medsft"],
                 "A/A control": ["bare TRL", "bare TRL 2"]}
-    out = {name: turns_of(kinds, steps) for name, kinds in sessions.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = bare_settings(Path(tmp), steps)
+        out = {name: turns_of(kinds, steps, settings, Path(tmp) / name.replace(" ", "-")) for name, kinds in sessions.items()}
     r1 = out["medsft first"]["medsft / bare TRL (median of adjacent pairs)"]
     r2 = out["bare first"]["medsft / bare TRL (median of adjacent pairs)"]
     aa = out["A/A control"]["cycles"]
-    own = out["medsft first"]["callbacks_and_logging_seconds_per_step"]
-    step = out["medsft first"]["median_seconds_per_step"]["bare TRL"]
     return {"steps": steps, "sessions": out, "medsft / bare TRL (position-corrected)": (r1 * r2) ** 0.5,
-            SHARE: (own["medsft"] - own["bare TRL"]) / step,
             "A/A control: leader / follower": median([x / y for x, y in zip(aa["bare TRL"], aa["bare TRL 2"])])}
 
 
-def time_own_code(trainer) -> list[float]:
-    """Seconds spent in the trainer's callbacks and logging (where medsft's per-step code runs), measured
-    directly: unlike step times, not blurred by the machine's noise. Per-step events only: on_step_begin
-    is where the baton waits for the other trainer, and the once-per-run events (drawing loss.png at the
-    end) are not step overhead."""
-    spent: list[float] = []
-    handler = trainer.callback_handler
-    call_event = handler.call_event
-    once = {"on_step_begin", "on_init_end", "on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end"}
+def turns_of(kinds: list[str], steps: int, settings: Path, out: Path) -> dict:
+    """One interleaved session of two processes (the first named leads each pair)."""
+    import os
 
-    def timed(event, *args, **kwargs):
-        if event in once:
-            return call_event(event, *args, **kwargs)
-        t0 = time.perf_counter()
-        try:
-            return call_event(event, *args, **kwargs)
-        finally:
-            spent.append(time.perf_counter() - t0)
-
-    handler.call_event = timed
-    return spent
-
-
-def turns_of(kinds: list[str], steps: int) -> dict:
-    """One interleaved session of two trainers (the first named leads each pair)."""
-    from bare_trl import bare_trainer
-
-    from medsft.launch import detect as launch
-    from medsft.recipe.files import load_recipe
-    from medsft.train import assembly
-    from medsft.train.preemption import PreemptionCallback
-    from medsft.train.runspec import resolve
-
-    with tempfile.TemporaryDirectory() as tmp:
-        recipe = load_recipe(REPO / "recipes" / "tiny-cpu.yaml", run_overrides(steps, tmp))
-        spec = resolve(recipe, launch.detect())
-        args = spec.sft_config()
-        shared = assembly.build(spec, stop_after="data")  # one tokenizer and data for both trainers
-        tokenizer, prepared = shared.tokenizer, shared.prepared
-
-        def make(kind):  # each its own model, as `medsft train` prepares it
-            model = assembly.prepare_model(spec, tokenizer).model
-            if kind != "medsft":
-                return bare_trainer(recipe, args, model, tokenizer, prepared["train"])
-            trainer = assembly.make_trainer(spec, args, model, tokenizer, prepared)
-            trainer.add_callback(PreemptionCallback())
-            return trainer
-
-        trainers = {kind: make(kind) for kind in kinds}
-        own = {name: time_own_code(trainer) for name, trainer in trainers.items()}
-        baton = Baton(list(trainers))
-        turns = {name: baton.callback(name) for name in trainers}
-        for name, trainer in trainers.items():
-            trainer.add_callback(turns[name])
-        threads = [threading.Thread(target=t.train, name=n) for n, t in trainers.items()]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    cycles = {name: turn.cycles[3:] for name, turn in turns.items()}  # after warm-up
-    result = {"order": kinds, "cycles": cycles, "median_seconds_per_step": {k: median(v) for k, v in cycles.items()},
-              "callbacks_and_logging_seconds_per_step": {k: sum(v) / steps for k, v in own.items()}}
+    out.mkdir(parents=True)
+    first_r, first_w = os.pipe()  # the leader reads here
+    second_r, second_w = os.pipe()
+    fds = [(first_r, second_w), (second_r, first_w)]
+    procs = []
+    for kind, (read_fd, write_fd) in zip(kinds, fds):
+        baton = ["--baton", str(read_fd), str(write_fd)]
+        cmd = ([sys.executable, __file__, "--medsft-child", str(steps), str(out / "medsft"), *baton]
+               if kind == "medsft" else [sys.executable, "bench/bare_trl.py", str(settings), *baton])
+        procs.append(subprocess.Popen(cmd, cwd=REPO, pass_fds=(read_fd, write_fd), stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    os.write(first_w, b"x")  # the leader's first turn
+    for fd in (first_r, first_w, second_r, second_w):
+        os.close(fd)
+    cycles = {}
+    for kind, proc in zip(kinds, procs):
+        stdout, stderr = proc.communicate()
+        if proc.returncode != 0:
+            raise SystemExit(f"{kind} failed:\n{stderr[-3000:]}")
+        cycles[kind] = json.loads(stdout.strip().splitlines()[-1])["cycles"][3:]  # after warm-up
+    result = {"order": kinds, "cycles": cycles, "median_seconds_per_step": {k: median(v) for k, v in cycles.items()}}
     if "medsft" in cycles:
         result["medsft / bare TRL (median of adjacent pairs)"] = median(
             [m / b for m, b in zip(cycles["medsft"], cycles["bare TRL"])])
     return result
+
+
+def medsft_child(steps: int, out: str, read_fd: int, write_fd: int) -> None:
+    """`medsft train recipes/tiny-cpu.yaml` (medsft.train.run.run, as the command runs it) with the baton."""
+    from baton import baton_callback
+
+    from medsft.recipe.files import load_recipe
+    from medsft.train.run import run
+
+    turn = baton_callback(read_fd, write_fd)
+    run(load_recipe(REPO / "recipes" / "tiny-cpu.yaml", run_overrides(steps, out)), resume="never", callbacks=[turn])
+    print(json.dumps({"cycles": turn.cycles}))
 
 
 def token_stats(batch_size: int = 8, max_length: int = 4096) -> dict:
@@ -219,7 +175,7 @@ def token_stats(batch_size: int = 8, max_length: int = 4096) -> dict:
     tok = load_tokenizer(ModelSection())
     rows = json.loads(DEMO.read_text())
     ds, _ = data.to_prompt_completion(Dataset.from_list(rows), DataSection())
-    prepared = tokenized.prepare_split(ds, tok, name="demo")
+    prepared = tokenized.tokenize(ds, tok, name="demo")
     lengths = [len(x) for x in prepared["input_ids"]]
     trained = sum(sum(lab != -100 for lab in labels) for labels in prepared["labels"])
     order = list(range(len(lengths)))
@@ -249,14 +205,17 @@ def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--interleaved-steps", type=int, default=120, help="steps of each trainer in the in-process "
-                   "interleaved A/B (0 skips it)")
+    p.add_argument("--interleaved-steps", type=int, default=120, help="steps of each trainer in the interleaved "
+                   "A/B (0 skips it)")
+    p.add_argument("--medsft-child", nargs=2, metavar=("STEPS", "OUT"), help=argparse.SUPPRESS)
+    p.add_argument("--baton", nargs=2, type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.medsft_child:
+        return medsft_child(int(args.medsft_child[0]), args.medsft_child[1], *args.baton)
     interleaved = None
     if args.interleaved_steps:
         interleaved = interleaved_ab(args.interleaved_steps)
-        print(f"medsft's callbacks and logging add {interleaved[SHARE] * 100:.2f}% to a bare TRL step (timed directly)")
-        print(f"interleaved A/B, {args.interleaved_steps} steps each, both orders: medsft / bare TRL = "
+        print(f"interleaved A/B, {args.interleaved_steps} steps each, both orders: medsft / plain TRL = "
               f"{interleaved['medsft / bare TRL (position-corrected)']:.3f} (position-corrected); "
               + ", ".join(f"{k}: {v['medsft / bare TRL (median of adjacent pairs)']:.3f}"
                           for k, v in interleaved["sessions"].items() if "medsft" in v["order"])
