@@ -249,7 +249,7 @@ def main(argv=None):
         print(f"{k}: {v:.3f}")
     if interleaved:
         for k in ("medsft / bare TRL (position-corrected)", "A/A control: leader / follower"):
-            print(f"interleaved in one process, {k}: {interleaved[k]:.3f}")
+            print(f"interleaved (two processes), {k}: {interleaved[k]:.3f}")
     print(json.dumps(tokens, indent=2))
     save("cpu", {"steps": args.steps, "reps": args.reps, "method": "see the docstring of bench/cpu.py",
                  "seconds_per_step": step, "median_seconds_per_step": med, "seconds_to_first_step": first,

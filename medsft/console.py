@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def rank() -> int:
@@ -61,7 +65,7 @@ def first_to_say(line: str) -> bool:
     return is_main() if claimed is None else claimed
 
 
-def rich_console(stderr: bool = False):
+def rich_console(stderr: bool = False) -> Console:
     """A rich Console for tables and live views; quiet on non-main ranks."""
     from rich.console import Console
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Collection
 
 EXIT_USAGE = 2  # bad input: recipe, data, paths, combinations
 
@@ -10,7 +11,7 @@ EXIT_USAGE = 2  # bad input: recipe, data, paths, combinations
 class MedsftError(Exception):
     """Bad input. `cli.main` prints `error: <where>: <what> — <fix>` and exits with status 2."""
 
-    def __init__(self, what: str, fix: str = "", where: str = ""):
+    def __init__(self, what: str, fix: str = "", where: str | None = "") -> None:
         self.what, self.fix, self.where = what, fix, where
         super().__init__(self.line())
 
@@ -28,6 +29,6 @@ class MedsftError(Exception):
         return self
 
 
-def did_you_mean(name: str, choices) -> str:
+def did_you_mean(name: str, choices: Collection[str]) -> str:
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
     return f"did you mean '{close[0]}'?" if close else "valid keys: " + ", ".join(sorted(choices))

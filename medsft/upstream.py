@@ -7,8 +7,14 @@ contracts and fail with a clear message when an upgrade changes one.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import cache
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from importlib.machinery import ModuleSpec
+    from types import ModuleType
 
 # ---------------------------------------------------------------- bitsandbytes: no hub lookup at import
 KERNEL_HUB_LINE = "Failed to load CPU gemm_4bit_forward from kernels-community"
@@ -26,7 +32,7 @@ class _CpuOpsWithoutHubKernel:
     its own fallback (its built-in CPU kernel, the path medsft is tested on) and logs one line, dropped below;
     transformers' own use of `kernels` (GPU hub kernels, medsft/model/kernels.py) is untouched."""
 
-    def find_spec(self, name, path, target=None):
+    def find_spec(self, name: str, path: Sequence[str] | None, target: ModuleType | None = None) -> ModuleSpec | None:
         if name != BNB_CPU_OPS:
             return None
         from importlib.machinery import PathFinder
@@ -34,26 +40,27 @@ class _CpuOpsWithoutHubKernel:
         spec = PathFinder.find_spec(name, path, target)
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
-        run = spec.loader.exec_module
+        loader: Any = spec.loader  # this loader's own exec_module is replaced below
+        run = loader.exec_module
 
-        def exec_module(module):
+        def exec_module(module: ModuleType) -> None:
             import sys
 
-            hidden = sys.modules.get("kernels", _ABSENT)
-            sys.modules["kernels"] = None  # `from kernels import …` raises ImportError
+            # None in sys.modules makes an import fail (typeshed allows modules only)
+            modules: dict[str, ModuleType | None] = sys.modules  # type: ignore[assignment]
+            absent = "kernels" not in modules
+            hidden = modules.get("kernels")
+            modules["kernels"] = None  # `from kernels import …` raises ImportError
             try:
                 run(module)
             finally:
-                if hidden is _ABSENT:
-                    sys.modules.pop("kernels", None)
+                if absent:
+                    modules.pop("kernels", None)
                 else:
-                    sys.modules["kernels"] = hidden
+                    modules["kernels"] = hidden
 
-        spec.loader.exec_module = exec_module
+        loader.exec_module = exec_module
         return spec
-
-
-_ABSENT = object()
 
 
 @cache
@@ -83,7 +90,7 @@ def quiet_peft_checkpointing_alias() -> None:
 # ---------------------------------------------------------------- bitsandbytes: CPU 4-bit layout
 
 
-def keep_4bit_trainable_layout(model) -> int:
+def keep_4bit_trainable_layout(model: Any) -> int:
     """Keep a model that is being trained out of bitsandbytes' inference-only CPU layout; returns the
     number of 4-bit layers seen.
 
@@ -107,7 +114,8 @@ def keep_4bit_trainable_layout(model) -> int:
             module.support_avx512bf16_for_cpu = False
             state = getattr(module.weight, "quant_state", None)
             if state is not None and getattr(state, "packing_format_for_cpu", False):
-                module.weight.data, module.weight.quant_state = _convert_weight_packed_for_cpu_inverse(
+                # the weight is a Params4bit (bitsandbytes leaves it annotated as nn.Linear's Tensor)
+                module.weight.data, module.weight.quant_state = _convert_weight_packed_for_cpu_inverse(  # type: ignore[attr-defined]
                     module.weight.data, state)
             seen += 1
     return seen
@@ -126,13 +134,13 @@ def trl_chat_template(attribute: str) -> str:
     return getattr(templates, attribute)
 
 
-def has_generation_markers(chat_template) -> bool:
+def has_generation_markers(chat_template: str | None) -> bool:
     from trl.chat_template_utils import has_generation_markers as check
 
-    return bool(chat_template) and check(chat_template)
+    return bool(chat_template and check(chat_template))
 
 
-def get_training_chat_template(tokenizer) -> str | None:
+def get_training_chat_template(tokenizer: Any) -> str | None:
     """TRL's patched template with `{% generation %}` markers for the templates TRL knows (ValueError otherwise);
     the one SFTTrainer swaps in for `assistant_only_loss=True`."""
     from trl.chat_template_utils import get_training_chat_template as patched
@@ -140,7 +148,7 @@ def get_training_chat_template(tokenizer) -> str | None:
     return patched(tokenizer)
 
 
-def is_stop_token_trained(tokenizer, chat_template: str | None) -> bool:
+def is_stop_token_trained(tokenizer: Any, chat_template: str | None) -> bool:
     """TRL's check that an assistant turn's end-of-turn token falls inside the assistant mask (SFTTrainer only
     warns; medsft refuses, as a model that never learns to stop is the notebook's failure again)."""
     from trl.chat_template_utils import is_chat_template_stop_token_trained
@@ -148,7 +156,7 @@ def is_stop_token_trained(tokenizer, chat_template: str | None) -> bool:
     return is_chat_template_stop_token_trained(tokenizer, chat_template=chat_template)
 
 
-def expose_lm_head_bias(model) -> int:
+def expose_lm_head_bias(model: Any) -> int:
     """Let TRL's fused LM head read an output layer that PEFT trains token rows of; returns the layers fixed.
 
     TRL 1.16 computes the loss through its fused LM head (`trl/trainer/utils.py`, `add_fused_lm_head`), which
@@ -174,7 +182,7 @@ def expose_lm_head_bias(model) -> int:
 
 
 @contextmanager
-def nll_loss(trainer):
+def nll_loss(trainer: Any) -> Iterator[None]:
     """Evaluate with the NLL whatever the training loss. DFT weights each token by the model's own
     probability and can rise while the model improves, so eval_loss is the NLL per completion token.
     Relies on TRL 1.16's `SFTTrainer.compute_loss` reading `self.args.loss_type` on every call (a
@@ -204,7 +212,7 @@ def patient_single_process_shutdown(seconds: float) -> None:
     if getattr(original, "medsft_patient", False):
         return
 
-    def terminate(process):
+    def terminate(process: psutil.Process) -> None:
         try:
             process.terminate()
             process.wait(timeout=seconds)
@@ -212,8 +220,9 @@ def patient_single_process_shutdown(seconds: float) -> None:
             pass
         original(process)
 
-    terminate.medsft_patient = True
-    launch._terminate_process_tree = terminate
+    patched: Any = terminate  # carries the marker read above
+    patched.medsft_patient = True
+    launch._terminate_process_tree = patched
 
 
 # ---------------------------------------------------------------- torch.distributed: gloo at interpreter exit

@@ -75,8 +75,9 @@ def torch_build() -> str | None:
     from pathlib import Path
 
     spec = importlib.util.find_spec("torch")  # finds the package without running it
+    locations = spec.submodule_search_locations if spec is not None else None
     try:
-        text = (Path(next(iter(spec.submodule_search_locations))) / "version.py").read_text(encoding="utf-8")
+        text = (Path(next(iter(locations or ()))) / "version.py").read_text(encoding="utf-8")
     except (AttributeError, TypeError, StopIteration, OSError):
         return None
     found = re.search(r"^cuda\s*(?::[^=]*)?=\s*['\"]([^'\"]+)['\"]", text, re.M)

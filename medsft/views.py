@@ -4,13 +4,24 @@ benchmark report. Used by the commands and by training; the domain packages them
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Task
+    from rich.text import Text
+
+    from medsft.evaluation.report import Report
+    from medsft.memory.micro_batch import BatchChoice
+    from medsft.memory.preflight import Preflight
 
 GiB = 2**30
 
 
 @contextmanager
-def item_progress(label: str, total: int):
+def item_progress(label: str, total: int) -> Iterator[Callable[[int], None]]:
     """A rich progress bar on the main rank's stderr (items done, items/s, ETA); yields `advance(n)`. The
     `progress` the commands hand to generation (medsft/evaluation/generate.py)."""
     from rich.progress import (
@@ -27,7 +38,7 @@ def item_progress(label: str, total: int):
     from medsft.console import rich_console
 
     class Rate(ProgressColumn):
-        def render(self, task):
+        def render(self, task: Task) -> Text:
             return Text(f"{task.speed:.2f} items/s" if task.speed else "– items/s")
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(),
@@ -41,7 +52,7 @@ def item_progress(label: str, total: int):
         progress.stop()
 
 
-def show_preflight(report, console=None) -> None:
+def show_preflight(report: Preflight, console: Console | None = None) -> None:
     """The memory table, the micro-batch rows, the verdict and, when it won't fit, what to change."""
     from rich.table import Table
 
@@ -53,6 +64,7 @@ def show_preflight(report, console=None) -> None:
     console.print(f"estimated with {report.attention}", markup=False, highlight=False, soft_wrap=True)
     table = Table(title=f"memory per device: {report.model} · {report.launch} · "
                         f"micro-batch {s.micro_batch} × {s.max_length} tokens")
+    justify: Literal["left", "right"]
     for col, justify in (("term", "left"), ("GiB", "right"), ("how", "left")):
         table.add_column(col, justify=justify)
     for name, nbytes, how in est.persistent:
@@ -81,7 +93,7 @@ def show_preflight(report, console=None) -> None:
         console.print("  → no single change fits: use more GPUs with ZeRO-3 / FSDP2, or a smaller model")
 
 
-def show_batch(console, choice) -> None:
+def show_batch(console: Console, choice: BatchChoice | None) -> None:
     """The micro-batch rows: what was chosen and why, why the next size would not fit, the accumulation
     (medsft/memory/micro_batch.py decides; this only shows it)."""
     if choice is None:
@@ -91,6 +103,7 @@ def show_batch(console, choice) -> None:
                   + (f"; estimated {choice.total / GiB:.1f} GiB" if choice.total is not None else "") + ")",
                   markup=False, highlight=False, soft_wrap=True)
     if choice.next_size is not None:
+        assert choice.next_total is not None and choice.device is not None  # decided together (micro_batch.decide)
         console.print(f"  next size {choice.next_size} would not fit: {choice.next_total / GiB:.1f} GiB estimated, "
                       f"above 85% of {choice.device / GiB:.1f} GiB", markup=False, highlight=False, soft_wrap=True)
     elif choice.total is not None:
@@ -101,7 +114,7 @@ def show_batch(console, choice) -> None:
                   highlight=False, soft_wrap=True)
 
 
-def show_benchmark(report, console=None) -> None:
+def show_benchmark(report: Report, console: Console | None = None) -> None:
     """The accuracy table of a benchmark report (medsft/evaluation/report.py Report), the published figures beside
     it, a line per model on what went unanswered, and where the report was written."""
     from rich.table import Table
@@ -166,7 +179,7 @@ def show_benchmark(report, console=None) -> None:
                   "accuracy-*.png)", markup=False, highlight=False, soft_wrap=True)
 
 
-def show_eval(results: dict, console=None) -> None:
+def show_eval(results: dict[str, Any], console: Console | None = None) -> None:
     """The held-out evaluation (medsft/evaluation/evaluate.py run_eval): adapter, base and their difference."""
     from rich.table import Table
 

@@ -13,10 +13,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from medsft.errors import MedsftError
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+
+    from medsft.launch.detect import Launch
+    from medsft.recipe.schema import Recipe
 
 REQUIRED = ("adapter_config.json", "adapter_model.safetensors", "tokenizer_config.json")
 
@@ -49,7 +56,7 @@ def check_adapter_dir(path: str | Path) -> Path:
     return p
 
 
-def recipe_of(adapter_dir: Path):
+def recipe_of(adapter_dir: Path) -> Recipe:
     """The recipe the adapter was trained with (recipe.yaml), as a Recipe."""
     from medsft.recipe.schema import build
 
@@ -73,14 +80,15 @@ def carried_template(raw: dict, adapter_dir: Path) -> None:
     model = raw.get("model")
     value = model.get("chat_template") if isinstance(model, dict) else None
     carried = adapter_dir / "chat_template.jinja"
-    if isinstance(value, str) and not Path(value).expanduser().exists() and carried.is_file():
+    if (isinstance(model, dict) and isinstance(value, str) and not Path(value).expanduser().exists()
+            and carried.is_file()):
         from medsft.model.chat_templates import is_path
 
         if is_path(value):
             model["chat_template"] = str(carried)
 
 
-def attach(base, tokenizer, adapter_dir):
+def attach(base: Any, tokenizer: Any, adapter_dir: str | Path) -> PeftModel:
     """The adapter on `base`, embeddings first grown to the adapter's vocabulary (a chat template's tokens)."""
     from peft import PeftModel
 
@@ -90,7 +98,7 @@ def attach(base, tokenizer, adapter_dir):
     return PeftModel.from_pretrained(base, str(adapter_dir))
 
 
-def adapter_tokenizer(adapter_dir, recipe):
+def adapter_tokenizer(adapter_dir: str | Path, recipe: Recipe) -> Any:
     """The tokenizer as trained (its chat template included), ready for the base model."""
     from transformers import AutoTokenizer
 
@@ -99,7 +107,7 @@ def adapter_tokenizer(adapter_dir, recipe):
     return ready_tokenizer(AutoTokenizer.from_pretrained(adapter_dir), recipe.model.name)
 
 
-def inference_launch(data_parallel: bool):
+def inference_launch(data_parallel: bool) -> Launch:
     """Where this process's copy of the model goes. One lone process (placed over every visible GPU), or,
     data-parallel under a multi-GPU `accelerate launch`, a whole replica on this rank's GPU: placement's DDP
     row whatever the accelerate config (a lone process's placement would spread every rank's copy over all
@@ -118,7 +126,8 @@ def inference_launch(data_parallel: bool):
                   cuda=True, num_gpus=launch.num_gpus)
 
 
-def load_for_inference(adapter_dir, *, use_adapter: bool = True, data_parallel: bool = False):
+def load_for_inference(adapter_dir: str | Path, *, use_adapter: bool = True, data_parallel: bool = False
+                       ) -> tuple[Any, Any, Recipe]:
     """(model, tokenizer, recipe): the quantized base as trained, with the adapter unless told not to; one
     replica per rank when `data_parallel` (inference_launch)."""
     from medsft.launch.placement import decide

@@ -10,11 +10,12 @@ rows, and its generation config stops at the template's end-of-turn token as wel
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from medsft.errors import MedsftError
 
 
-def run_merge(adapter_dir, out_dir, evaluation: dict | None = None) -> Path:
+def run_merge(adapter_dir: str | Path, out_dir: str | Path, evaluation: dict | None = None) -> Path:
     """The adapter merged into its base, written whole to `out_dir` with a model card (with `evaluation`, the
     run's held-out figures, when the command found them)."""
     import torch
@@ -47,7 +48,7 @@ def run_merge(adapter_dir, out_dir, evaluation: dict | None = None) -> Path:
     return out
 
 
-def stop_at_end_of_turn(model, tokenizer) -> None:
+def stop_at_end_of_turn(model: Any, tokenizer: Any) -> None:
     """Serving stacks stop at generation_config.eos_token_id: add the template's end-of-turn token (the
     tokenizer's eos after medsft/chat_templates.apply) to the base's."""
     config = model.generation_config
@@ -57,7 +58,7 @@ def stop_at_end_of_turn(model, tokenizer) -> None:
         config.eos_token_id = [tokenizer.eos_token_id, *ids]
 
 
-def check_merge_output(adapter_dir: Path, out_dir) -> Path:
+def check_merge_output(adapter_dir: Path, out_dir: str | Path) -> Path:
     """The merged model's directory: new, empty, or an earlier medsft merge; never the adapter, the run that
     holds it, or a directory inside it (the merge would replace its own input)."""
     from medsft.io.outputs import check_writable_dir

@@ -140,7 +140,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def add_generation_args(p) -> None:
+def add_generation_args(p: argparse.ArgumentParser) -> None:
     from medsft.evaluation.generate import Settings
 
     default = Settings()
@@ -150,7 +150,7 @@ def add_generation_args(p) -> None:
     p.add_argument("--top-p", type=float, default=default.top_p)
 
 
-def add_benchmark_args(e) -> None:
+def add_benchmark_args(e: argparse.ArgumentParser) -> None:
     from medsft.evaluation.generate import PAPERS
 
     b = e.add_argument_group(f"benchmarks (with --benchmark; the papers' sampling: T {PAPERS.temperature}, top-p "

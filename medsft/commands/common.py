@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from medsft.commands.arguments import BENCHMARK_ONLY
 from medsft.errors import MedsftError
 
+if TYPE_CHECKING:
+    from argparse import Namespace
 
-def benchmark_settings(args):
+    from medsft.evaluation.generate import Settings
+    from medsft.recipe.schema import Recipe
+
+
+def benchmark_settings(args: Namespace) -> Settings:
     """`eval --benchmark` flags, checked before any model loads. Defaults are HuatuoGPT-o1's."""
     import dataclasses
     import importlib.util
@@ -43,7 +50,7 @@ def benchmark_settings(args):
                                batch_size=args.batch_size or PAPERS.batch_size)
 
 
-def test_split_settings(args):
+def test_split_settings(args: Namespace) -> Settings:
     """`eval` without --benchmark: the held-out split's generation defaults (generate.Settings: greedy)."""
     given = [f"--{name.replace('_', '-')}" for name in BENCHMARK_ONLY if getattr(args, name) not in (None, False)]
     if given:
@@ -56,7 +63,7 @@ def test_split_settings(args):
     return generation_settings(args)
 
 
-def generation_settings(args):
+def generation_settings(args: Namespace) -> Settings:
     """Generation flags checked before any model loads (a sampling temperature of 0 would hang `infer --sample`)."""
     import math
 
@@ -112,7 +119,7 @@ def finish(code: int) -> int:
     os._exit(code)
 
 
-def check_hub(recipe, pushing: bool = True) -> None:
+def check_hub(recipe: Recipe, pushing: bool = True) -> None:
     """Every hub id the recipe names, checked before anything loads: a gated, misspelled or unreachable model
     or dataset is one line in seconds, not a traceback after the data stage (medsft/hub.py). `pushing`: the
     command trains, so `training.push_to_hub` will push at its end."""

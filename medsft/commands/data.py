@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 
-def run(args) -> int:
+if TYPE_CHECKING:
+    from argparse import Namespace
+
+
+def run(args: Namespace) -> int:
     from medsft.commands.common import check_hub, quiet_libraries
     from medsft.io.outputs import check_caches
     from medsft.recipe.files import load_recipe

@@ -3,10 +3,15 @@ results go where commands/places.py says, never inside the adapter."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from medsft.errors import MedsftError
 
+if TYPE_CHECKING:
+    from argparse import Namespace
 
-def run(args) -> int:
+
+def run(args: Namespace) -> int:
     from medsft.adapter.load import check_adapter_dir
     from medsft.commands.common import benchmark_settings, quiet_libraries, test_split_settings
     from medsft.commands.places import benchmark_dir, evaluation_dir

@@ -4,9 +4,16 @@ answer is printed once: token by token on a terminal, whole when the output is p
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from argparse import Namespace
+    from pathlib import Path
+
+    from medsft.evaluation.generate import Settings
 
 
-def run(args) -> int:
+def run(args: Namespace) -> int:
     from medsft.adapter.load import check_adapter_dir
     from medsft.commands.common import generation_settings, quiet_libraries
     from medsft.evaluation.infer import check_output, read_questions
@@ -23,7 +30,8 @@ def run(args) -> int:
         return 130
 
 
-def answer(adapter, args, settings, questions, output) -> int:
+def answer(adapter: Path, args: Namespace, settings: Settings, questions: list[str] | None, output: Path | None
+           ) -> int:
     from medsft.adapter.load import load_for_inference
     from medsft.console import rich_console
     from medsft.evaluation.infer import answer_batch, answer_one, jsonl, write_answers

@@ -14,8 +14,13 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING
 
 from medsft.errors import MedsftError
+
+if TYPE_CHECKING:
+    from argparse import ArgumentParser, Namespace
+    from collections.abc import Callable
 
 COMMANDS = ("train",)
 USAGE = "medsft launch [accelerate launch options] train RECIPE [--set KEY=VALUE …]"
@@ -88,7 +93,7 @@ def run(argv: list[str]) -> int:
     return launch_and_wait(launch_command, launch_args)
 
 
-def parse_launch_args(parser, argv: list[str]):
+def parse_launch_args(parser: ArgumentParser, argv: list[str]) -> Namespace:
     """accelerate's own option parser; a bad option (`--num_processes two`) is its one `error:` line, not its
     usage text of a hundred lines."""
     import contextlib
@@ -107,7 +112,7 @@ def parse_launch_args(parser, argv: list[str]):
                           + USAGE) from None
 
 
-def launch_and_wait(launch_command, launch_args) -> int:
+def launch_and_wait(launch_command: Callable[[Namespace], None], launch_args: Namespace) -> int:
     """accelerate's launcher in this process; the workers' exit status, not a traceback. A launcher stopped
     by a signal (Slurm's preemption warning, passed on as SIGTERM) has let its workers checkpoint and exit:
     that is EXIT_PREEMPTED, which the sbatch scripts requeue."""

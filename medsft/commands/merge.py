@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 
-def run(args) -> int:
+if TYPE_CHECKING:
+    from argparse import Namespace
+
+
+def run(args: Namespace) -> int:
     from medsft.adapter.load import check_adapter_dir
     from medsft.adapter.merge import check_merge_output, run_merge
     from medsft.commands.common import quiet_libraries

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from medsft.errors import MedsftError
 
+if TYPE_CHECKING:
+    from argparse import Namespace
 
-def run(args) -> int:
+
+def run(args: Namespace) -> int:
     from medsft.recipe.files import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)  # before any heavy import

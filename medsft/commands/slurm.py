@@ -10,15 +10,19 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from medsft.errors import MedsftError
+
+if TYPE_CHECKING:
+    from argparse import Namespace
 
 # sbatch's words when it finds no controller (not configured here, or down): nothing was checked
 UNREACHABLE = re.compile(r"configuration source|fetch_config|contact slurm controller|Connection refused|timed out",
                          re.IGNORECASE)
 
 
-def run(args) -> int:
+def run(args: Namespace) -> int:
     from medsft.console import notice, say
     from medsft.launch.detect import from_accelerate_config
     from medsft.launch.slurm import ALLOW_CPU, SlurmJob, checked, script, summary

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 
-def run(args) -> int:
+if TYPE_CHECKING:
+    from argparse import Namespace
+
+
+def run(args: Namespace) -> int:
     from medsft.commands.common import check_hub, finish, quiet_libraries
     from medsft.io.checkpoints import check_resume_argument
     from medsft.io.outputs import check_caches

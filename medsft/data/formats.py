@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from statistics import mean
+from typing import Any
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 HUATUO_THINKING, HUATUO_FINAL = "## Thinking", "## Final Response"
@@ -34,7 +35,7 @@ def prompt_messages(question: str, system_prompt: str | None = None) -> list[dic
         {"role": "user", "content": question}]
 
 
-def conversation(turns, roles: dict | None = None) -> tuple[list[dict] | None, str | None]:
+def conversation(turns: Any, roles: dict | None = None) -> tuple[list[dict] | None, str | None]:
     """A dataset's conversation as chat messages ({role, content}), or why it cannot be trained on.
 
     Accepts OpenAI turns ({role, content}) and ShareGPT turns ({from, value}); roles are mapped through
@@ -99,7 +100,7 @@ def split_reasoning(text: str, fmt: str = "think") -> Parsed:
     return Parsed("", stripped.replace(THINK_OPEN, "").strip(), False)
 
 
-def format_metrics(records: list[dict], tokenizer=None, fmt: str = "think") -> dict:
+def format_metrics(records: list[dict], tokenizer: Any = None, fmt: str = "think") -> dict:
     """How well generated records (generate.generate_batch's) keep the format: shares and mean lengths (tokens
     with a tokenizer, else characters); what `medsft eval` reports and the training callback logs."""
     if not records:

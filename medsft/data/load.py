@@ -23,12 +23,17 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medsft.data.formats import completion_text, conversation, prompt_messages
 from medsft.data.mixture import SOURCE_COLUMN, Source, capped, combine, reading_sources, sources_of, weigh
 from medsft.errors import MedsftError
 from medsft.recipe.data_section import DATA_SUFFIXES
+
+if TYPE_CHECKING:
+    from datasets import Dataset, DatasetDict
+
+    from medsft.recipe.data_section import DataSection
 
 TINY_DATASET = "builtin:tiny-medical"
 TINY_ROWS = 800
@@ -41,7 +46,7 @@ class DropReport:
     total: int = 0
     kept: int = 0
     reasons: Counter = field(default_factory=Counter)
-    sources: list = field(default_factory=list)  # SourceReport per source, in recipe order
+    sources: list[SourceReport] = field(default_factory=list)  # SourceReport per source, in recipe order
 
     @property
     def dropped(self) -> int:
@@ -67,7 +72,7 @@ class DropReport:
         ids: the formatted split's or the tokenized one's, after long rows are dropped), with the share of the
         training split each has. With `before` (the formatted splits' row ids): the distinct rows each trains and
         the rows longer than max_length dropped per split."""
-        out = {}
+        out: dict[str, dict[str, Any]] = {}
         for s in self.sources:
             out[s.name] = {"source": s.source, "config": s.config, "format": s.format, "weight": s.weight,
                            "max_rows": s.max_rows, "rows": s.total, "kept": s.kept, "dropped": dict(s.reasons),
@@ -128,14 +133,14 @@ class SourceReport:
         return text
 
 
-def load_raw(d):
+def load_raw(d: DataSection) -> Dataset:
     """The rows as published, every source's (hub id + config, a local file, the built-in generated rows)
     capped to its max_rows and concatenated in recipe order, its columns renamed to the data section's, a
     `medsft_source` column saying which source a row came from."""
     return combine([capped(load_source(src), src) for src in sources_of(d)], d)
 
 
-def load_source(src: Source):
+def load_source(src: Source) -> Dataset:
     """One source's rows as published (its `max_rows` is applied by the caller)."""
     from datasets import Dataset, load_dataset
 
@@ -203,7 +208,7 @@ def describe_load_error(source: str, err: Exception) -> tuple[str, str]:
 # ---------------------------------------------------------------- rows → examples
 
 
-def row_problem(row: dict, d, src: Source | None = None) -> str | None:
+def row_problem(row: dict, d: DataSection, src: Source | None = None) -> str | None:
     """Why a row is unusable, or None."""
     src = src or reading_sources(d)[row.get(SOURCE_COLUMN) or 0]
     if src.format == "messages":
@@ -219,7 +224,7 @@ def row_problem(row: dict, d, src: Source | None = None) -> str | None:
     return None
 
 
-def to_prompt_completion(ds, d):
+def to_prompt_completion(ds: Dataset, d: DataSection) -> tuple[Dataset, DropReport]:
     """Keep good rows as training examples with their original `row_id`; report what was dropped (per source
     too). Single-turn formats become prompt/completion, `messages` rows a `messages` column (both columns,
     one of them empty per row, when a mixture has both kinds)."""
@@ -267,9 +272,10 @@ def rows_of(ds: Any, batch_rows: int = 1000) -> Iterator[dict]:
             yield dict(zip(columns, values))
 
 
-def example(row: dict, index: int, src: Source, d) -> dict:
+def example(row: dict, index: int, src: Source, d: DataSection) -> dict:
     if src.format == "messages":
         messages, _ = conversation(row[src.messages_column], src.roles)
+        assert messages is not None  # a row row_problem passed
         if d.system_prompt and messages[0]["role"] != "system":
             messages = prompt_messages("", d.system_prompt)[:1] + messages
         return {"row_id": index, "messages": messages}
@@ -287,7 +293,7 @@ def source_bounds(owner: list[int], n: int) -> list[tuple[int, int]]:
     return bounds
 
 
-def check_bad_fraction(total: int, dropped: int, reasons: Counter, d, name: str | None) -> None:
+def check_bad_fraction(total: int, dropped: int, reasons: Counter, d: DataSection, name: str | None) -> None:
     if total and dropped / total > d.max_bad_fraction:
         top = reasons.most_common(1)[0][0] if reasons else ""
         fix = ("map it with data.roles (e.g. roles: {bot: assistant})" if top.startswith("unknown role")
@@ -311,7 +317,7 @@ def eval_questions(ds: Any, n: int | None = None) -> list[str]:
             for prompt, conv in zip(prompts, conversations)]
 
 
-def question_of(row: dict, d) -> str | None:
+def question_of(row: dict, d: DataSection) -> str | None:
     """A raw row's question as evaluation poses it: the question column, or a conversation's first user turn."""
     src = reading_sources(d)[row.get(SOURCE_COLUMN) or 0]
     if src.format != "messages":
@@ -323,7 +329,7 @@ def question_of(row: dict, d) -> str | None:
 # ---------------------------------------------------------------- split and weights
 
 
-def split(ds, d, name: str | None = None):
+def split(ds: Dataset, d: DataSection, name: str | None = None) -> DatasetDict:
     """train/validation/test exactly as the notebook: 80/20 with the seed, then the 20 halved."""
     from datasets import DatasetDict
 
@@ -344,7 +350,7 @@ def split(ds, d, name: str | None = None):
     return DatasetDict(train=first["train"], validation=second["train"], test=second["test"])
 
 
-def split_sizes(n: int, d) -> dict[str, int]:
+def split_sizes(n: int, d: DataSection) -> dict[str, int]:
     """The sizes `split` gets from `n` rows: datasets' own arithmetic (ceil of the held-out share, then of the
     test share of it)."""
     held = d.val_fraction + d.test_fraction
@@ -356,7 +362,7 @@ def split_sizes(n: int, d) -> dict[str, int]:
     return {"train": n - n_held, "validation": n_held - n_test, "test": n_test}
 
 
-def check_split_sizes(n: int, d, name: str | None = None) -> None:
+def check_split_sizes(n: int, d: DataSection, name: str | None = None) -> None:
     """Each split with a fraction above 0 gets at least one row (datasets raises a ValueError otherwise)."""
     fractions = {"train": 1 - d.val_fraction - d.test_fraction, "validation": d.val_fraction, "test": d.test_fraction}
     keys = {"train": "data.val_fraction + data.test_fraction", "validation": "data.val_fraction",
@@ -370,8 +376,8 @@ def check_split_sizes(n: int, d, name: str | None = None) -> None:
                               "split)", "data")
 
 
-def mixture_outcome(report: DropReport, before: Mapping[str, list[int]], prepared: Mapping[str, list[int]], d,
-                    max_length: int | None, check: bool = True) -> str | None:
+def mixture_outcome(report: DropReport, before: Mapping[str, list[int]], prepared: Mapping[str, list[int]],
+                    d: DataSection, max_length: int | None, check: bool = True) -> str | None:
     """What a mixture became, as one line: per source the rows kept, the rows trained (and how often each
     repeats), those dropped for length, and the share of the training split against its weight. Raises when
     a source lost every training row, or (weighted) its share ended far from its weight
@@ -382,9 +388,9 @@ def mixture_outcome(report: DropReport, before: Mapping[str, list[int]], prepare
         return None  # one source: the data line says it all
     counts = report.source_counts(prepared, before=before)
     total = len(prepared["train"])
-    weights = [s.weight for s in report.sources]
-    weighted = all(w is not None for w in weights)
-    asked = {s.name: s.weight / sum(weights) for s in report.sources} if weighted else {}
+    weights = [s.weight for s in report.sources if s.weight is not None]
+    weighted = len(weights) == len(report.sources)
+    asked = {s.name: w / sum(weights) for s, w in zip(report.sources, weights)} if weighted else {}
     parts = []
     for name, c in counts.items():
         long = c["overlong_dropped"].get("train", 0)
@@ -416,12 +422,12 @@ def mixture_outcome(report: DropReport, before: Mapping[str, list[int]], prepare
     return "data: mixture — " + "; ".join(parts)
 
 
-def formatted_rows(d) -> tuple[Any, DropReport]:
+def formatted_rows(d: DataSection) -> tuple[Dataset, DropReport]:
     """Every source's rows loaded and formatted as training examples, with the account of what was dropped."""
     return to_prompt_completion(load_raw(d), d)
 
 
-def split_rows(formatted: Any, report: DropReport, d) -> Any:
+def split_rows(formatted: Dataset, report: DropReport, d: DataSection) -> DatasetDict:
     """Each source split on its own (seeded), then the sources' splits weighed (when weighted) and concatenated."""
     from datasets import DatasetDict, concatenate_datasets
 
@@ -435,7 +441,7 @@ def split_rows(formatted: Any, report: DropReport, d) -> Any:
     return DatasetDict({name: concatenate_datasets([p[name] for p in parts]) for name in SPLITS})
 
 
-def load_splits(d) -> tuple[Any, DropReport]:
+def load_splits(d: DataSection) -> tuple[DatasetDict, DropReport]:
     """Everything above in order: (DatasetDict of formatted splits, DropReport)."""
     formatted, report = formatted_rows(d)
     return split_rows(formatted, report, d), report

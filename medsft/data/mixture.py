@@ -19,9 +19,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from medsft.errors import MedsftError
 from medsft.recipe.data_section import DATA_SUFFIXES
+
+if TYPE_CHECKING:
+    from datasets import Dataset, DatasetDict
+
+    from medsft.recipe.data_section import DataSection
 
 SOURCE_COLUMN = "medsft_source"  # in a mixture's raw rows: the index of the source in data.sources
 
@@ -45,7 +51,7 @@ class Source:
     where: str = "data.source"
 
 
-def sources_of(d) -> list[Source]:
+def sources_of(d: DataSection) -> list[Source]:
     """The recipe's sources, one pipeline for each: data.sources, or the mixture of one data.source names."""
     common = dict(question_column=d.question_column, reasoning_column=d.reasoning_column,
                   response_column=d.response_column, messages_column=d.messages_column, format=d.format)
@@ -67,7 +73,7 @@ def label(source: str, config: str | None) -> str:
     return f"{source}:{config}" if config and not source.startswith("builtin:") else source
 
 
-def combine(parts, d):
+def combine(parts: list[Dataset], d: DataSection) -> Dataset:
     """The sources' datasets (in recipe order, each capped) as one: columns renamed to the data section's, a
     `medsft_source` column, the union of columns."""
     from datasets import concatenate_datasets
@@ -77,37 +83,38 @@ def combine(parts, d):
     return concatenate_datasets(align_columns(tagged, d))
 
 
-def capped(ds, src: Source):
+def capped(ds: Dataset, src: Source) -> Dataset:
     """A source's first max_rows rows (all of them when it has no cap)."""
     return ds.select(range(min(src.max_rows, len(ds)))) if src.max_rows is not None else ds
 
 
-def messages_column(column_names, src: Source) -> str:
+def messages_column(column_names: list[str], src: Source) -> str:
     """The conversation column: data.messages_column, else `messages`, else ShareGPT's `conversations`."""
     if src.messages_column:
         return src.messages_column
     return "conversations" if "messages" not in column_names and "conversations" in column_names else "messages"
 
 
-def used_columns(ds, src: Source) -> dict[str, str]:
+def used_columns(ds: Dataset, src: Source) -> dict[str, str]:
     """{setting: column} this source's format reads."""
     if src.format == "messages":
         return {"messages_column": messages_column(ds.column_names, src)}
     return {key: getattr(src, key) for key in ("question_column", "reasoning_column", "response_column")}
 
 
-def canonical_names(d) -> dict[str, str]:
+def canonical_names(d: DataSection) -> dict[str, str]:
     """The columns every row of a mixture is read through: the data section's."""
     return {"messages_column": d.messages_column or "messages", "question_column": d.question_column,
             "reasoning_column": d.reasoning_column, "response_column": d.response_column}
 
 
-def reading_sources(d) -> list[Source]:
+def reading_sources(d: DataSection) -> list[Source]:
     """The Source each row of `combine`'s result is read with: its own, through the data section's columns."""
-    return [replace(s, **canonical_names(d)) for s in sources_of(d)]
+    columns: dict[str, Any] = canonical_names(d)  # str values for Source's str fields
+    return [replace(s, **columns) for s in sources_of(d)]
 
 
-def check_columns(ds, src: Source) -> None:
+def check_columns(ds: Dataset, src: Source) -> None:
     for key, col in used_columns(ds, src).items():
         if col not in ds.column_names:
             setting = f"{src.where}.{key}" if src.where != "data.source" else f"data.{key}"
@@ -115,7 +122,7 @@ def check_columns(ds, src: Source) -> None:
                               f"set {setting} to the right column", "data")
 
 
-def canonical_columns(ds, src: Source, d):
+def canonical_columns(ds: Dataset, src: Source, d: DataSection) -> Dataset:
     """A source's columns renamed to the data section's names, so every row is read (and evaluated) through
     the same names."""
     check_columns(ds, src)
@@ -129,7 +136,7 @@ def canonical_columns(ds, src: Source, d):
     return openai_turns(ds, target["messages_column"]) if src.format == "messages" else ds
 
 
-def openai_turns(ds, column: str):
+def openai_turns(ds: Dataset, column: str) -> Dataset:
     """A conversation column as OpenAI turns ({role, content}, other keys left out), so ShareGPT sources
     ({from, value}) and OpenAI ones concatenate; formats.conversation reads the result as it read the
     original. A column whose role or text is not plain strings is left as it is."""
@@ -155,7 +162,7 @@ def openai_turns(ds, column: str):
                   batched=True, features=features, desc=f"{column}: OpenAI turns")
 
 
-def align_columns(parts, d):
+def align_columns(parts: list[Dataset], d: DataSection) -> list[Dataset]:
     """The union of the sources' columns (a column a source lacks is null there), so they concatenate. A column
     two sources give different types is dropped unless medsft reads it (then: one line)."""
     names = list(dict.fromkeys(c for ds in parts for c in ds.column_names))
@@ -202,7 +209,8 @@ def sample_rows(n_rows: int, n_out: int, seed: int, index: int) -> list[int]:
     return sorted(picks)
 
 
-def weigh(parts, weights: list[float | None], d, names: list[str] | None = None) -> None:
+def weigh(parts: list[DatasetDict], weights: list[float | None], d: DataSection, names: list[str] | None = None
+          ) -> None:
     """Each source's training split (`parts`: one DatasetDict per source) sampled to its weight, in place;
     nothing when the sources are not weighted. Refused: a weight that leaves its source no row, and
     upsampling that repeats a row more than data.max_repeats times (440 rows at 0.999/0.001 would become
@@ -211,7 +219,7 @@ def weigh(parts, weights: list[float | None], d, names: list[str] | None = None)
         return
     names = names or [f"data.sources[{i}]" for i in range(len(parts))]
     rows = [len(p["train"]) for p in parts]
-    sizes = weighted_sizes(rows, weights, d.weighting)
+    sizes = weighted_sizes(rows, [w for w in weights if w is not None], d.weighting)  # every one, past the check
     for name, weight, n, size in zip(names, weights, rows, sizes):
         if size == 0 and n and not d.allow_share_drift:
             raise MedsftError(f"weight {weight:g} gives {name} none of its {n} training rows "

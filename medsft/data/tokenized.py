@@ -79,7 +79,7 @@ def tokenize(ds: Dataset, tokenizer: Any, tokenization: Tokenization = Tokenizat
 
 
 class NoTrainedToken(Exception):
-    def __init__(self, row_id: int):
+    def __init__(self, row_id: int) -> None:
         super().__init__(row_id)
         self.row_id = row_id
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_left
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -85,7 +86,7 @@ def _negated(text: str, start: int, end: int) -> bool:
     return bool(_NEG_BEFORE.search(before) or _NEG_AFTER.search(after))
 
 
-def _candidates(text: str, patterns) -> list[tuple[int, int, str]]:
+def _candidates(text: str, patterns: Iterable[str]) -> list[tuple[int, int, str]]:
     """(start, end, letter) of every non-negated match, in reading order."""
     found = set()
     for pattern in patterns:

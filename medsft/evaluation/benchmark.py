@@ -14,12 +14,17 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean, stdev
+from typing import TYPE_CHECKING, Any
 
 from medsft.errors import MedsftError
 from medsft.evaluation.answers import LETTERS, read_output
+
+if TYPE_CHECKING:
+    from medsft.evaluation.report import Report
 
 # how an item is posed; "huatuo" and "huatuo-strict" are HuatuoGPT-o1's evaluation prompts (their
 # evaluation/eval.py, default and --strict_prompt), options listed as "A. text" one per line
@@ -62,7 +67,7 @@ def _read_text(path: Path, what: str, fix: str) -> str:
         raise MedsftError(f"{what} {str(path)!r} is not UTF-8 text", "save it as UTF-8 JSON or JSONL") from None
 
 
-def _json_or_jsonl(path: Path, text: str, fix: str):
+def _json_or_jsonl(path: Path, text: str, fix: str) -> Any:
     """A whole-file JSON value, else a list of JSON lines; neither → one line naming the first bad line."""
     try:
         return json.loads(text)
@@ -74,8 +79,9 @@ def _json_or_jsonl(path: Path, text: str, fix: str):
             continue
         try:
             values.append(json.loads(line))
-        except ValueError as err:
-            raise MedsftError(f"{path} is neither JSON nor JSONL (line {number}: {err.msg})", fix) from None
+        except ValueError as err:  # a JSONDecodeError, or another ValueError (an integer of over 4300 digits)
+            why = err.msg if isinstance(err, json.JSONDecodeError) else err
+            raise MedsftError(f"{path} is neither JSON nor JSONL (line {number}: {why})", fix) from None
     return values
 
 
@@ -96,7 +102,7 @@ def read_benchmark(path: str | Path) -> list[Item]:
     return [_item(raw, f"{path} item {n}", path.stem) for n, raw in enumerate(data, 1)]
 
 
-def _item(raw, where: str, default_source: str) -> Item:
+def _item(raw: Any, where: str, default_source: str) -> Item:
     if not isinstance(raw, dict):
         raise MedsftError(f"{where} is not a JSON object", ITEM_FIX)
     question = raw.get("question")
@@ -116,13 +122,14 @@ def _item(raw, where: str, default_source: str) -> Item:
     if answer not in options:
         raise MedsftError(f"{where} has answer_idx {answer!r}, not one of its options {', '.join(sorted(options))}",
                           "set answer_idx to the letter of the correct option")
+    assert isinstance(answer, str)  # one of the option keys, each a letter
     source = raw.get("source", default_source)
     if not isinstance(source, str) or not source.strip():
         raise MedsftError(f"{where} has a 'source' that is not a name", 'e.g. "source": "MedQA_USLME_test"')
     return Item(question, {k: str(v) for k, v in options.items()}, answer, source.strip())
 
 
-def read_benchmarks(paths, limit: int | None = None) -> list[Item]:
+def read_benchmarks(paths: Iterable[str | Path], limit: int | None = None) -> list[Item]:
     """The items of every file, in order; with `limit`, the first `limit` items of each source."""
     items = [item for p in paths for item in read_benchmark(p)]
     if limit is None:
@@ -148,7 +155,7 @@ def read_predictions(path: str | Path, items: list[Item]) -> list[list[str]]:
         raise MedsftError(f"{path} is not a list of predictions", fix)
     if len(data) != len(items):
         raise MedsftError(f"{path} has {len(data)} predictions for {len(items)} benchmark items", fix)
-    outputs = []
+    outputs: list[list[str]] = []
     for n, (pred, item) in enumerate(zip(data, items), 1):
         where = f"{path} prediction {n}"
         if not isinstance(pred, dict):
@@ -201,7 +208,8 @@ def bucket(records: list[dict]) -> dict:
     }
 
 
-def run_score(items: list[Item], outputs: list[list[str]], *, files, predictions: Path, output_dir) -> dict:
+def run_score(items: list[Item], outputs: list[list[str]], *, files: Iterable[str | Path], predictions: Path,
+              output_dir: str | Path) -> Report:
     """`medsft score FILE --predictions PRED.jsonl`: score generations made elsewhere, report and write."""
     from medsft.evaluation.report import report
 

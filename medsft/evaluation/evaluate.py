@@ -16,12 +16,22 @@ medsft/evaluation/benchmark.py reads and scores them, medsft/evaluation/report.p
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from statistics import mean
+from typing import TYPE_CHECKING, Any, cast
 
 from medsft.data.formats import format_metrics
 from medsft.evaluation.answers import read_output
 from medsft.evaluation.benchmark import pose_question
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+    from medsft.evaluation.benchmark import Item
+    from medsft.evaluation.generate import Progress, Settings
+    from medsft.evaluation.report import Report
+    from medsft.recipe.schema import Recipe
 
 Generate = Callable[[list[str]], list[dict]]  # records as generate.generate_batch returns them
 
@@ -44,7 +54,7 @@ def mc_accuracy(items: list[dict], generate: Generate, question_column: str = "Q
     return {"n": len(items), "accuracy": mean(correct), "unparsed": mean(c is None for c in chosen)}
 
 
-def completion_nll(model, prepared, batch_size: int = 4) -> dict:
+def completion_nll(model: Any, prepared: Dataset, batch_size: int = 4) -> dict:
     """Mean NLL per completion token (labels != -100), teacher-forced."""
     import torch
     import torch.nn.functional as F
@@ -71,7 +81,7 @@ def completion_nll(model, prepared, batch_size: int = 4) -> dict:
 HELD_OUT_FIX = "evaluate on benchmark files instead: medsft eval ADAPTER --benchmark FILE"
 
 
-def held_out_ids(adapter_dir, recipe) -> list[int]:
+def held_out_ids(adapter_dir: str | Path, recipe: Recipe) -> list[int]:
     """The test split's row ids (test_ids.json, saved at training), checked with the training data's
     presence before any model loads: unlike infer, merge and benchmarks, the held-out split needs the data."""
     import json
@@ -103,7 +113,7 @@ def held_out_ids(adapter_dir, recipe) -> list[int]:
     return ids
 
 
-def held_out_rows(adapter_dir, recipe) -> list[dict]:
+def held_out_rows(adapter_dir: str | Path, recipe: Recipe) -> list[dict]:
     """The raw rows of the run's test split; ids beyond the data (another file at the same path) are refused."""
     from pathlib import Path
 
@@ -119,8 +129,8 @@ def held_out_rows(adapter_dir, recipe) -> list[dict]:
     return [dict(raw[i]) for i in ids]
 
 
-def run_eval(adapter_dir, *, max_generations: int = 20, settings=None, with_base: bool = True, output_dir=None,
-             progress=None) -> dict:
+def run_eval(adapter_dir: str | Path, *, max_generations: int = 20, settings: Settings | None = None,
+             with_base: bool = True, output_dir: str | Path | None = None, progress: Progress | None = None) -> dict:
     """Completion NLL, generation format and MC accuracy on the run's held-out rows, adapter and base; written to
     `output_dir`/eval.json (the command decides where: never inside the adapter). `progress(label, total)`: a
     context yielding `advance(n)`, for each model's generations (the commands pass a bar)."""
@@ -141,13 +151,14 @@ def run_eval(adapter_dir, *, max_generations: int = 20, settings=None, with_base
     d = recipe.data
     formatted, _ = data.to_prompt_completion(Dataset.from_list(rows), d)
     prepared = tokenized.tokenize(formatted, tokenizer, name="test")
-    questions = [data.question_of(r, d) for r in rows][:max_generations]
+    # rows the training kept (test_ids.json): each has its question
+    questions = cast("list[str]", [data.question_of(r, d) for r in rows][:max_generations])
     items = mc_items(rows)[:max_generations]
 
     progress = progress or no_progress
-    advance = [lambda n: None]
+    advance: list[Callable[[int], None]] = [lambda n: None]
 
-    def gen(prompts):
+    def gen(prompts: list[str]) -> list[dict]:
         return generate_batch(model, tokenizer, prompts, settings, d.system_prompt, d.format, advance=advance[0])
 
     def measure(name: str) -> dict:
@@ -157,7 +168,7 @@ def run_eval(adapter_dir, *, max_generations: int = 20, settings=None, with_base
                     "generation": format_metrics(gen(questions), tokenizer, d.format),
                     "multiple_choice": mc_accuracy(items, gen, d.question_column, d.format)}
 
-    results = {"adapter": measure("adapter")}
+    results: dict[str, Any] = {"adapter": measure("adapter")}
     if with_base:
         with model.disable_adapter():
             results["base"] = measure("base")
@@ -172,8 +183,9 @@ def run_eval(adapter_dir, *, max_generations: int = 20, settings=None, with_base
     return results
 
 
-def run_benchmark(adapter_dir, items, *, settings, prompt: str, samples: int = 1, engine: str = "transformers",
-                  with_base: bool = True, output_dir=None, files=(), progress=None):
+def run_benchmark(adapter_dir: str | Path, items: list[Item], *, settings: Settings, prompt: str, samples: int = 1,
+                  engine: str = "transformers", with_base: bool = True, output_dir: str | Path | None = None,
+                  files: Iterable[str | Path] = (), progress: Progress | None = None) -> Report | None:
     """`medsft eval ADAPTER --benchmark FILE`: adapter and base on the same prompts, `samples` generations
     per item, data-parallel under `accelerate launch`. The main rank scores, writes and returns the report
     (medsft/evaluation/report.py Report); the other ranks return None. `progress`: as generate_parallel's."""
@@ -211,7 +223,7 @@ def run_benchmark(adapter_dir, items, *, settings, prompt: str, samples: int = 1
                 return generate_parallel(model, tokenizer, questions, settings, recipe.data.system_prompt,
                                          recipe.data.format, name, progress=progress or no_progress)
 
-    runs = {}
+    runs: dict[str, tuple[list[dict], float]] = {}
     for name in ("adapter", "base") if with_base else ("adapter",):
         t0 = time.perf_counter()
         records = generate(name)
@@ -225,7 +237,8 @@ def run_benchmark(adapter_dir, items, *, settings, prompt: str, samples: int = 1
               "seed": settings.seed, "samples": samples, "batch_size": settings.batch_size,
               "processes": PartialState().num_processes, "files": [str(f) for f in files], "adapter": str(adapter_dir),
               "base_model": recipe.model.name, "metric": "first answer statement after the reasoning"}
-    results, per_item = {}, {}
+    results: dict[str, dict] = {}
+    per_item: dict[str, list[dict]] = {}
     for name, (records, seconds) in runs.items():
         per = [records[i * samples:(i + 1) * samples] for i in range(len(items))]  # each item's samples
         outputs = [[r["text"] for r in rs] for rs in per]

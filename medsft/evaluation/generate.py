@@ -11,10 +11,21 @@ depend on it, and a sampled batch is seeded by its number, so sampled answers do
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 from medsft.data.formats import prompt_messages, split_reasoning
+
+if TYPE_CHECKING:
+    from vllm import LLM
+
+    from medsft.recipe.schema import Recipe
+
+Advance = Callable[[int], None]  # `advance(n)`: n more items done
+Progress = Callable[[str, int], AbstractContextManager[Advance]]  # `progress(label, total)` yields an Advance
 
 
 @dataclass
@@ -31,7 +42,7 @@ class Settings:
 PAPERS = Settings(max_new_tokens=2048, do_sample=True, temperature=0.5, top_p=0.9, seed=42)
 
 
-def stop_ids(tokenizer, model) -> list[int]:
+def stop_ids(tokenizer: Any, model: Any) -> list[int]:
     """eos, the model's configured eos ids, and every named template's end of turn the vocabulary holds (a
     tokenizer whose eos is not its template's end of turn still stops at the turn's end)."""
     from medsft.model.chat_templates import NAMED
@@ -46,7 +57,7 @@ def stop_ids(tokenizer, model) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
-def _decode(tokenizer, ids: list[int], stops: list[int]) -> tuple[str, bool]:
+def _decode(tokenizer: Any, ids: list[int], stops: list[int]) -> tuple[str, bool]:
     stopped = False
     for i, t in enumerate(ids):
         if t in stops:
@@ -62,12 +73,13 @@ def _record(question: str, text: str, stopped: bool, tokens: int, seconds: float
             "well_formed": parsed.well_formed, "stopped": stopped, "tokens": tokens, "seconds": seconds}
 
 
-def chat_prompts(tokenizer, questions: list[str], system_prompt=None) -> list[str]:
+def chat_prompts(tokenizer: Any, questions: list[str], system_prompt: str | None = None) -> list[str]:
     return [tokenizer.apply_chat_template(prompt_messages(q, system_prompt), add_generation_prompt=True,
                                           tokenize=False) for q in questions]
 
 
-def _prompts_and_lengths(tokenizer, questions: list[str], system_prompt=None) -> tuple[list[str], list[int]]:
+def _prompts_and_lengths(tokenizer: Any, questions: list[str], system_prompt: str | None = None
+                         ) -> tuple[list[str], list[int]]:
     texts = chat_prompts(tokenizer, questions, system_prompt)
     return texts, [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
@@ -79,13 +91,13 @@ def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]
 
 
 @contextmanager
-def no_progress(label: str, total: int):
+def no_progress(label: str, total: int) -> Iterator[Advance]:
     """The default `progress` of generate_parallel: nothing shown (a command passes medsft/views.py's bar)."""
     yield lambda n: None
 
 
-def generate_batch(model, tokenizer, questions: list[str], settings: Settings, system_prompt=None,
-                   fmt: str = "think", advance=None) -> list[dict]:
+def generate_batch(model: Any, tokenizer: Any, questions: list[str], settings: Settings,
+                   system_prompt: str | None = None, fmt: str = "think", advance: Advance | None = None) -> list[dict]:
     """One record per question, in the questions' order: question, text, reasoning, answer, well_formed,
     stopped, tokens, seconds. Batches are length-sorted and left-padded; `advance(n)` after each (a progress bar)."""
     import torch
@@ -118,11 +130,12 @@ def generate_batch(model, tokenizer, questions: list[str], settings: Settings, s
                 advance(len(batch))
     finally:
         tokenizer.padding_side = side
-    return out
+    return cast("list[dict]", out)  # every question is in one batch
 
 
-def generate_parallel(model, tokenizer, questions: list[str], settings: Settings, system_prompt=None,
-                      fmt: str = "think", label: str = "generating", progress=no_progress) -> list[dict]:
+def generate_parallel(model: Any, tokenizer: Any, questions: list[str], settings: Settings,
+                      system_prompt: str | None = None, fmt: str = "think", label: str = "generating",
+                      progress: Progress = no_progress) -> list[dict]:
     """generate_batch over every process of an `accelerate launch` (one process works too): the
     length-sorted batches are dealt round-robin, batch k seeded with seed + k, and the records gathered
     back into the questions' order on every rank. `progress(label, total)`: a context yielding `advance(n)`
@@ -140,7 +153,7 @@ def generate_parallel(model, tokenizer, questions: list[str], settings: Settings
     batches = list(enumerate(length_sorted_batches(lengths, settings.batch_size)))
     mine = batches[state.process_index::state.num_processes]
     where = f" [rank 0/{state.num_processes}]" if state.num_processes > 1 else ""
-    done = []
+    done: list[tuple[int, dict]] = []
     with progress(f"{label}{where}", sum(len(b) for _, b in mine)) as advance:
         for number, batch in mine:
             seeded = replace(settings, batch_size=len(batch),
@@ -151,10 +164,10 @@ def generate_parallel(model, tokenizer, questions: list[str], settings: Settings
     out: list[dict | None] = [None] * len(questions)
     for i, record in gather_object(done):
         out[i] = record
-    return out
+    return cast("list[dict]", out)  # every batch was some rank's
 
 
-def load_vllm(recipe, adapter_dir, seed: int | None):
+def load_vllm(recipe: Recipe, adapter_dir: str | Path, seed: int | None) -> LLM:
     """A vLLM engine on the recipe's base model (unquantized, in the model dtype) with LoRA enabled.
     The GPU-only optional path of `eval --benchmark --engine vllm`; cli.py checks that vllm imports."""
     from vllm import LLM
@@ -168,8 +181,8 @@ def load_vllm(recipe, adapter_dir, seed: int | None):
                seed=0 if seed is None else seed)
 
 
-def generate_vllm(llm, tokenizer, questions: list[str], settings: Settings, system_prompt=None, fmt: str = "think",
-                  adapter_dir=None) -> list[dict]:
+def generate_vllm(llm: LLM, tokenizer: Any, questions: list[str], settings: Settings, system_prompt: str | None = None,
+                  fmt: str = "think", adapter_dir: str | Path | None = None) -> list[dict]:
     """The records of generate_batch, from vLLM (its own batching and progress bar); the adapter as a
     LoRA request, or the base alone when adapter_dir is None. Prompt tokens are exactly medsft's."""
     from vllm import SamplingParams
@@ -189,8 +202,8 @@ def generate_vllm(llm, tokenizer, questions: list[str], settings: Settings, syst
                     fmt) for q, o in zip(questions, outs)]
 
 
-def stream_one(model, tokenizer, question: str, settings: Settings, show, system_prompt=None,
-               fmt: str = "think") -> dict:
+def stream_one(model: Any, tokenizer: Any, question: str, settings: Settings, show: Callable[[str, bool], None],
+               system_prompt: str | None = None, fmt: str = "think") -> dict:
     """Generate one answer, handing each decoded piece to `show(piece, thinking)` as it comes (the command prints
     it, or not when its output is piped); returns the record."""
     import threading
@@ -207,9 +220,9 @@ def stream_one(model, tokenizer, question: str, settings: Settings, show, system
     if settings.do_sample:
         kwargs.update(temperature=settings.temperature, top_p=settings.top_p)
     t0 = time.perf_counter()
-    result = {}
+    result: dict[str, Any] = {}
 
-    def work():
+    def work() -> None:
         try:
             with torch.no_grad():
                 result["ids"] = model.generate(**kwargs)[0, enc["input_ids"].shape[1]:].tolist()

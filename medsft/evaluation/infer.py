@@ -8,9 +8,15 @@ and batch mode writes JSONL records (question, reasoning, answer, tokens, second
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from medsft.errors import MedsftError
+
+if TYPE_CHECKING:
+    from medsft.evaluation.generate import Progress, Settings
+    from medsft.recipe.schema import Recipe
 
 
 def read_questions(path: str) -> list[str]:
@@ -62,7 +68,8 @@ def jsonl(records: list[dict]) -> str:
     return "".join(json.dumps({k: r[k] for k in RECORD_KEYS}) + "\n" for r in records)
 
 
-def answer_batch(loaded, questions: list[str], settings, progress=None) -> list[dict]:
+def answer_batch(loaded: tuple[Any, Any, Recipe], questions: list[str], settings: Settings,
+                 progress: Progress | None = None) -> list[dict]:
     """Every question of a file, answered in batches. `loaded`: (model, tokenizer, recipe) as
     medsft.adapter.load.load_for_inference returns them; `progress` as generate_parallel's."""
     from medsft.evaluation.generate import generate_batch, no_progress
@@ -73,7 +80,8 @@ def answer_batch(loaded, questions: list[str], settings, progress=None) -> list[
                               advance=advance)
 
 
-def answer_one(loaded, question: str, settings, show) -> dict:
+def answer_one(loaded: tuple[Any, Any, Recipe], question: str, settings: Settings,
+               show: Callable[[str, bool], None]) -> dict:
     """One question, each piece handed to `show(piece, thinking)` as it is generated."""
     from medsft.evaluation.generate import stream_one
 

@@ -12,16 +12,21 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from medsft.errors import MedsftError
 from medsft.io.outputs import Staging
 
+if TYPE_CHECKING:
+    from medsft.evaluation.benchmark import Item
+
 # Chen et al., "HuatuoGPT-o1, Towards Medical Complex Reasoning with LLMs", arXiv:2412.18925, Table 1
 # (accuracy, %). A source matches a benchmark by name (MedQA_USLME_test, medqa_4options, …) and by its
 # items' option count (MedQA's 4-option USMLE set, not the 5-option one).
-PUBLISHED = {
+PUBLISHED: dict[str, Any] = {
     "citation": "HuatuoGPT-o1 paper (Chen et al., arXiv:2412.18925), Table 1",
     "benchmarks": {"medqa": ("MedQA (USMLE, 4 options)", 4), "medmcqa": ("MedMCQA (validation)", 4),
                    "pubmedqa": ("PubMedQA (test)", 3)},
@@ -36,7 +41,7 @@ OURS = re.compile(r"^(benchmark\.json|predictions-.+\.jsonl|scores\.jsonl|accura
 MEDSFT_NAMES = {".medsft.lock", ".medsft-pending.json"}  # the writer's lock and journal (medsft/io)
 
 
-def published_key(source: str, items) -> str | None:
+def published_key(source: str, items: Sequence[Item]) -> str | None:
     """The Table 1 benchmark a source is, or None."""
     name = re.sub(r"[^a-z0-9]", "", source.lower())
     for key in ("pubmedqa", "medmcqa", "medqa"):  # "pubmedqa" contains "medqa": longest first
@@ -46,7 +51,7 @@ def published_key(source: str, items) -> str | None:
     return None
 
 
-def published_for(items) -> dict:
+def published_for(items: Sequence[Item]) -> dict:
     """{source: {model: accuracy (0-1)}} for the sources that match a published benchmark."""
     out = {}
     for source in dict.fromkeys(i.source for i in items):
@@ -88,7 +93,7 @@ class Report:
     files: list
 
 
-def report(results: dict[str, dict], items, output_dir, *, per_item: dict[str, list[dict]],
+def report(results: dict[str, dict], items: Sequence[Item], output_dir: str | Path, *, per_item: dict[str, list[dict]],
            single: bool = False) -> Report:
     """Write benchmark.json, `<name>.jsonl` per-item records and accuracy-<source>.png, as one unit.
     `results`: {model name: {"overall", "by_source", "settings", …}}; `single` writes the one model's

@@ -115,7 +115,7 @@ def adapter_mismatches(checkpoint: Path, lora: dict) -> tuple[list[str], list[st
         shapes.append(f"lora.rank is {lora.get('rank')} but the checkpoint's is {'/'.join(map(str, sorted(ranks)))}")
     targets = lora.get("target_modules")
     if modules and isinstance(targets, list):  # PEFT adapts a module whose name is a target or ends in .target
-        def hit(name, target):
+        def hit(name: str, target: str) -> bool:
             return name == target or name.endswith("." + target)
 
         extra = sorted(m for m in modules if not any(hit(m, t) for t in targets))

@@ -14,16 +14,18 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from medsft.errors import MedsftError
 from medsft.versions import git_commit, package_versions, untested_versions
 
 
 @contextmanager
-def atomic_dir(final: str | os.PathLike, kind: str | None = None):
+def atomic_dir(final: str | os.PathLike, kind: str | None = None) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it replaces `final` in one rename (with `kind`: only
     a directory holding nothing but what medsft wrote, medsft/io/ownership.py). On an exception the temporary
     directory is removed and `final` is untouched. A symlinked `final` is written through: the temporary
@@ -62,8 +64,8 @@ def replace_dir(src: Path, final: Path, kind: str | None = None) -> None:
     if final.exists() and os.path.ismount(final):
         for old in list(final.iterdir()):  # a mount point cannot be renamed: replace what it holds
             shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
-        for new in list(Path(src).iterdir()):
-            shutil.move(new, final / new.name)  # the mount is another filesystem
+        for entry in list(Path(src).iterdir()):
+            shutil.move(entry, final / entry.name)  # the mount is another filesystem
     elif final.exists():
         old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
         os.replace(final, old)
@@ -87,7 +89,7 @@ def temporary_of(name: str) -> str | None:
 
 
 @contextmanager
-def atomic_file(final: str | os.PathLike, exclusive: bool = False):
+def atomic_file(final: str | os.PathLike, exclusive: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling path to write; on success it replaces `final` in one rename (a symlink at `final`
     is replaced, never written through), on an exception it is removed and `final` is untouched. `exclusive`:
     only if nothing is at `final` when it is done (`publish`), else FileExistsError."""
@@ -113,7 +115,7 @@ class Staging:
     says the unit is complete), then removes the journal. A kill before the journal leaves the old files; after
     it, `pending(directory)` tells the next writer which files are this unit's, so it can finish the job."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
         self.staged: dict[str, Path] = {}
 
@@ -130,10 +132,10 @@ class Staging:
         (self.directory / PENDING).unlink(missing_ok=True)
         self.staged = {}
 
-    def __enter__(self):
+    def __enter__(self) -> Staging:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         for tmp in self.staged.values():
             tmp.unlink(missing_ok=True)
 
@@ -147,7 +149,7 @@ class Staging:
         return found if isinstance(found, dict) else {}
 
 
-def write_json(path: str | os.PathLike, obj) -> None:
+def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write JSON atomically (temporary file + rename)."""
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
@@ -170,7 +172,7 @@ def publish(tmp: str | os.PathLike, final: str | os.PathLike) -> bool:
         Path(tmp).unlink(missing_ok=True)
 
 
-def manifest(**fields) -> dict:
+def manifest(**fields: Any) -> dict[str, Any]:
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": package_versions(),

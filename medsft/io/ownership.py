@@ -23,7 +23,9 @@ import json
 import os
 import socket
 import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from medsft.errors import MedsftError
 from medsft.io.hashing import file_digest
@@ -71,7 +73,7 @@ def inventory_one(path: Path) -> list | None:
     return [st.st_size, file_digest(path), st.st_mtime_ns]
 
 
-def matches(path: Path, entry) -> bool:
+def matches(path: Path, entry: Any) -> bool:
     """`path` still holds what `entry` (an `inventory` entry) recorded: the same link, or the same bytes (a file
     whose size and mtime are unchanged is not hashed again). An entry without a hash (an earlier medsft's, for
     files over 32 MiB) cannot prove anything and never matches."""
@@ -129,7 +131,7 @@ def unverified(directory: Path, found: dict) -> list[str]:
     return [rel for rel, entry in (found.get("files") or {}).items() if not matches(Path(directory) / rel, entry)]
 
 
-def mark(directory: Path, kind: str, **info) -> None:
+def mark(directory: Path, kind: str, **info: Any) -> None:
     """Write medsft's marker. An adapter or merged model is marked last, listing every file then in it."""
     from importlib import metadata
 
@@ -147,7 +149,7 @@ def mark(directory: Path, kind: str, **info) -> None:
     os.replace(tmp, directory / MARKER)
 
 
-def few(names, n: int = 3) -> str:
+def few(names: Iterable[str], n: int = 3) -> str:
     names = sorted(names)
     return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
@@ -230,7 +232,7 @@ class RunLock:
     process), or an earlier attempt of this same Slurm job (a requeue lands on any node). A live holder
     is refused, named by pid, host, command and start time."""
 
-    def __init__(self, directory: Path, command: str = "medsft train", name: str = "output.dir"):
+    def __init__(self, directory: Path, command: str = "medsft train", name: str = "output.dir") -> None:
         self.path = Path(directory) / LOCK
         self.command = command
         self.name = name
@@ -262,7 +264,7 @@ class RunLock:
                                   f"wait for it, or choose another {self.name} (if that run is dead, delete "
                                   f"{self.path})")
 
-    def __enter__(self):
+    def __enter__(self) -> RunLock:
         self.created = not self.path.parent.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -289,7 +291,7 @@ class RunLock:
             return None
         return found if isinstance(found, dict) else None
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         if self.held:
             self.path.unlink(missing_ok=True)
             self.held = False

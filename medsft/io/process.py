@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from medsft.io.hashing import text_digest
 
 
-def process_start(pid) -> str | None:
-    """When a process started (clock ticks since boot, /proc), to tell a reused pid from the one recorded."""
+def process_start(pid: Any) -> str | None:
+    """When a process started (clock ticks since boot, /proc), to tell a reused pid from the one recorded. `pid`:
+    as recorded (a lock's JSON); one that is not a number reads as unknown."""
     try:
         stat = Path(f"/proc/{int(pid)}/stat").read_text()
         return stat.rsplit(")", 1)[1].split()[19]  # field 22, starttime
@@ -22,7 +24,7 @@ def process_start(pid) -> str | None:
         return None
 
 
-def alive(pid) -> bool:
+def alive(pid: Any) -> bool:
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:

@@ -14,11 +14,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import NoReturn, TypeVar
 
 from medsft.errors import MedsftError
 
 UNSUPPORTED = {"MEGATRON_LM": "Megatron-LM", "XLA": "TPU/XLA", "TPU": "TPU/XLA"}
 PRECISIONS = ("no", "fp16", "bf16", "fp8")  # accelerate's mixed_precision values
+_Default = TypeVar("_Default", bound=int | None)  # env_int's default: an int, or None for "not set"
 
 
 @dataclass(frozen=True)
@@ -51,11 +53,12 @@ class Launch:
         return self.zero_stage == 3 or self.distributed == "fsdp"
 
     def describe(self) -> str:
-        kind = {"none": "1 process", "ddp": f"DDP over {self.world_size} processes"}.get(self.distributed)
         if self.distributed == "deepspeed":
             kind = f"ZeRO-{self.zero_stage or 0} over {self.world_size} processes"
         elif self.distributed == "fsdp":
             kind = f"FSDP{self.fsdp_version or 2} over {self.world_size} processes"
+        else:
+            kind = {"none": "1 process", "ddp": f"DDP over {self.world_size} processes"}[self.distributed]
         offloaded = [n for n, on in (("optimizer", self.offload_optimizer), ("parameters", self.offload_params)) if on]
         return kind + (f", {' and '.join(offloaded)} offloaded to CPU" if offloaded else "")
 
@@ -107,7 +110,8 @@ def from_env(env: Mapping[str, str] | None = None, *, cuda: bool, num_gpus: int,
         cuda=cuda, num_gpus=num_gpus, source=source)
 
 
-def env_int(env: Mapping[str, str], name: str, default, least: int, most: int | None = None):
+def env_int(env: Mapping[str, str], name: str, default: _Default, least: int, most: int | None = None
+            ) -> int | _Default:
     """A whole-number launch variable (torchrun and accelerate export them); a malformed one is one line, not a
     ValueError in every worker."""
     text = env.get(name, "")
@@ -160,7 +164,7 @@ def checked_config(config: dict, path: str = "the accelerate config") -> dict:
     fix = "fix the accelerate config, or regenerate it with `accelerate config`"
     whole = lambda value, least: isinstance(value, int) and not isinstance(value, bool) and value >= least  # noqa: E731
 
-    def refuse(name: str, value, wanted: str):
+    def refuse(name: str, value: object, wanted: str) -> NoReturn:
         raise MedsftError(f"{path}: {name} is {value!r}, expected {wanted}", fix)
 
     if not isinstance(config.get("distributed_type", "NO"), str):

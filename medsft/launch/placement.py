@@ -87,7 +87,7 @@ def decide(launch: Launch, *, bits: int | None, dtype: str, forced_device_map: A
     return Placement("single-gpu", {"": 0}, "uint8", False, False)
 
 
-def gpu_index(device) -> int | None:
+def gpu_index(device: object) -> int | None:
     """The CUDA device a device_map value names (0, "3", "cuda", "cuda:1"), or None for cpu/disk/meta/auto."""
     if isinstance(device, int) and not isinstance(device, bool):
         return device

@@ -91,9 +91,9 @@ def checked(job: SlurmJob, cpu_config: bool = False) -> SlurmJob:
                           "e.g. --nodes 2 --gpus-per-node 8")
     if not re.fullmatch(r"\d+[KMGT]?", job.mem, re.IGNORECASE):
         raise MedsftError(f"--mem {job.mem!r} is not a Slurm memory size", "e.g. --mem 256G, or --mem 0 for all of it")
-    for flag, value in (("--partition", job.partition), ("--account", job.account)):
-        if value is not None and not NAME.fullmatch(value):
-            raise MedsftError(f"{flag} {value!r} is not a Slurm name", f"e.g. {flag} gpu")
+    for flag, name in (("--partition", job.partition), ("--account", job.account)):
+        if name is not None and not NAME.fullmatch(name):
+            raise MedsftError(f"{flag} {name!r} is not a Slurm name", f"e.g. {flag} gpu")
     return job
 
 

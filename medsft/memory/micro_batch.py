@@ -37,7 +37,7 @@ from medsft.errors import MedsftError
 if TYPE_CHECKING:
     from medsft.launch.detect import Launch
     from medsft.memory.model import Arch, Setup
-    from medsft.recipe.schema import ModelSection
+    from medsft.recipe.schema import ModelSection, Recipe
 
 DEFAULT_GLOBAL_BATCH = 128  # rows per optimizer step: HuatuoGPT-o1's SFT setting
 FALLBACK_MICRO_BATCH = 8  # no device to measure (CPU runs are not memory-bound the same way)
@@ -119,7 +119,7 @@ def largest_fitting(arch: Arch, setup: Setup, sizes: list[int], device: float
     return chosen, chosen_total, None, None
 
 
-def measured_memory(launch) -> Memory | None:
+def measured_memory(launch: Launch) -> Memory | None:
     """The device memory a training launch decides with (module docstring); None without CUDA."""
     if not launch.cuda:
         return None
@@ -164,7 +164,7 @@ def decide(request: BatchRequest, setup: Setup, model: ModelSection, launch: Lau
     fixed_accum = accumulation if isinstance(accumulation, int) else None
     auto = micro == "auto" or accumulation == "auto"
 
-    if not auto:  # numbers only: their product, checked against a stated global batch
+    if not auto and isinstance(micro, int):  # numbers only: their product, checked against a stated global batch
         if stated is None or fixed_accum is not None:
             accum = fixed_accum or 1
             if stated is not None and micro * accum * world != stated:
@@ -185,7 +185,8 @@ def decide(request: BatchRequest, setup: Setup, model: ModelSection, launch: Lau
                           f"choose a global batch that is a multiple of {world}", where)
     per_rank = rows // world if rows is not None else None
 
-    if micro != "auto":  # a fixed micro-batch, accumulation auto
+    if isinstance(micro, int):  # a fixed micro-batch, accumulation auto
+        assert rows is not None and per_rank is not None  # no global batch only beside micro-batch auto
         if per_rank % micro:
             raise MedsftError(f"{global_from} = {rows} rows per optimizer step is not divisible by "
                               f"{procs} × per_device_train_batch_size {micro}",
@@ -205,8 +206,9 @@ def decide(request: BatchRequest, setup: Setup, model: ModelSection, launch: Lau
     else:
         sizes = divisors(per_rank)
 
-    def choice(m: int, how: str, **measures) -> BatchChoice:
+    def choice(m: int, how: str, **measures: Any) -> BatchChoice:
         accum = fixed_accum if per_rank is None else per_rank // m
+        assert accum is not None  # no rows per step to divide only beside a fixed accumulation
         return BatchChoice(m, accum, world, True, global_from, how, **measures)
 
     if previous is not None and previous in sizes:
@@ -216,22 +218,26 @@ def decide(request: BatchRequest, setup: Setup, model: ModelSection, launch: Lau
     if memory is None:
         m = max(s for s in sizes if s <= FALLBACK_MICRO_BATCH) if min(sizes) <= FALLBACK_MICRO_BATCH else sizes[0]
         if notices is not None:
-            accum = fixed_accum if per_rank is None else per_rank // m
+            shown = fixed_accum if per_rank is None else per_rank // m
+            assert shown is not None
             notices.append(f"training.per_device_train_batch_size: auto → {m} (no GPU to measure: the fallback for "
-                           f"CPU runs): {m} × {accum} × {procs} = {m * accum * world} rows per optimizer step"
+                           f"CPU runs): {m} × {shown} × {procs} = {m * shown * world} rows per optimizer step"
                            f"{'' if per_rank is not None else '; set training.global_batch_size to keep the steps'}; "
                            "`medsft preflight RECIPE --gpu-memory SIZE` chooses for a GPU")
         return choice(m, "fallback: no GPU to measure")
     arch = architecture(model)
     chosen, total, next_size, next_total = largest_fitting(arch, setup, sizes, memory.bytes)
-    if chosen is None and fixed_accum is not None and per_rank is not None:
-        raise MedsftError(f"per_device_train_batch_size: auto with gradient_accumulation_steps {fixed_accum} cannot "
-                          f"keep {rows} rows per optimizer step over {procs}: micro-batch {sizes[0]} won't fit "
-                          f"({next_total / 2**30:.1f} GiB estimated, {FITS_SHARE:.0%} of {memory.bytes / 2**30:.1f} "
-                          f"GiB {memory.where} allowed)", "set gradient_accumulation_steps: auto (or remove it)", where)
     if chosen is None:
+        assert next_total is not None  # the first size was estimated and did not fit
+        if fixed_accum is not None and per_rank is not None:
+            raise MedsftError(f"per_device_train_batch_size: auto with gradient_accumulation_steps {fixed_accum} "
+                              f"cannot keep {rows} rows per optimizer step over {procs}: micro-batch {sizes[0]} won't "
+                              f"fit ({next_total / 2**30:.1f} GiB estimated, {FITS_SHARE:.0%} of "
+                              f"{memory.bytes / 2**30:.1f} GiB {memory.where} allowed)",
+                              "set gradient_accumulation_steps: auto (or remove it)", where)
         raise nothing_fits(arch, setup, sizes[0], next_total, memory, fixed_accum, per_rank, where)
     if per_rank is None and notices is not None:
+        assert fixed_accum is not None
         notices.append(f"training.per_device_train_batch_size: auto with gradient_accumulation_steps {fixed_accum}: "
                        f"{chosen * fixed_accum * world} rows per optimizer step; set training.global_batch_size to "
                        "keep the same steps on every device")
@@ -246,6 +252,7 @@ def nothing_fits(arch: Arch, setup: Setup, smallest: int, total: float, memory: 
 
     s = setup.replace(micro_batch=smallest)
     accum = fixed_accum if per_rank is None else per_rank // smallest
+    assert accum is not None
     tips = [t for t in suggestions(arch, s, memory.bytes, accum) if "per_device_train_batch_size" not in " ".join(t[1])]
     fix = "; ".join(f"{label}: {' '.join('--set ' + o if '=' in o else o for o in overrides)}"
                     for label, overrides, _ in tips) or "use more GPUs with ZeRO-3 / FSDP2, or a smaller model"
@@ -254,7 +261,7 @@ def nothing_fits(arch: Arch, setup: Setup, smallest: int, total: float, memory: 
                        f"{memory.where} allowed)", fix, where)
 
 
-def recorded_recipe(recipe, batch: dict | None) -> dict:
+def recorded_recipe(recipe: Recipe, batch: dict[str, Any] | None) -> dict[str, Any]:
     """The recipe as saved beside the adapter: `auto` replaced by the values this run trained with, so
     training from the saved recipe again reproduces the batches (on another number of processes the three
     numbers disagree, and the recipe is refused with the fix, rather than training other steps)."""

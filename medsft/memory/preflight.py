@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from medsft.errors import MedsftError
 from medsft.memory.model import Arch, Estimate, GiB, Setup, estimate
@@ -67,14 +68,15 @@ def parse_size(text: str) -> float:
     return float(m.group(1)) * scale
 
 
-CHANGES = [  # (label, --set overrides, Setup changes): each candidate is re-estimated and ranked by effect
+# (label, --set overrides, Setup changes): each candidate is re-estimated and ranked by effect
+CHANGES: list[tuple[str, list[str], dict[str, Any]]] = [
     ("turn activation checkpointing on", ["training.activation_checkpointing=true"], dict(checkpointing=True)),
     ("4-bit NF4 quantization", ["quantization.bits=4"], dict(bits=4)),
     ("LoRA dropout 0 (no copy of each adapter's input)", ["lora.dropout=0"], dict(dropout=0.0)),
 ]
 
 
-def candidates(s: Setup, gradient_accumulation: int):
+def candidates(s: Setup, gradient_accumulation: int) -> Iterator[tuple[str, list[str], dict[str, Any]]]:
     yield from CHANGES
     mb = s.micro_batch
     while mb > 1:
@@ -140,7 +142,8 @@ class Preflight:
     device: float
     where: str
     verdict: str
-    tips: list = field(default_factory=list)  # (label, overrides, total bytes) when it won't fit
+    # (label, overrides, total bytes) when it won't fit
+    tips: list[tuple[str, list[str], float]] = field(default_factory=list)
     batch: BatchChoice | None = None  # how the micro-batch was chosen
 
 

@@ -28,6 +28,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from medsft.errors import MedsftError, did_you_mean
 
@@ -114,7 +115,8 @@ def render_problem(text: str) -> str | None:
     probe = PROBE
     for probe in (PROBE, PROBE[1:]):
         try:
-            rendered, _ = render_jinja_template([probe], chat_template=text, add_generation_prompt=True,
+            # transformers annotates it `-> str`; it returns (rendered conversations, generation indices)
+            rendered, _ = render_jinja_template([probe], chat_template=text, add_generation_prompt=True,  # type: ignore[str-unpack]
                                                 bos_token="", eos_token="")
             break
         except Exception as err:  # jinja2 raises many types (syntax, undefined, raise_exception)
@@ -131,7 +133,7 @@ def template_text(value: str) -> str:
     return NAMED[value].plain() if value in NAMED else read_template(value)
 
 
-def apply(tokenizer, value: str) -> list[str]:
+def apply(tokenizer: Any, value: str) -> list[str]:
     """Give `tokenizer` the recipe's template; a named one also gets the special tokens it writes, its
     end-of-turn token as eos, and a bos when it uses one. Returns the tokens added to the vocabulary."""
     from tokenizers import AddedToken
@@ -151,7 +153,7 @@ def apply(tokenizer, value: str) -> list[str]:
     return added
 
 
-def stop_token(tokenizer, value: str) -> str:
+def stop_token(tokenizer: Any, value: str) -> str:
     """The token a template file ends an assistant turn with, which becomes eos (generation stops on it, as on
     a named template's end-of-turn). It must be one special or added token of the vocabulary: a marker the
     vocabulary lacks (`<|eot_id|>` written for a ChatML tokenizer) is tokenized as plain pieces and eos never
@@ -175,14 +177,16 @@ def stop_token(tokenizer, value: str) -> str:
     whole = set(tokenizer.all_special_ids) | set(tokenizer.get_added_vocab().values())
     if ids and ids[0] in whole:
         return tokenizer.convert_ids_to_tokens(ids[0])
-    marker = re.match(r"<[^<>\s]+>|\S+", after).group(0)
+    found = re.match(r"<[^<>\s]+>|\S+", after)
+    assert found is not None  # `after` is stripped and not empty
+    marker = found.group(0)
     pieces = len(tokenizer(marker, add_special_tokens=False)["input_ids"])
     raise MedsftError(f"{value!r} ends an assistant turn with {marker!r}, which is not a token "
                       f"of this vocabulary (it is read as {pieces} plain tokens, and no stop token follows the "
                       "answer: the model would never learn to stop)", fix, "model.chat_template")
 
 
-def template_token_ids(tokenizer) -> list[int]:
+def template_token_ids(tokenizer: Any) -> list[int]:
     """Ids of the added/special tokens the tokenizer's template writes (PROBE rendered), sorted."""
     try:
         ids = tokenizer.apply_chat_template(PROBE, add_generation_prompt=True, tokenize=True, return_dict=True)
@@ -192,7 +196,7 @@ def template_token_ids(tokenizer) -> list[int]:
     return sorted({i for i in ids["input_ids"] if i in added})
 
 
-def renders_like(tokenizer, text: str) -> bool:
+def renders_like(tokenizer: Any, text: str) -> bool:
     """The tokenizer's own template writes exactly what `text` writes (conversations with and without a
     system turn, with and without a generation prompt)."""
     for messages in (PROBE, PROBE[1:], PROBE[1:3]):
@@ -208,7 +212,7 @@ def renders_like(tokenizer, text: str) -> bool:
     return True
 
 
-def training_template(tokenizer, where: str = "model.chat_template") -> str | None:
+def training_template(tokenizer: Any, where: str = "model.chat_template") -> str | None:
     """The template to tokenize conversations with for assistant-only loss (None: the tokenizer's own has
     `{% generation %}` markers). Raises MedsftError when there is none or it leaves the end-of-turn untrained."""
     from medsft.upstream import get_training_chat_template, has_generation_markers, is_stop_token_trained

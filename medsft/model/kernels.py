@@ -18,6 +18,7 @@ that works without them. `model.kernels` in the recipe says what the user wants:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 LIGER_HINT = "pip install 'medsft[kernels]' (liger-kernel)"
 
@@ -58,7 +59,7 @@ def detect(requested: str, cuda: bool) -> KernelChoice:
                   hub_hint=f"pip install 'kernels>={KERNELS_MIN_VERSION},<{KERNELS_MAX_VERSION}'")
 
 
-def apply(chosen: str, model) -> tuple[str, str | None]:
+def apply(chosen: str, model: Any) -> tuple[str, str | None]:
     """What the loaded model runs with, and a notice when a kernel asked for could not be had. Hub kernels are
     applied here, for training (a model comes out of from_pretrained in eval mode, and inference kernels need not
     have a backward); one that cannot be fetched (offline, no cache) leaves the model as it was. Liger is applied

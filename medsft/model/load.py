@@ -17,6 +17,8 @@ from medsft.errors import MedsftError
 from medsft.model.builtin.tiny_model import builtin_model_dir, is_builtin
 
 if TYPE_CHECKING:
+    from transformers import BitsAndBytesConfig
+
     from medsft.launch.placement import Placement
     from medsft.model.attention import Choice
     from medsft.recipe.schema import ModelSection, QuantizationSection
@@ -46,7 +48,7 @@ def offline_error(name: str, err: Exception) -> MedsftError:
                        ways_in(name, "model", "model.name"), "model.name")
 
 
-def ready_tokenizer(tok, name: str):
+def ready_tokenizer(tok: Any, name: str) -> Any:
     """The rules every medsft tokenizer follows: a chat template, and a pad token.
 
     pad = eos is safe because TRL masks labels by position, not by pad id: the closing end-of-turn token
@@ -60,7 +62,7 @@ def ready_tokenizer(tok, name: str):
     return tok
 
 
-def load_tokenizer(model_cfg):
+def load_tokenizer(model_cfg: ModelSection) -> Any:
     from transformers import AutoTokenizer
 
     try:
@@ -75,7 +77,7 @@ def load_tokenizer(model_cfg):
     return ready_tokenizer(tok, model_cfg.name)
 
 
-def fit_embeddings(model, tokenizer, *, training: bool = True) -> int:
+def fit_embeddings(model: Any, tokenizer: Any, *, training: bool = True) -> int:
     """Grow the embedding matrix (and an untied output layer) to hold every token of the tokenizer; returns the
     rows added. Only when the vocabulary outgrew it: most models keep spare rows (Qwen: 151936 for 151669
     tokens), and a matrix is never shrunk. New rows start at the mean embedding in training (transformers'
@@ -92,7 +94,7 @@ def fit_embeddings(model, tokenizer, *, training: bool = True) -> int:
     return len(tokenizer) - rows
 
 
-def trainable_tokens(model, tokenizer, model_cfg) -> dict[str, list[int]] | None:
+def trainable_tokens(model: Any, tokenizer: Any, model_cfg: ModelSection) -> dict[str, list[int]] | None:
     """PEFT `trainable_token_indices` for a run with `model.chat_template`: the rows of the tokens the template
     writes, in the input embedding and, when it is not tied to it, in the output layer. A base model never
     trained them (new, or reserved like Llama 3's `<|eot_id|>`); LoRA alone would leave them as they are.
@@ -113,7 +115,7 @@ def trainable_tokens(model, tokenizer, model_cfg) -> dict[str, list[int]] | None
     return out
 
 
-def quantization_config(q, quant_storage: str, model_dtype: str):
+def quantization_config(q: QuantizationSection, quant_storage: str, model_dtype: str) -> BitsAndBytesConfig | None:
     import torch
     from transformers import BitsAndBytesConfig
 

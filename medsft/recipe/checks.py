@@ -6,23 +6,26 @@ rule carries its own message, optionally followed by " — fix".
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
 
 from medsft.paths import user_path
 
+V = TypeVar("V")
 
-def rule(test, text: str):
+
+def rule(test: Callable[[Any], bool], text: str) -> AfterValidator:
     """A value check whose failure message is ours ("must be …", optionally "— fix")."""
-    def check(value):
+    def check(value: V) -> V:
         if value is not None and not test(value):
             raise ValueError(text)
         return value
     return AfterValidator(check)
 
 
-def no_bool(value):
+def no_bool(value: V) -> V:
     if isinstance(value, bool):
         raise ValueError("must be a number, not true/false")
     return value

@@ -125,8 +125,8 @@ def check_conversation_keys(d: DataSection, where: str) -> None:
         return
     for key in ("roles", "messages_column"):
         if getattr(d, key) is not None:
-            fmt = f"data.format is {entries[0][1]}" if len(entries) == 1 else "no source has format: messages"
-            raise MedsftError(f"data.{key} is set but {fmt}, and only conversations read it",
+            formats = f"data.format is {entries[0][1]}" if len(entries) == 1 else "no source has format: messages"
+            raise MedsftError(f"data.{key} is set but {formats}, and only conversations read it",
                               f"set data.format: messages (or remove data.{key})", where)
 
 

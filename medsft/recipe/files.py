@@ -20,13 +20,13 @@ from medsft.recipe.schema import SECTIONS, Recipe, build
 
 NOTEBOOK_TARGETS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"]
 # The notebook's flat config.yaml: key -> (section.key, how the notebook read the value)
-NOTEBOOK_KEYS = {
+NOTEBOOK_KEYS: dict[str, tuple[str, type | None]] = {
     "base_model_name": ("model.name", str), "adapter_dir_prefix": ("output.adapter_dir", str),
     "lora_rank": ("lora.rank", None), "lora_alpha": ("lora.alpha", None),
     "batch_size": ("training.per_device_train_batch_size", int), "epochs_to_train": ("training.num_train_epochs", int),
     "max_output_length": ("training.max_length", int),
 }
-NOTEBOOK_SETTINGS = {
+NOTEBOOK_SETTINGS: dict[str, dict[str, Any]] = {
     "lora": {"dropout": 0.05, "bias": "none", "target_modules": NOTEBOOK_TARGETS},
     "training": {
         "learning_rate": 2e-5, "gradient_accumulation_steps": 4, "logging_steps": 50, "save_strategy": "steps",
@@ -63,7 +63,7 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     return recipe
 
 
-def check_output_paths(recipe) -> None:
+def check_output_paths(recipe: Recipe) -> None:
     """Where the run writes, checked before anything is loaded."""
     from medsft.io.outputs import check_writable_dir
 
@@ -80,8 +80,8 @@ class UniqueKeyLoader(yaml.SafeLoader):
     """SafeLoader that refuses a key given twice in one mapping (YAML would keep the last silently). Merge keys
     (`<<: *defaults`) stay YAML's: a key written beside them overrides the merged one, as intended."""
 
-    def construct_mapping(self, node, deep=False):
-        seen = {}
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
         for key_node, _ in node.value:
             if key_node.tag == MERGE_TAG:
                 continue
@@ -93,7 +93,7 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def expanded_size(node, sizes: dict | None = None) -> int:
+def expanded_size(node: Any, sizes: dict[int, int] | None = None) -> int:
     """How many nodes `node` stands for once every alias is expanded (each shared node counted once per use)."""
     sizes = {} if sizes is None else sizes
     if id(node) not in sizes:
@@ -103,7 +103,7 @@ def expanded_size(node, sizes: dict | None = None) -> int:
     return sizes[id(node)]
 
 
-def load_yaml(text: str):
+def load_yaml(text: str) -> Any:
     """YAML text as Python values (safe types only, duplicate keys refused); aliases that would expand past
     MAX_NODES are refused before anything is built from them."""
     loader = UniqueKeyLoader(text)
@@ -119,7 +119,7 @@ def load_yaml(text: str):
         loader.dispose()
 
 
-def read_yaml(path) -> dict:
+def read_yaml(path: str | os.PathLike[str]) -> dict:
     p = Path(path)
     if not p.exists():
         raise MedsftError("recipe file not found", "check the path (recipes live in recipes/)", str(path))

@@ -26,12 +26,12 @@ from medsft.recipe.training_section import TRAINING_DEFAULTS, TRAINING_OWNED, tr
 DType = Literal["bfloat16", "float16", "float32"]
 
 
-def device_map_ok(value) -> bool:
+def device_map_ok(value: object) -> bool:
     return (value in ("auto", "balanced", "balanced_low_0", "sequential", "cpu") or isinstance(value, int)
             or (isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, (int, str)) for k, v in value.items())))
 
 
-def targets_ok(value) -> bool:
+def targets_ok(value: object) -> bool:
     return value == "all-linear" or (isinstance(value, list) and bool(value)
                                      and all(isinstance(x, str) and x.strip() for x in value))
 
@@ -97,8 +97,8 @@ class OutputSection(Section):
     adapter_dir: PathText | None = Field(None, description="where the final adapter goes instead of <dir>/adapter")
 
 
-SECTIONS = {"model": ModelSection, "quantization": QuantizationSection, "lora": LoraSection, "data": DataSection,
-            "evaluation": EvaluationSection, "output": OutputSection}
+SECTIONS: dict[str, type[Section]] = {"model": ModelSection, "quantization": QuantizationSection, "lora": LoraSection,
+                                      "data": DataSection, "evaluation": EvaluationSection, "output": OutputSection}
 
 class Recipe(Section):
     model: ModelSection = ModelSection()

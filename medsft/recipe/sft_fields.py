@@ -83,7 +83,8 @@ def kinds_of(node: ast.AST, module: str) -> tuple[set[str], bool, tuple[str, ...
         base = node.value.id if isinstance(node.value, ast.Name) else getattr(node.value, "attr", "")
         if base in ("Optional", "Union"):
             elts = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
-            out, opt, ch = set(), base == "Optional", None
+            out: set[str] = set()
+            opt, ch = base == "Optional", None
             for elt in elts:
                 k, o, c = kinds_of(elt, module)
                 out, opt, ch = out | k, opt or o, ch or c
@@ -96,7 +97,7 @@ def kinds_of(node: ast.AST, module: str) -> tuple[set[str], bool, tuple[str, ...
     return ({"str"}, False, choices) if choices else ({"any"}, name == "Any", None)
 
 
-def declared_choices(call: ast.AST) -> tuple[str, ...] | None:
+def declared_choices(call: ast.AST | None) -> tuple[str, ...] | None:
     """`field(metadata={"choices": [...]})` → the choices."""
     if not isinstance(call, ast.Call):
         return None
@@ -104,7 +105,8 @@ def declared_choices(call: ast.AST) -> tuple[str, ...] | None:
         if kw.arg == "metadata" and isinstance(kw.value, ast.Dict):
             for key, value in zip(kw.value.keys, kw.value.values):
                 if isinstance(key, ast.Constant) and key.value == "choices" and isinstance(value, (ast.List, ast.Tuple)):
-                    return tuple(e.value for e in value.elts if isinstance(e, ast.Constant))
+                    return tuple(e.value for e in value.elts
+                                 if isinstance(e, ast.Constant) and isinstance(e.value, str))
     return None
 
 

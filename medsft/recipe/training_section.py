@@ -9,13 +9,22 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Union
 
-from pydantic import BeforeValidator, ConfigDict, PlainSerializer, ValidationError, WrapValidator, create_model
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    PlainSerializer,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    create_model,
+)
 
 from medsft.recipe.checks import Float, Int, rule
 from medsft.recipe.sft_fields import FieldSpec, sft_config_fields
 
 # Defaults medsft applies on top of SFTConfig's own, unless the recipe sets them.
-TRAINING_DEFAULTS = {
+TRAINING_DEFAULTS: dict[str, Any] = {
     "loss_type": "dft", "completion_only_loss": True, "padding_free": True, "eval_strategy": "steps",
     "eval_steps": 100, "save_strategy": "steps", "save_steps": 100, "logging_steps": 10, "report_to": "none",
     "max_length": 2048,
@@ -38,19 +47,19 @@ NON_NEGATIVE = {"dataloader_num_workers", "warmup_steps", "weight_decay", "max_g
 AUTO = {"per_device_train_batch_size", "gradient_accumulation_steps"}
 # training keys medsft adds (not SFTConfig fields): rows per optimizer step, kept by accumulation.
 MEDSFT_KEYS = {"global_batch_size"}
-TYPES = {"bool": bool, "int": Int, "float": Float, "str": str, "dict": dict, "list": list}
+TYPES: dict[str, Any] = {"bool": bool, "int": Int, "float": Float, "str": str, "dict": dict, "list": list}
 
 
-def field_type(name: str, field_spec: FieldSpec):
+def field_type(name: str, field_spec: FieldSpec) -> tuple[Any, None]:
     kinds = [TYPES[k] for k in sorted(field_spec.kinds) if k in TYPES]
     base = Any if "any" in field_spec.kinds or not kinds else kinds[0] if len(kinds) == 1 else \
         Union[tuple(kinds)]  # noqa: UP007 (a union built from a list of types)
-    checks = []
+    checks: list[Any] = []  # pydantic's validators and serializers, in order
     if field_spec.choices:
         no = "no" in field_spec.choices  # YAML 1.1 reads a bare `no` as false
         checks.append(BeforeValidator(lambda v, no=no: "no" if v is False and no else v))
-        checks.append(rule(lambda v, c=field_spec.choices: not isinstance(v, str) or v in c,
-                           f"must be one of {', '.join(field_spec.choices)}"))
+        choices = field_spec.choices  # bound here, for this field
+        checks.append(rule(lambda v: not isinstance(v, str) or v in choices, f"must be one of {', '.join(choices)}"))
     if name in AUTO:
         checks.append(WrapValidator(auto_or_int))
         checks.append(PlainSerializer(lambda v: v, return_type=Any))
@@ -62,7 +71,7 @@ def field_type(name: str, field_spec: FieldSpec):
             else (base | None) if field_spec.optional else base), None
 
 
-def auto_or_int(value, handler):
+def auto_or_int(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
     if value == "auto":
         return value
     try:
@@ -76,13 +85,13 @@ def auto_or_int(value, handler):
 
 GLOBAL_BATCH = Annotated[Int | None, rule(lambda v: v > 0, "must be a positive integer — rows per optimizer step, "
                                           "e.g. 128")]
-_TRAINING_MODEL = None
+_TRAINING_MODEL: type[BaseModel] | None = None
 
 
-def training_model():
+def training_model() -> type[BaseModel]:
     global _TRAINING_MODEL
     if _TRAINING_MODEL is None:
-        fields = {k: field_type(k, v) for k, v in sft_config_fields().items() if k not in TRAINING_OWNED}
+        fields: dict[str, Any] = {k: field_type(k, v) for k, v in sft_config_fields().items() if k not in TRAINING_OWNED}
         fields["global_batch_size"] = (GLOBAL_BATCH, None)
         _TRAINING_MODEL = create_model("training", __config__=ConfigDict(extra="forbid", allow_inf_nan=False),
                                        **fields)

@@ -9,13 +9,21 @@ Like torchtune's recipes, setup is a fixed series of stages, each a plain functi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medsft.console import notice
 from medsft.data.cache import PreparedData
 from medsft.errors import MedsftError
+
+if TYPE_CHECKING:
+    from datasets import DatasetDict
+    from peft import LoraConfig
+    from trl import SFTConfig
+
+    from medsft.recipe.schema import Recipe
+    from medsft.train.runspec import RunSpec
 
 STAGES = ("tokenizer", "data", "model", "trainer")
 
@@ -24,7 +32,7 @@ STAGES = ("tokenizer", "data", "model", "trainer")
 class Assembly:
     """What the stages built, so far as they ran (later stages' fields stay None)."""
 
-    spec: Any
+    spec: RunSpec
     tokenizer: Any = None
     data: PreparedData | None = None  # the tokenized splits as the trainer receives them, and their account
     cache_lines_by_rank: list[list[str]] = field(default_factory=list)  # every rank's (the manifest records them)
@@ -36,24 +44,26 @@ class Assembly:
     trainer: Any = None
 
 
-def lora_config(recipe, trainable_tokens: dict | None = None):
+def lora_config(recipe: Recipe, trainable_tokens: dict[str, list[int]] | None = None) -> LoraConfig:
     """LoRA as the recipe says; `trainable_tokens` (medsft/model/load.py) also trains the rows of a chat template's
     tokens (PEFT's trainable_token_indices: only those rows, saved in the adapter)."""
     from peft import LoraConfig
 
     lo = recipe.lora
-    return LoraConfig(r=lo.rank, lora_alpha=lo.alpha, lora_dropout=lo.dropout, bias=lo.bias,
+    # PEFT annotates lora_alpha `int`; it only divides by it (scaling = alpha / r), and a recipe's may be 16.5
+    return LoraConfig(r=lo.rank, lora_alpha=lo.alpha, lora_dropout=lo.dropout, bias=lo.bias,  # type: ignore[arg-type]
                       target_modules=lo.target_modules, task_type="CAUSAL_LM",
                       trainable_token_indices=trainable_tokens)
 
 
-def load_tokenizer(spec):
+def load_tokenizer(spec: RunSpec) -> Any:
     from medsft.model import load as model_mod
 
     return model_mod.load_tokenizer(spec.recipe.model)
 
 
-def prepare_data(spec, tokenizer, into: Assembly | None = None, report: Callable[[str], None] | None = None) -> Assembly:
+def prepare_data(spec: RunSpec, tokenizer: Any, into: Assembly | None = None,
+                 report: Callable[[str], None] | None = None) -> Assembly:
     """Rows loaded, checked, split and tokenized with long rows dropped, through the shared cache
     (medsft/data/cache.py: the main process prepares, the others load). `report` receives each cache line
     as it happens (they are kept in `data.cache_lines` either way)."""
@@ -66,7 +76,7 @@ def prepare_data(spec, tokenizer, into: Assembly | None = None, report: Callable
     return run
 
 
-def prepare_model(spec, tokenizer, into: Assembly | None = None) -> Assembly:
+def prepare_model(spec: RunSpec, tokenizer: Any, into: Assembly | None = None) -> Assembly:
     """The base model as this run trains it: loaded quantized and placed with the run's attention, the
     embedding matrix grown for a chat template's new tokens, bitsandbytes' CPU inference layout kept away
     (evaluation inside training must not repack trained 4-bit weights), and the run's kernels applied."""
@@ -85,7 +95,8 @@ def prepare_model(spec, tokenizer, into: Assembly | None = None) -> Assembly:
     return run
 
 
-def make_trainer(spec, args, model, tokenizer, prepared, eval_questions=()):
+def make_trainer(spec: RunSpec, args: SFTConfig, model: Any, tokenizer: Any, prepared: DatasetDict,
+                 eval_questions: Sequence[str] = ()) -> Any:
     """medsft's SFTTrainer (medsft/train/trainer.py) with LoRA, medsft's progress view, metrics file, identity
     check and, when asked, generation metrics; TRL's tqdm and printer callbacks removed."""
     from transformers.trainer_callback import PrinterCallback
@@ -99,6 +110,7 @@ def make_trainer(spec, args, model, tokenizer, prepared, eval_questions=()):
 
     recipe = spec.recipe
     eval_ds = prepared["validation"] if args.eval_strategy != "no" and len(prepared["validation"]) else None
+    trainer: Any  # medsft's SFTTrainer (train/trainer.py), with the rows_seen it records
     try:
         trainer = trainer_class()(model=model, args=args, train_dataset=prepared["train"], eval_dataset=eval_ds,
                                   processing_class=tokenizer, peft_config=lora_config(
@@ -126,8 +138,8 @@ def make_trainer(spec, args, model, tokenizer, prepared, eval_questions=()):
     return trainer
 
 
-def build(spec, *, stop_after: str = "trainer", args=None, report: Callable[[str], None] | None = None,
-          after_data: Callable[[Assembly], None] | None = None) -> Assembly:
+def build(spec: RunSpec, *, stop_after: str = "trainer", args: SFTConfig | None = None,
+          report: Callable[[str], None] | None = None, after_data: Callable[[Assembly], None] | None = None) -> Assembly:
     """Every stage up to and including `stop_after` (one of STAGES), in order. `args`: the SFTConfig when the
     caller made it already (`medsft train` does, before its preflight gate: it sets up the distributed
     state); otherwise it is made first, as there, when the trainer stage runs. `after_data(assembly)` runs

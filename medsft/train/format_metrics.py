@@ -8,19 +8,28 @@ process only; skipped when parameters are sharded (generating would need every r
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from transformers import TrainerCallback
 
 from medsft.console import is_main
 from medsft.data.formats import format_metrics
 from medsft.evaluation.generate import Settings, generate_batch
 
+if TYPE_CHECKING:
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from medsft.recipe.data_section import DataSection
+
 
 class GenerationEvalCallback(TrainerCallback):
-    def __init__(self, trainer, questions: list[str], tokenizer, max_new_tokens: int, data_section):
+    def __init__(self, trainer: Any, questions: list[str], tokenizer: Any, max_new_tokens: int,
+                 data_section: DataSection) -> None:
         self.trainer, self.questions, self.tokenizer = trainer, questions, tokenizer
         self.max_new_tokens, self.data = max_new_tokens, data_section
 
-    def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
+    def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any = None,
+                    metrics: dict[str, float] | None = None, **kwargs: Any) -> None:
         if not is_main() or not self.questions or model is None:
             return
         was_training = model.training

@@ -11,9 +11,17 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from datasets import Dataset, DatasetDict
+    from rich.table import Table
+
+    from medsft.data.load import DropReport
+    from medsft.recipe.schema import Recipe
 
 
-def spans(input_ids: list[int], labels: list[int]):
+def spans(input_ids: list[int], labels: list[int]) -> list[tuple[bool, list[int]]]:
     """Consecutive runs of (trained?, token ids)."""
     runs: list[tuple[bool, list[int]]] = []
     for tok, lab in zip(input_ids, labels):
@@ -25,7 +33,7 @@ def spans(input_ids: list[int], labels: list[int]):
     return runs
 
 
-def show(recipe, *, limit: int | None, split: str, as_json: bool) -> None:
+def show(recipe: Recipe, *, limit: int | None, split: str, as_json: bool) -> None:
     from rich.table import Table
     from rich.text import Text
 
@@ -41,6 +49,7 @@ def show(recipe, *, limit: int | None, split: str, as_json: bool) -> None:
     # the data stage of `medsft train`'s own assembly: the same prepared (and cached) splits, shown here
     built = assembly.build(spec, stop_after="data", report=lambda m: console.print(m, markup=False))
     tokenizer, stage = built.tokenizer, built.data
+    assert stage is not None  # the data stage ran
     report, prepared, stats, dropped = stage.report, stage.prepared, stage.stats, stage.dropped
     ds = prepared[split]
 
@@ -86,11 +95,11 @@ def show(recipe, *, limit: int | None, split: str, as_json: bool) -> None:
         console.print(text)
 
 
-def example_rows(ds, report, n: int) -> list[int]:
+def example_rows(ds: Dataset, report: DropReport, n: int) -> list[int]:
     """Positions of the examples to show: the first of each source (a mixture shows every source and format),
     then the first rows in order, `n` in all."""
     ids = list(ds["row_id"]) if len(ds) else []
-    first = {}
+    first: dict[str, int] = {}  # source name -> the position of its first row
     for pos, row_id in enumerate(ids):
         first.setdefault(report.source_of(row_id), pos)
     picks = list(first.values())[:n] if len(report.sources) > 1 else []
@@ -98,7 +107,7 @@ def example_rows(ds, report, n: int) -> list[int]:
     return sorted(picks)
 
 
-def source_table(report, prepared):
+def source_table(report: DropReport, prepared: DatasetDict) -> Table:
     """Rows read, kept, and examples per split for each source of a mixture."""
     from rich.table import Table
 

@@ -15,20 +15,27 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
 
 from medsft.console import notice
+
+if TYPE_CHECKING:
+    from types import FrameType
+
+    from transformers import TrainerControl, TrainerState, TrainingArguments
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again later" — the sbatch scripts requeue on it
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 class PreemptionCallback(TrainerCallback):
-    def __init__(self):
+    def __init__(self) -> None:
         self.requested = False
         self.stopped_for_signal = False
-        self._previous = {}
+        self._previous: dict[signal.Signals, Callable[[int, FrameType | None], Any] | int | None] = {}
 
     def install(self) -> PreemptionCallback:
         for sig in SIGNALS:
@@ -39,14 +46,15 @@ class PreemptionCallback(TrainerCallback):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
-    def _handle(self, signum, frame):
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.requested:  # second signal: stop now
             print(f"medsft: second {signal.Signals(signum).name}: exiting now", file=sys.stderr, flush=True)
             os._exit(128 + signum)
         self.requested = True
         notice(f"{signal.Signals(signum).name} received: checkpointing after this step")
 
-    def on_step_end(self, args, state, control, **kwargs):
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    **kwargs: Any) -> TrainerControl:
         if self._any_rank_requested():
             control.should_save = True
             control.should_training_stop = True

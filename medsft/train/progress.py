@@ -12,11 +12,21 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
 
 from medsft.console import is_main, rich_console
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from rich.console import Console
+    from rich.live import Live
+    from rich.table import Table
+    from rich.text import Text
+    from transformers import TrainerControl, TrainerState, TrainingArguments
 
 
 def human_bytes(n: float) -> str:
@@ -50,16 +60,17 @@ EVAL_SHOWN = {"eval_loss": ("eval nll", "{:.4f}"), "eval_perplexity": ("ppl", "{
 class ProgressCallback(TrainerCallback):
     """Rich view on a terminal, plain lines otherwise; main process only."""
 
-    def __init__(self, console=None):
+    def __init__(self, console: Console | None = None) -> None:
         self.console = console or rich_console()
-        self.live = None
-        self.last = {}
-        self.start = None
-        self.prev_tokens = None
-        self.prev_time = None
+        self.live: Live | None = None
+        self.last: dict[str, float] = {}
+        self.start: float | None = None
+        self.prev_tokens: float | None = None
+        self.prev_time: float | None = None
 
     # --- state
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                       **kwargs: Any) -> None:
         if not is_main():
             return
         self.start = time.monotonic()
@@ -70,17 +81,20 @@ class ProgressCallback(TrainerCallback):
             self.live = Live(self.render(state), console=self.console, refresh_per_second=4, transient=False)
             self.live.start()
 
-    def on_step_end(self, args, state, control, **kwargs):
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    **kwargs: Any) -> None:
         if self.live is not None:
             self.live.update(self.render(state))
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+               logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         if not is_main() or not logs:
             return
         now = time.monotonic()
         if "num_tokens" in logs and "loss" in logs:
             tokens = float(logs["num_tokens"])
-            if self.prev_tokens is not None and now > self.prev_time and tokens >= self.prev_tokens:
+            if self.prev_tokens is not None and self.prev_time is not None and now > self.prev_time \
+                    and tokens >= self.prev_tokens:
                 self.last["tokens/s"] = (tokens - self.prev_tokens) / (now - self.prev_time)
             self.prev_tokens, self.prev_time = tokens, now
         for key in ("loss", "eval_loss", "mean_token_accuracy", "eval_mean_token_accuracy", "learning_rate",
@@ -97,14 +111,15 @@ class ProgressCallback(TrainerCallback):
             self.console.print(self.line(self.eval_fields(state, only=logs)), markup=False, highlight=False,
                                soft_wrap=True)
 
-    def on_train_end(self, args, state, control, **kwargs):
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                     **kwargs: Any) -> None:
         if self.live is not None:
             self.live.update(self.render(state))
             self.live.stop()
             self.live = None
 
     # --- rendering
-    def eta(self, state) -> str:
+    def eta(self, state: TrainerState) -> str:
         done = state.global_step - getattr(self, "first_step", 0)
         if not self.start or done <= 0 or not state.max_steps:
             return "?"
@@ -115,7 +130,7 @@ class ProgressCallback(TrainerCallback):
         """(label, formatted value) for each of `shown` ({key: (label, format)}) that has been logged."""
         return [(label, pattern.format(self.last[key])) for key, (label, pattern) in shown.items() if key in self.last]
 
-    def train_fields(self, state) -> list[tuple[str, str]]:
+    def train_fields(self, state: TrainerState) -> list[tuple[str, str]]:
         out = [("step", f"{state.global_step}/{state.max_steps}"), ("epoch", f"{state.epoch or 0:.2f}"),
                ("eta", self.eta(state))]
         out += self.pairs({"loss": ("loss", "{:.4f}"), "mean_token_accuracy": ("acc", "{:.3f}"),
@@ -126,7 +141,7 @@ class ProgressCallback(TrainerCallback):
                 out.append((label, human_bytes(self.last[label])))
         return out
 
-    def eval_fields(self, state, only=None) -> list[tuple[str, str]]:
+    def eval_fields(self, state: TrainerState, only: Mapping[str, Any] | None = None) -> list[tuple[str, str]]:
         shown = self.pairs({k: v for k, v in EVAL_SHOWN.items() if only is None or k in only})
         return [("eval at step", str(state.global_step)), *shown] if shown else []
 
@@ -134,7 +149,7 @@ class ProgressCallback(TrainerCallback):
     def line(fields: list[tuple[str, str]]) -> str:
         return " | ".join(f"{k} {val}" for k, val in fields)
 
-    def render(self, state):
+    def render(self, state: TrainerState) -> Table:
         """The live view: a bar, the training figures, then the last evaluation's, each figure labelled and each
         line cut to the terminal's width (what does not fit is left out whole, never wrapped)."""
         from rich.progress_bar import ProgressBar
@@ -143,7 +158,7 @@ class ProgressCallback(TrainerCallback):
 
         width = max(20, self.console.width)
 
-        def fitted(fields):
+        def fitted(fields: list[tuple[str, str]]) -> Text:
             text = Text(no_wrap=True, overflow="crop")
             for i, (label, value) in enumerate(fields):
                 piece = ("  " if i else "") + f"{label} {value}"
@@ -165,10 +180,11 @@ class ProgressCallback(TrainerCallback):
 class MetricsFileCallback(TrainerCallback):
     """Appends every log event to <output_dir>/metrics.jsonl and draws loss.png at the end."""
 
-    def __init__(self, output_dir: str):
+    def __init__(self, output_dir: str) -> None:
         self.path = Path(output_dir) / "metrics.jsonl"
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+               logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         if not is_main() or not logs:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -176,7 +192,8 @@ class MetricsFileCallback(TrainerCallback):
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
 
-    def on_train_end(self, args, state, control, **kwargs):
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                     **kwargs: Any) -> None:
         if is_main() and self.path.exists():
             plot_losses(self.path, self.path.with_name("loss.png"))
 
@@ -185,14 +202,16 @@ class IdentityCallback(TrainerCallback):
     """Writes the run's identity into every checkpoint it saves, so a resume can tell a checkpoint of another
     recipe from its own (medsft/io/checkpoints.py)."""
 
-    def __init__(self, identity: dict):
+    def __init__(self, identity: dict) -> None:
         self.identity = identity
 
-    def on_save(self, args, state, control, **kwargs):
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                **kwargs: Any) -> None:
         from medsft.io.checkpoints import IDENTITY
         from medsft.io.outputs import write_json
 
-        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        # TrainingArguments annotates output_dir `str | None`; its __post_init__ always sets one
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"  # type: ignore[arg-type]
         if is_main() and checkpoint.is_dir():
             write_json(checkpoint / IDENTITY, self.identity)
 
@@ -200,10 +219,11 @@ class IdentityCallback(TrainerCallback):
 class StartedOverCallback(TrainerCallback):
     """The set-aside run (`start_over`) goes once this run has a complete checkpoint of its own."""
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path) -> None:
         self.out = out
 
-    def on_save(self, args, state, control, **kwargs):
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                **kwargs: Any) -> None:
         from medsft.io.checkpoints import discard_aside, is_complete
 
         if is_main() and is_complete(self.out / f"checkpoint-{state.global_step}"):
@@ -239,7 +259,7 @@ PANELS = (  # (title, y label, the records' series)
 )
 
 
-def loss_figure(records: list[dict]):
+def loss_figure(records: list[dict]) -> Figure:
     """Six panels a paper would show, each quantity on its own labelled axis against the optimizer step: the
     training loss (DFT's can rise while the model improves), the eval NLL apart from it, token accuracy (train and
     eval), learning rate, tokens per second and the gradient norm. Markers only where there are few points, so

@@ -6,14 +6,24 @@ a plain call into the module that owns it (runspec; assembly for data → model 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from medsft.console import is_main, notice, say
 from medsft.errors import MedsftError
 from medsft.io.checkpoints import ASIDE, discard_aside, restore_aside, set_aside
 
+if TYPE_CHECKING:
+    from transformers import TrainerCallback
+    from trl import SFTTrainer
 
-def preflight_gate(spec, force: bool, gpu_memory: str | None = None) -> None:
+    from medsft.recipe.schema import Recipe
+    from medsft.train.assembly import Assembly
+    from medsft.train.runspec import RunSpec
+
+
+def preflight_gate(spec: RunSpec, force: bool, gpu_memory: str | None = None) -> None:
     """Before loading anything on a GPU: the main process estimates this launch (ZeRO-3, FSDP and offload
     included), every rank gets its verdict. `gpu_memory` replaces the measured free memory (tests)."""
     import torch.distributed as dist
@@ -21,7 +31,7 @@ def preflight_gate(spec, force: bool, gpu_memory: str | None = None) -> None:
     if not spec.launch.cuda and gpu_memory is None:
         say("preflight: skipped (no GPU; `medsft preflight RECIPE --gpu-memory SIZE` estimates one)")
         return
-    verdict = [None]
+    verdict: list[str | None] = [None]
     if is_main():
         try:
             report = spec.preflight(gpu_memory)
@@ -38,14 +48,14 @@ def preflight_gate(spec, force: bool, gpu_memory: str | None = None) -> None:
                           "apply one of the listed changes, or pass --force to try anyway", spec.recipe.source_file)
 
 
-def gather_lines(lines: list[str]) -> list[str]:
+def gather_lines(lines: list[str]) -> list[list[str]]:
     """Every rank's lines, on the main process (others print nothing)."""
     from accelerate.utils import gather_object
 
     return gather_object([lines])
 
 
-def check_paths(recipe) -> None:
+def check_paths(recipe: Recipe) -> None:
     """Where this run writes, before anything is loaded: only what medsft wrote may be written into or replaced."""
     from medsft.io.outputs import Write, check_writable
     from medsft.io.ownership import RunLock, check_ours, contains
@@ -66,7 +76,7 @@ def check_paths(recipe) -> None:
         raise err.at(where) from None
 
 
-def already_complete(spec) -> bool:
+def already_complete(spec: RunSpec) -> bool:
     """The same run finished before (same identity, adapter written): re-running it trains nothing. The same
     recipe on data whose bytes changed since is refused: that adapter was trained on other rows."""
     from medsft.io.checkpoints import changes
@@ -88,7 +98,8 @@ def already_complete(spec) -> bool:
     return False
 
 
-def run(recipe, resume: str = "auto", force: bool = False, callbacks=()):
+def run(recipe: Recipe, resume: str = "auto", force: bool = False,
+        callbacks: Iterable[TrainerCallback] = ()) -> SFTTrainer | None:
     """Train and save the adapter. Returns the trainer (tests inspect it), or None when already complete.
     `callbacks`: more TrainerCallbacks (benchmarks time and measure through them)."""
     from contextlib import nullcontext
@@ -117,12 +128,13 @@ def run(recipe, resume: str = "auto", force: bool = False, callbacks=()):
     checkpoint = resume_point(resume, recipe.output.dir, spec.identity(), notice)  # every rank reads the same files
     lock = RunLock(Path(recipe.output.dir)) if is_main() else nullcontext()
     with lock:
-        if getattr(lock, "taken_over", None) is not None:
+        if isinstance(lock, RunLock) and lock.taken_over is not None:
             notice(f"taking over {lock.path}: its process {lock.taken_over.get('pid')} is gone")
         return train(spec, checkpoint, resume, force, callbacks)
 
 
-def train(spec, checkpoint: str | None, resume: str, force: bool, callbacks=()):
+def train(spec: RunSpec, checkpoint: str | None, resume: str, force: bool,
+          callbacks: Iterable[TrainerCallback] = ()) -> SFTTrainer:
     from medsft.data.load import row_ids
     from medsft.io.outputs import manifest, write_json
     from medsft.io.ownership import mark
@@ -138,6 +150,7 @@ def train(spec, checkpoint: str | None, resume: str, force: bool, callbacks=()):
     preflight_gate(spec, force)
     built = assembly.build(spec, args=args, after_data=say_data)  # data → model → trainer
     tokenizer, data = built.tokenizer, built.data
+    assert data is not None  # the data stage ran
     prepared = data.prepared
     trainer, attn, added_rows, kernels_ran = built.trainer, built.attention, built.embedding_rows_added, built.kernels
     for callback in callbacks:
@@ -208,15 +221,16 @@ def train(spec, checkpoint: str | None, resume: str, force: bool, callbacks=()):
     return trainer
 
 
-def check_room(spec, trainer, train_rows: int) -> None:
+def check_room(spec: RunSpec, trainer: SFTTrainer, train_rows: int) -> None:
     """What this run will write, from the trained parameters it really has: the adapter, and the checkpoints kept
     at once (each: weights and AdamW's two moments, in float32 at most), on the disks they go to."""
     import math
 
     from medsft.io.outputs import Write, check_writable
 
-    args, recipe = trainer.args, spec.recipe
-    trained = [p for p in trainer.model.parameters() if p.requires_grad]
+    args, recipe, model = trainer.args, spec.recipe, trainer.model
+    assert model is not None  # the trainer was made with its model
+    trained = [p for p in model.parameters() if p.requires_grad]
     adapter = sum(p.numel() * p.element_size() for p in trained)
     steps = args.max_steps if args.max_steps and args.max_steps > 0 else math.ceil(
         train_rows / (spec.micro_batch * spec.grad_accum * spec.launch.world_size)) * math.ceil(args.num_train_epochs)
@@ -231,11 +245,12 @@ def check_room(spec, trainer, train_rows: int) -> None:
         raise err.at(recipe.source_file) from None
 
 
-def say_data(built) -> None:
+def say_data(built: Assembly) -> None:
     """What the data stage produced, before any model loads; a mixture the drops unbalanced is refused here."""
     from medsft.data import load as data
 
     spec, stage = built.spec, built.data
+    assert stage is not None  # called after the data stage
     say(stage.report.summary())
     lines = stage.cache_lines  # every rank's go to the manifest; the main process says its own, once
     built.cache_lines_by_rank = gather_lines(lines) if spec.launch.world_size > 1 else [lines]
@@ -262,7 +277,7 @@ def start_over(out: Path) -> None:
         notice(f"kept in place (not medsft's): {', '.join(kept[:5])}{' …' if len(kept) > 5 else ''}")
 
 
-def save_adapter(trainer, tokenizer, recipe, info: dict, test_ids) -> None:
+def save_adapter(trainer: SFTTrainer, tokenizer: Any, recipe: Recipe, info: dict, test_ids: Iterable[int]) -> None:
     """Adapter + tokenizer + resolved recipe + manifest + test row ids, renamed into place at once."""
     import json
     import shutil

@@ -7,14 +7,17 @@ unchanged; it is only wrapped to note the `row_id` of every example it collates 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
 
 class RowIdRecorder:
     """A collator wrapper: notes `row_id`s, then hands the examples (without them) to TRL's collator."""
 
-    def __init__(self, collator, seen: list):
+    def __init__(self, collator: Callable[[list[dict[str, Any]]], dict[str, Any]], seen: list[int]) -> None:
         self.collator, self.seen = collator, seen
 
-    def __call__(self, examples):
+    def __call__(self, examples: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         stripped = []
         for ex in examples:
             ex = dict(ex)
@@ -25,7 +28,7 @@ class RowIdRecorder:
         return self.collator(stripped)
 
 
-def gather_rows_seen(trainer) -> dict[int, list[int]] | None:
+def gather_rows_seen(trainer: Any) -> dict[int, list[int]] | None:
     """{rank: row ids} on the main process (None elsewhere); every rank must call it."""
     from accelerate.utils import gather_object
 

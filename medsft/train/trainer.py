@@ -10,29 +10,37 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from medsft.train.shards import RowIdRecorder
 from medsft.upstream import nll_loss
 
+if TYPE_CHECKING:
+    from torch import nn
+    from torch.utils.data import DataLoader, Dataset
+    from trl import SFTTrainer
 
-def add_perplexity(metrics: dict) -> dict:
+
+def add_perplexity(metrics: dict[str, float]) -> dict[str, float]:
     if "eval_loss" in metrics and metrics["eval_loss"] < 50:
         metrics["eval_perplexity"] = math.exp(metrics["eval_loss"])
     return metrics
 
 
-def trainer_class():
+def trainer_class() -> type[SFTTrainer]:
     from trl import SFTTrainer
 
     class MedsftTrainer(SFTTrainer):
-        rows_seen: list
+        rows_seen: list[int]
 
-        def _set_signature_columns_if_needed(self):
+        def _set_signature_columns_if_needed(self) -> None:
             super()._set_signature_columns_if_needed()
-            if "row_id" not in self._signature_columns:
-                self._signature_columns = [*self._signature_columns, "row_id"]
+            # transformers' Trainer starts it as None (so typed); the call above made it the list of names
+            if "row_id" not in self._signature_columns:  # type: ignore[operator]
+                self._signature_columns = [*self._signature_columns, "row_id"]  # type: ignore[assignment, misc]
 
-        def _with_recorder(self, seen, build):
+        def _with_recorder(self, seen: list[int], build: Callable[[], DataLoader]) -> DataLoader:
             collator = self.data_collator
             self.data_collator = RowIdRecorder(collator, seen)
             try:
@@ -40,13 +48,13 @@ def trainer_class():
             finally:
                 self.data_collator = collator
 
-        def get_train_dataloader(self):
+        def get_train_dataloader(self) -> DataLoader:
             return self._with_recorder(self.rows_seen, super().get_train_dataloader)
 
-        def get_eval_dataloader(self, eval_dataset=None):
+        def get_eval_dataloader(self, eval_dataset: str | Dataset | None = None) -> DataLoader:
             return self._with_recorder([], lambda: super(MedsftTrainer, self).get_eval_dataloader(eval_dataset))
 
-        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
             super()._load_from_checkpoint(resume_from_checkpoint, model)
             # TRL trains a quantized model's LoRA weights in bf16, PEFT's loader upcasts them to fp32:
             # cast back, or a resumed run computes in another precision than the run it continues.
@@ -56,15 +64,16 @@ def trainer_class():
             if getattr(inner, "is_loaded_in_4bit", False) or getattr(inner, "is_loaded_in_8bit", False):
                 import torch
 
+                assert target is not None  # it holds the 4-bit model checked above
                 for name, param in target.named_parameters():
                     if param.requires_grad and "lora_magnitude_vector" not in name:
                         param.data = param.data.to(torch.bfloat16)
 
-        def evaluate(self, *args, **kwargs):
+        def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
             with nll_loss(self):
                 return super().evaluate(*args, **kwargs)
 
-        def log(self, logs, start_time=None):
+        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
             super().log(add_perplexity(logs), start_time)
 
     return MedsftTrainer

@@ -11,8 +11,12 @@ rename into place (medsft/io/outputs.py) make exactly one build.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from medsft.paths import medsft_home
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 BUILTIN_PREFIX = "builtin:"
 TINY_MODEL = "builtin:tiny-qwen2"
@@ -50,7 +54,7 @@ def complete(target: Path) -> bool:
     return all((target / name).is_file() for name in ("config.json", "model.safetensors", "tokenizer.json"))
 
 
-def build_tokenizer():
+def build_tokenizer() -> PreTrainedTokenizerFast:
     """Byte-level BPE over the generated corpus; any UTF-8 text still encodes (byte fallback)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
