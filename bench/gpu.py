@@ -21,12 +21,11 @@ Timing: the steady rate — tokens of steps 3..N over the wall time from the end
 (CUDA synchronised at each step end; the notebook's from its per-step log times); loading, tokenizing and the
 first two steps are left out (they are in `wall_seconds`).
 
-FLOPs per trained token (model FLOPs, recomputation not counted, so checkpointing lowers TFLOP/s honestly):
-forward 2·P + backward through the frozen weights for the activation gradient 2·P (LoRA still needs it, even
-though no weight gradient is formed) + LoRA 6·P_lora + attention 6·L·c·A·D (QKᵀ and AV, forward 2× and
-backward 4×, halved for the causal mask, times 2 matmuls), with P the decoder's linear weights plus the
-lm_head, and c the attention context: tokens attend within their own row of the packed sequence, so
-c = Σ s_i² / Σ s_i over the packed rows' lengths s_i (`attention_context` in the JSON; not max_length).
+FLOPs per token: medsft.memory.flops.step_flops over the packed rows' real sequence lengths (causal attention
+Σ Tᵢ², the LM head on the positions TRL's fused head runs it on: the trained ones on CUDA, all on the CPU, the
+frozen 4-bit base without weight gradients, LoRA with them): `model_flops_per_token` (what MFU divides; no
+recompute) and `hardware_flops_per_token` (checkpointing's recompute and FlashAttention's backward included).
+TFLOP/s = tokens/s × model FLOPs per token.
 
 Memory: `torch.cuda.max_memory_allocated` over the training steps only (peak statistics reset when training
 begins, after loading; the loading peak is recorded apart), against `medsft.memory.model.estimate(arch,
@@ -72,12 +71,6 @@ EXIT_OOM = 3  # exit status of a --run child that ran out of GPU memory
 TINY = "builtin:tiny-qwen2"
 ROW_TOKENS = 105  # tokens of one generated row with the built-in tokenizer (measured: 83,570 for 800 rows)
 GiB = 2**30
-
-
-def flops_per_token(arch, lora_params: int, context: float) -> float:
-    p = arch.linear_params() + arch.vocab * arch.hidden
-    attn = 6 * arch.layers * context * arch.heads * arch.head_dim
-    return 4 * p + 6 * lora_params + attn
 
 
 # ---------------------------------------------------------------- one training run (child process)
@@ -181,6 +174,27 @@ def steady(clock, steps: int, micro_batch: int, max_length: int) -> dict:
             "step_seconds": seconds / (steps - warm) if seconds else None}
 
 
+def step_flops_of(trainer, arch, recipe, spec: dict) -> dict:
+    """Model and hardware FLOPs per token over the training rows as packed (medsft.memory.flops)."""
+    import torch
+
+    from medsft.memory.flops import step_flops
+
+    ds = trainer.train_dataset
+    lengths = ds["seq_lengths"] if "seq_lengths" in ds.column_names else None
+    flat = [s for row in lengths for s in row] if lengths else [len(ids) for ids in ds["input_ids"]]
+    trained = sum(sum(lab != -100 for lab in row) for row in ds["labels"]) if "labels" in ds.column_names else None
+    compact_head = torch.cuda.is_available() and trained is not None  # TRL's fused head: Triton on CUDA only
+    targets = recipe.lora.target_modules
+    f = step_flops(arch, flat, lora_rank=recipe.lora.rank, checkpointing=spec.get("checkpointing", True),
+                   lora_targets=None if targets == "all-linear" else list(targets),
+                   head_positions=trained if compact_head else None)
+    model, hardware = f.per_token(sum(flat))
+    return {"model_flops_per_token": model, "hardware_flops_per_token": hardware,
+            "attention_context": sum(s * s for s in flat) / sum(flat),
+            "head_positions": "trained" if compact_head else "all"}
+
+
 def measure(spec: dict) -> dict:
     """Train spec['steps'] steps of medsft on spec['model']; everything the phases report about one run."""
     t0 = time.perf_counter()
@@ -192,11 +206,9 @@ def measure(spec: dict) -> dict:
     steps = trainer.state.global_step
     rate = steady(clock, steps, spec.get("micro_batch", 1), spec["max_length"])
     runtime = next((r["train_runtime"] for r in trainer.state.log_history if "train_runtime" in r), None)
-    lengths = trainer.train_dataset["seq_lengths"] if "seq_lengths" in trainer.train_dataset.column_names else None
-    flat = [s for row in lengths for s in row] if lengths else []
-    context = sum(s * s for s in flat) / sum(flat) if flat else float(spec["max_length"])
+    flops = step_flops_of(trainer, arch, recipe, spec)
     lora = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    fpt = flops_per_token(arch, lora, context)
+    fpt = flops["model_flops_per_token"]
     manifest = json.loads((recipe.adapter_dir / "manifest.json").read_text())
     peak = max(clock.peaks) if clock.peaks else None
     tps = rate["tokens_per_second"]
@@ -206,7 +218,8 @@ def measure(spec: dict) -> dict:
             "attention_choice": manifest.get("attention"),
             **rate, "tflops_per_second": tps * fpt / 1e12 if tps else None,
             "tokens_per_second_overall": rate["tokens_per_step"] * steps / runtime if runtime else None,
-            "flops_per_token": fpt, "attention_context": context, "lora_params": lora,
+            **flops, "hardware_tflops_per_second": tps * flops["hardware_flops_per_token"] / 1e12 if tps else None,
+            "lora_params": lora,
             "losses": [r["loss"] for r in clock.logs],
             "peak_memory_gib": peak / GiB if peak else None,
             "peak_by_step_gib": [p / GiB for p in clock.peaks] if peak else None,

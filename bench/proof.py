@@ -251,6 +251,7 @@ def step_throughput(proof: Proof, budget: float) -> dict:
         for length in a.lengths:
             row = proof.bench.medsft(name, length, a.steps)
             row["mfu"] = None if proof.smoke else mfu(row)
+            row["peak_tflops"] = PEAK_TFLOPS  # what MFU divides by (the smoke's CPU has none: its MFU is None)
             rows.append(row)
             proof.record["steps"]["throughput"]["rows"] = rows
             proof.save()  # each run on disk before the next starts

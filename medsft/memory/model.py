@@ -26,6 +26,8 @@ bitsandbytes 4-bit, SDPA; read from what autograd saves, see tests/unit/test_mem
       + 2H                     input of q/k/v (MatMul4Bit saves it; one tensor for the three)
       + 2AD + 4KD              q and k after RoPE, v
       + 2AD + 4A               SDPA output and fp32 logsumexp (flash / memory-efficient kernels; no S×S scores)
+      + 4(A−K)D (varlen, torch < 2.12)  torch's varlen_attn has no GQA there: K and V repeated to A heads are what
+                               the kernel keeps (Setup.attention "varlen_repeat_kv")
       + 2AD (CUDA; row-by-row) the output transposed to (B, S, A·D) by `.contiguous()` for o_proj; medsft's row-by-row
                                SDPA joins its sequences' outputs into one copy on any device. The flash kernels
                                (flash-attn, torch's varlen) write (B, S, A, D) directly: no copy
@@ -35,7 +37,9 @@ bitsandbytes 4-bit, SDPA; read from what autograd saves, see tests/unit/test_mem
       + Σ_targets in·(b_l + 1) LoRA dropout's output and mask (dropout > 0); fp32 adapters add in·4 per target for
                                the input cast to the adapter dtype
       + A·S·(b + 4)            eager attention only: scores and fp32 softmax
-  With checkpointing (non-reentrant) a layer keeps only its input (2H); one layer is recomputed at a time.
+  With checkpointing (non-reentrant) a layer keeps only its input (2H); one layer is recomputed at a time. With
+  TRL's `activation_offloading` the kept tensors wait in CPU memory: two layers' worth stay on the device (the
+  layer in its backward and the one prefetched).
   Dense masks (per batch, not per token), only where one is really built: transformers' own SDPA over a
   padding-free batch builds a (ΣT)² bool mask once per forward (1 B/element, masking_utils) and SDPA turns it
   into an additive mask in the query dtype on every call (b B/element, `aten::where`), which SDPA's backward
@@ -58,14 +62,17 @@ Runtime overhead (not "allocated"): CUDA context ~0.5 GiB and 10% allocator frag
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 GiB = 1024**3
 TOKEN_TILE, VOCAB_TILE = 4096, 32768  # trl/kernels/chunked_logprob.py TOKEN_CHUNK_SIZE, trainer/utils.py chunk size
 CONTEXT_BYTES = 0.5 * GiB
 FRAGMENTATION = 0.10
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
-FLASH = ("flash_attention_2", "flash_attention_4", "varlen")  # write o_proj's layout directly, build no mask
+# write o_proj's layout directly, build no mask
+FLASH = ("flash_attention_2", "flash_attention_4", "varlen", "varlen_repeat_kv")
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -109,7 +116,7 @@ class Setup:
     double_quant: bool = True
     dtype: str = "bfloat16"
     rank: int = 16
-    targets: object = "all-linear"
+    targets: str | Sequence[str] = "all-linear"
     dropout: float = 0.0
     lora_bytes: int | None = None  # None: bf16 for a quantized model (TRL), fp32 otherwise
     micro_batch: int = 1
@@ -117,7 +124,7 @@ class Setup:
     max_length: int = 2048
     trained_share: float = 1.0  # tokens with labels: the fused head scores only those
     checkpointing: bool = True
-    # flash_attention_2 | flash_attention_4 | varlen | sdpa_rows (medsft's SDPA, medsft/model/attention.py) | sdpa
+    # flash_attention_2 | flash_attention_4 | varlen | varlen_repeat_kv (torch < 2.12) | sdpa_rows (medsft's SDPA, medsft/model/attention.py) | sdpa
     # (transformers' own: a dense mask for padding-free batches) | flex_attention | eager
     attention: str = "sdpa"
     padding_free: bool = False  # sequences flattened into one row (TRL's padding-free collator or packing)
@@ -131,6 +138,7 @@ class Setup:
     fsdp: bool = False
     offload_optimizer: bool = False
     offload_params: bool = False
+    offload_activations: bool = False  # TRL's activation_offloading: saved activations wait in CPU memory
     optimizer: str = "adamw"  # adamw (torch, states in the parameter dtype) | deepspeed (fp32 master + moments)
 
     def targeted(self, arch: Arch) -> list[str]:
@@ -138,7 +146,7 @@ class Setup:
             return list(LINEARS)
         return [n for n in LINEARS if any(str(t).split(".")[-1] == n for t in self.targets)]
 
-    def replace(self, **changes) -> Setup:
+    def replace(self, **changes: Any) -> Setup:
         return dataclasses.replace(self, **changes)
 
 
@@ -196,6 +204,8 @@ def layer_activation_bytes(arch: Arch, s: Setup) -> float:
     elements = 2 * h + 2 * a * d + 2 * k * d + 4 * i  # attention and MLP inputs, q, k, v, SDPA out, MLP four
     if s.attention not in FLASH and (s.device == "cuda" or (s.attention == "sdpa_rows" and s.padding_free)):
         elements += a * d  # o_proj's input, made contiguous from SDPA's (B, A, S, D) output (or joined from rows)
+    if s.attention == "varlen_repeat_kv":
+        elements += 2 * (a - k) * d  # K and V repeated to the query heads: the kernel keeps those, not the K heads
     lora = s.rank * len(targets) * lb
     if lb != b:  # PEFT casts each adapter's input to the adapter dtype and keeps the copy
         lora += sum(shapes[t][0] * lb for t in targets)
@@ -256,10 +266,14 @@ def estimate(arch: Arch, s: Setup) -> Estimate:
     back = (2 * h + 4 * i) * b / 2
     deq = max(o * inp for inp, o in shapes.values()) * b if s.bits else 0
     final_norm = 4 * h + 8  # the last RMSNorm's fp32 input
-    kept_act = (arch.layers * (h * b if s.checkpointing else e) + final_norm) * t
+    # TRL's activation offloading moves each saved tensor to the CPU as the forward goes and brings a layer's back
+    # for its backward, prefetching the next: two layers' worth stay on the device
+    layers_kept, many = (min(2, arch.layers), "2 (offloaded: in use + prefetched)") if s.offload_activations else (
+        arch.layers, "L")
+    kept_act = (layers_kept * (h * b if s.checkpointing else e) + final_norm) * t
     mask = dense_mask_terms(arch, s, t, b)
-    kept_how = (f"{t:,} tokens × (L × 2H (each layer's input) + 4H final norm)" if s.checkpointing
-                else f"{t:,} tokens × (L × E ({e / 1024:.0f} KiB/token/layer) + 4H final norm)")
+    kept_how = (f"{t:,} tokens × ({many} × 2H (each layer's input) + 4H final norm)" if s.checkpointing
+                else f"{t:,} tokens × ({many} × E ({e / 1024:.0f} KiB/token/layer) + 4H final norm)")
     one_layer = ("one layer recomputed", e * t, f"{t:,} tokens × E ({e / 1024:.0f} KiB)")
     est.phases["forward"] = [("kept activations", kept_act, kept_how)] + ([one_layer] if s.checkpointing else []) + mask
     est.phases["layer backward"] = [("kept activations", kept_act, kept_how)] + (
@@ -289,7 +303,7 @@ def dense_mask_terms(arch: Arch, s: Setup, t: int, b: int) -> list[tuple[str, fl
 def head_terms(arch: Arch, s: Setup, t: int, nc: int, b: int, grad: bool) -> list[tuple[str, float, str]]:
     """The loss phase's buffers (TRL's chunked head, or transformers' full logits for comparisons)."""
     h, v = arch.hidden, arch.vocab
-    terms = []
+    terms: list[tuple[str, float, str]] = []
     if s.shard_params:
         terms.append(("gathered lm_head", v * h * b, "V·H full (FSDP2 full_tensor / ZeRO-3 gather)"))
     if s.head == "full":

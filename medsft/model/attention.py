@@ -24,10 +24,22 @@ import importlib
 import importlib.util
 import inspect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+
+    # transformers' attention function: (module, query, key, value, attention_mask, ...) -> (output, weights)
+    AttentionForward = Callable[..., tuple[Tensor, None]]
+    # q, k, v (T, H, D), cu_seqlens, longest, scale, causal -> (T, H, D)
+    VarlenCall = Callable[[Tensor, Tensor, Tensor, Tensor, int, float | None, bool], Tensor]
 
 VARLEN, SDPA_ROWS = "medsft_varlen", "medsft_sdpa_rows"
 MIN_VARLEN_TORCH = (2, 10)
+GQA_VARLEN_TORCH = (2, 12)  # varlen_attn takes enable_gqa from here on; before, varlen_caller repeats K/V itself
 HALF = ("bfloat16", "float16")
 
 
@@ -50,6 +62,7 @@ class Choice:
     implementation: str  # the attn_implementation transformers loads with (medsft's registered names included)
     why: str
     assumed: bool = False  # chosen for an assumed CUDA GPU (no CUDA here)
+    repeats_kv: bool = False  # torch's varlen_attn without GQA (torch < 2.12): medsft repeats K/V to the query heads
 
     @property
     def notice(self) -> str:
@@ -59,10 +72,13 @@ class Choice:
     @property
     def memory_kind(self) -> str:
         """The attention as the memory model distinguishes it (medsft/memory/model.py Setup.attention)."""
+        if self.repeats_kv:
+            return "varlen_repeat_kv"
         return "sdpa_rows" if self.implementation == SDPA_ROWS else self.name
 
     def to_dict(self) -> dict:
-        return {"ran": self.name, "implementation": self.implementation, "why": self.why, "assumed": self.assumed}
+        return {"ran": self.name, "implementation": self.implementation, "why": self.why, "assumed": self.assumed,
+                "repeats_kv": self.repeats_kv}
 
 
 def torch_at_least(version: str, wanted: tuple[int, int]) -> bool:
@@ -101,7 +117,8 @@ def rows_sdpa(why: str) -> Choice:
 def choose(requested: str, f: Facts) -> Choice:
     """The attention for `model.attn_implementation: requested` on a machine with facts `f`."""
     choice = choose_for(requested, f)
-    return Choice(choice.name, choice.implementation, choice.why, assumed=True) if f.assumed else choice
+    repeats = choice.implementation == VARLEN and not torch_at_least(f.torch_version, GQA_VARLEN_TORCH)
+    return Choice(choice.name, choice.implementation, choice.why, assumed=f.assumed, repeats_kv=repeats)
 
 
 def choose_for(requested: str, f: Facts) -> Choice:
@@ -192,7 +209,10 @@ def detect(cuda: bool, dtype: str) -> Facts:
 
     if cuda and not torch.cuda.is_available():
         return Facts(True, None, dtype, torch.__version__, flash_attn_imports(), flash_attn_4_imports(), assumed=True)
-    capability = tuple(torch.cuda.get_device_capability()) if cuda else None
+    capability: tuple[int, int] | None = None
+    if cuda:
+        major, minor = torch.cuda.get_device_capability()
+        capability = (major, minor)
     return Facts(cuda, capability, dtype, torch.__version__, cuda and flash_attn_imports(),
                  cuda and flash_attn_4_imports())
 
@@ -203,7 +223,8 @@ _bounds_cache: list = [None, None, None]  # (the tensor the bounds came from, it
 _host_bounds: list = [None, None]  # (cu_seqlens, the same on the host; None when nothing is packed)
 
 
-def sequence_bounds(position_ids, batch: int, length: int, kwargs: dict, device):
+def sequence_bounds(position_ids: Tensor | None, batch: int, length: int, kwargs: dict[str, Any],
+                    device: torch.device | str) -> tuple[Tensor, int]:
     """(cu_seqlens int32 on `device`, the longest sequence) over the flattened (batch × length) tokens: a new
     sequence starts at each row and wherever a position does not follow its predecessor (TRL's packing
     restarts them at 0). The collator's `cu_seq_lens_q` is taken as is for one row. Computed once per
@@ -234,15 +255,15 @@ def sequence_bounds(position_ids, batch: int, length: int, kwargs: dict, device)
     return result
 
 
-def varlen_caller(kernel):
+def varlen_caller(kernel: Callable[..., Any]) -> VarlenCall:
     """Adapt `kernel` (varlen_attn's signature as installed) to one call: q/k/v (T, H, D) → (T, H, D).
     torch 2.10: `is_causal=`, no GQA; 2.12+: `window_size=(-1, 0)` for causal and `enable_gqa=`; `scale=`
     where the kernel takes it, else the query is pre-scaled (the kernel's default is 1/√D)."""
     params = inspect.signature(kernel).parameters
     window, gqa, has_scale = "window_size" in params, "enable_gqa" in params, "scale" in params
 
-    def call(q, k, v, cu, longest: int, scale: float | None, causal: bool):
-        kw = {}
+    def call(q: Tensor, k: Tensor, v: Tensor, cu: Tensor, longest: int, scale: float | None, causal: bool) -> Tensor:
+        kw: dict[str, Any] = {}
         if k.shape[1] != q.shape[1]:
             if gqa:
                 kw["enable_gqa"] = True
@@ -263,19 +284,20 @@ def varlen_caller(kernel):
     return call
 
 
-def plain_case(attention_mask, query, key) -> bool:
+def plain_case(attention_mask: Tensor | None, query: Tensor, key: Tensor) -> bool:
     """A batch medsft's functions leave to transformers' SDPA: a mask was built (padding, sliding window) or a
     KV cache makes keys longer than queries (generation)."""
     return attention_mask is not None or query.shape[2] != key.shape[2]
 
 
-def make_varlen_forward(kernel, needs_cuda: bool = False):
+def make_varlen_forward(kernel: Callable[..., Any], needs_cuda: bool = False) -> AttentionForward:
     """An attention function (transformers' signature) running `kernel` over the flattened batch (`needs_cuda`:
     tensors elsewhere go row by row through SDPA instead)."""
     call = varlen_caller(kernel)
 
-    def varlen_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0,
-                                 scaling: float | None = None, is_causal: bool | None = None, **kwargs):
+    def varlen_attention_forward(module: torch.nn.Module, query: Tensor, key: Tensor, value: Tensor,
+                                 attention_mask: Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                                 is_causal: bool | None = None, **kwargs: Any) -> tuple[Tensor, None]:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         if plain_case(attention_mask, query, key):
@@ -300,7 +322,8 @@ def make_varlen_forward(kernel, needs_cuda: bool = False):
     return varlen_attention_forward
 
 
-def varlen_attention_forward(module, query, key, value, attention_mask, **kwargs):
+def varlen_attention_forward(module: torch.nn.Module, query: Tensor, key: Tensor, value: Tensor,
+                             attention_mask: Tensor | None, **kwargs: Any) -> tuple[Tensor, None]:
     """The registered medsft_varlen: torch's varlen_attn, its signature read once on first use."""
     global _varlen_forward
     if _varlen_forward is None:
@@ -310,16 +333,17 @@ def varlen_attention_forward(module, query, key, value, attention_mask, **kwargs
     return _varlen_forward(module, query, key, value, attention_mask, **kwargs)
 
 
-_varlen_forward = None
+_varlen_forward: AttentionForward | None = None
 
 
-def sdpa_rows_forward(module, query, key, value, attention_mask, dropout: float = 0.0,
-                      scaling: float | None = None, is_causal: bool | None = None, **kwargs):
+def sdpa_rows_forward(module: torch.nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
+                      dropout: float = 0.0, scaling: float | None = None, is_causal: bool | None = None,
+                      **kwargs: Any) -> tuple[Tensor, None]:
     """medsft_sdpa_rows: transformers' SDPA once per packed sequence (causal, no mask); any other batch as
     transformers' SDPA."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    def sdpa(q, k, v, mask):
+    def sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
         return sdpa_attention_forward(module, q, k, v, mask, dropout=dropout, scaling=scaling, is_causal=is_causal,
                                       **kwargs)[0]
 
@@ -336,25 +360,28 @@ def sdpa_rows_forward(module, query, key, value, attention_mask, dropout: float 
     for b in range(batch):
         lo, hi = b * length, (b + 1) * length
         cuts = [c - lo for c in bounds if lo <= c <= hi]
-        rows.append(torch_cat([sdpa(*(t[b:b + 1, :, s:e] for t in (query, key, value)), None)
+        rows.append(torch_cat([sdpa(query[b:b + 1, :, s:e], key[b:b + 1, :, s:e], value[b:b + 1, :, s:e], None)
                                for s, e in zip(cuts, cuts[1:]) if e > s], dim=1))
     return torch_cat(rows, dim=0), None
 
 
-def torch_cat(tensors, dim: int):
+def torch_cat(tensors: list[Tensor], dim: int) -> Tensor:
     import torch
 
     return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=dim)
 
 
-def unpadded_mask(batch_size: int, q_length: int, kv_length: int, q_offset=0, kv_offset=0, mask_function=None,
-                  attention_mask=None, local_size=None, **kwargs):
+def unpadded_mask(batch_size: int, q_length: int, kv_length: int, q_offset: int = 0, kv_offset: int = 0,
+                  mask_function: Callable[..., Any] | None = None, attention_mask: Tensor | None = None,
+                  local_size: int | None = None, **kwargs: Any) -> Tensor | None:
     """The mask function of medsft's attentions: none for a batch without padding, cache or sliding window
     (causality and the packed sequences' bounds come from position_ids in the attention function), else
-    transformers' SDPA mask, for which the attention function runs transformers' SDPA."""
+    transformers' SDPA mask, for which the attention function runs transformers' SDPA. A model's own mask
+    functions (`or_mask_function`/`and_mask_function`: bidirectional image tokens, chunked attention), which
+    transformers marks by asking for `use_vmap`, get their mask built too: the varlen kernel knows only causal."""
     from transformers.masking_utils import causal_mask_function, sdpa_mask
 
-    plain = (attention_mask is None and local_size is None and q_length == kv_length
+    plain = (attention_mask is None and local_size is None and q_length == kv_length and not kwargs.get("use_vmap")
              and isinstance(q_offset, int) and isinstance(kv_offset, int) and q_offset == 0 and kv_offset == 0)
     if plain:
         return None

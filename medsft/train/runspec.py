@@ -15,7 +15,7 @@ import functools
 import json
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from medsft.data.tokenized import Tokenization
 from medsft.errors import MedsftError
@@ -27,9 +27,14 @@ from medsft.memory.micro_batch import decide as decide_batch
 from medsft.recipe.schema import Recipe
 
 if TYPE_CHECKING:
-    from medsft.memory.micro_batch import BatchChoice
+    from trl import SFTConfig
+
+    from medsft.memory.micro_batch import BatchChoice, Memory
     from medsft.memory.model import Setup
     from medsft.memory.preflight import Preflight
+    from medsft.model.attention import Choice
+
+Number = TypeVar("Number", int, float)  # adopted(): the type of the default
 
 # training fields that do not change what is learned (a resumed run may change them freely)
 NOT_TRAJECTORY = {
@@ -66,7 +71,7 @@ class RunSpec:
     notices: tuple[str, ...] = field(default=())
 
     @functools.cached_property
-    def attention(self):
+    def attention(self) -> Choice:
         """The attention this run uses (medsft.model.attention.Choice), decided once (imports torch). A CUDA launch
         planned without CUDA here (preflight) gets the one chosen for an assumed GPU."""
         from medsft.model.attention import attention_dtype, choose, detect
@@ -94,7 +99,7 @@ class RunSpec:
             max_grad_norm=self.max_grad_norm,
             bf16=self.precision == "bf16", fp16=self.precision == "fp16", **t)
 
-    def sft_config(self):
+    def sft_config(self) -> SFTConfig:
         """trl.SFTConfig for this run (sets up the distributed state); its own checks become one line."""
         from trl import SFTConfig
 
@@ -128,6 +133,7 @@ class RunSpec:
             world_size=launch.world_size if distributed else 1, shard_params=launch.sharded_params and distributed,
             zero_stage=launch.zero_stage, fsdp=launch.distributed == "fsdp",
             offload_optimizer=launch.offload_optimizer, offload_params=launch.offload_params,
+            offload_activations=bool(t.get("activation_offloading")),
             optimizer="deepspeed" if launch.distributed == "deepspeed" else "adamw")
 
     def preflight(self, gpu_memory: str | None = None) -> Preflight:
@@ -171,7 +177,7 @@ class RunSpec:
                 "attention": self.attention.to_dict()}
 
 
-def resolve(recipe: Recipe, launch: Launch, kernels: str | None = None, memory=None,
+def resolve(recipe: Recipe, launch: Launch, kernels: str | None = None, memory: Memory | None = None,
             previous_micro_batch: int | None = None) -> RunSpec:
     """The run, decided once, and the one caller of every launch compatibility rule (the launch's own
     `launch.check`, placement, devices, chat template, precision, DeepSpeed JSON, reporting), so `medsft
@@ -188,7 +194,7 @@ def resolve(recipe: Recipe, launch: Launch, kernels: str | None = None, memory=N
         check_chat_template(recipe.model.chat_template, launch)
     except MedsftError as err:
         raise err.at(f"{launch.source} with {where}" if launch.source != "environment" else where) from None
-    notices = []
+    notices: list[str] = []
     if recipe.model.trust_remote_code:
         notices.append(f"trust_remote_code is on: code from {recipe.model.name!r} will run on this machine")
     if placement.substituted:
@@ -251,7 +257,7 @@ def accelerate_name(launch: Launch) -> str:
     return launch.source if launch.source != "environment" else "the accelerate config"
 
 
-def adopted(recipe: Recipe, launch: Launch, key: str, theirs, default):
+def adopted(recipe: Recipe, launch: Launch, key: str, theirs: float | None, default: Number) -> Number:
     """A training value an accelerate DeepSpeed config may also set: the recipe's when it says one (and the
     config agrees or is silent), the config's when only it says one, else the default."""
     ours = recipe.training.get(key)

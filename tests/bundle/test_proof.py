@@ -69,7 +69,10 @@ def test_smoke_proof_installs_the_wheels_runs_every_step_and_writes_few_files(tm
     assert any("test_packed_batch_equals_separate" in c and r == "passed" for c, r in tests["cases"].items())
 
     (row,) = record["steps"]["throughput"]["rows"]
-    assert row["tokens_per_second"] > 0 and row["flops_per_token"] > 0 and len(row["losses"]) == row["steps"]
+    assert row["tokens_per_second"] > 0 and len(row["losses"]) == row["steps"]
+    # per shape: the FLOPs that ran (model ≤ hardware: the recompute), what MFU divides by, the attention
+    assert 0 < row["model_flops_per_token"] < row["hardware_flops_per_token"] and row["head_positions"] == "all"
+    assert row["peak_tflops"] > 0 and row["mfu"] is None and row["attention_choice"]["ran"]
     # the estimate is of the run that ran: its kernels and attention, not kernels off
     assert row["preflight"]["kernels"] == row["kernels"]
     assert row["preflight_gib"] > 0

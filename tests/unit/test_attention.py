@@ -56,6 +56,15 @@ def test_choice_for_each_machine(requested, machine, ran, row_by_row, said):
     assert said in choice.notice and choice.notice.startswith(f"attention: {ran} (")
 
 
+@pytest.mark.parametrize("torch_version, kind", [("2.10.0+cu128", "varlen_repeat_kv"), ("2.11.0+cu130", "varlen_repeat_kv"),
+                                                  ("2.12.0+cu130", "varlen"), (TORCH_NEW, "varlen")])
+def test_the_memory_model_is_told_where_varlen_repeats_kv(torch_version, kind):
+    """torch's varlen_attn takes GQA from 2.12; before, medsft repeats K/V and the preflight charges the copy."""
+    choice = choose("auto", facts(torch_version=torch_version))
+    assert choice.implementation == "medsft_varlen" and choice.memory_kind == kind
+    assert choice.to_dict()["repeats_kv"] == (kind == "varlen_repeat_kv")
+
+
 # --- the reference kernels (per-sequence SDPA in varlen_attn's signatures) --------------------------------------
 
 def per_sequence(query, key, value, cu, causal, scale=None, gqa=False):

@@ -111,3 +111,40 @@ def test_packed_batch_bytes_follow_the_attention(tmp_path, attention):
     want = predicted(LENGTHS[1]) - predicted(LENGTHS[0])
     print(f"{attention}: measured {long - short:,.0f} B more at {LENGTHS[1]} tokens, predicted {want:,.0f}")
     assert want == pytest.approx(long - short, rel=0.05)  # the masks are 8% of it: a wrong rule fails
+
+
+@pytest.mark.parametrize("kind", ["varlen", "varlen_repeat_kv"], ids=["torch >= 2.12 (GQA in the kernel)",
+                                                                     "torch < 2.12 (K/V repeated)"])
+def test_varlen_path_bytes_with_and_without_the_kv_copy(tmp_path, kind):
+    """medsft's varlen attention over torch's own wrapper (the reference kernel under it, tests/compat) on a
+    padding-free batch: with a wrapper that takes `enable_gqa` the kernel keeps K/V at their own heads; with one
+    that does not (torch 2.10/2.11's signature) medsft repeats them to the query heads and the kernel keeps those.
+    The measured growth from 256 to 512 tokens matches the estimate for each (never under, at most 20% over)."""
+    from torch.nn.attention.varlen import varlen_attn
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    from medsft.model.attention import make_varlen_forward, unpadded_mask
+    from tests.compat import reference_kernel
+
+    reference_kernel.install()
+
+    def without_gqa(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
+                    window_size=(-1, -1)):  # torch 2.11's varlen_attn signature, calling this torch's wrapper
+        return varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, return_aux=return_aux, scale=scale,
+                           window_size=window_size)
+
+    name = f"test_{kind}"
+    AttentionInterface.register(name, make_varlen_forward(varlen_attn if kind == "varlen" else without_gqa))
+    AttentionMaskInterface.register(name, unpadded_mask)
+    model = qlora_model(tmp_path, 0.0, False, attn=name)
+    peak_live_bytes(model, 64, packed=32)
+    short, long = (peak_live_bytes(model, n, packed=32) for n in LENGTHS)
+    measured = (long - short) / (LENGTHS[1] - LENGTHS[0])
+    arch = Arch.from_config(CONFIG)
+    e = layer_activation_bytes(arch, Setup(rank=8, checkpointing=False, device="cpu", attention=kind,
+                                           padding_free=True))
+    h, i = arch.hidden, arch.intermediate
+    predicted = arch.layers * e + 2 * h + 4 * i + 4 * h + 8 + 4 * h
+    print(f"{kind}: measured {measured:,.0f} B/token, predicted {predicted:,.0f}")
+    assert measured * 0.97 <= predicted <= measured * 1.2

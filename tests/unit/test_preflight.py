@@ -84,6 +84,25 @@ def test_checkpointing_keeps_only_layer_inputs(name):
         assert off == pytest.approx(t * (a.layers * llama_layer_bytes_by_hand(*LLAMA_LAYERS[name]) + 4 * a.hidden + 8))
 
 
+def test_activation_offloading_keeps_two_layers_on_the_device():
+    """TRL's activation_offloading: the recipe's setting reaches the estimate, and the kept activations are two
+    layers' worth (the one in its backward and the one prefetched) instead of every layer's."""
+    from medsft.launch.detect import from_env
+    from medsft.recipe.files import load_recipe
+    from medsft.train.runspec import resolve
+
+    a = arch("llama3.1-8b")
+    recipe = load_recipe(REPO / "recipes" / "llama3.1-8b.yaml", [
+        "training.activation_offloading=true", "training.activation_checkpointing=false",
+        "training.per_device_train_batch_size=2", "training.max_length=1024"])
+    setup = resolve(recipe, from_env(cuda=True, num_gpus=1), kernels="off").memory_setup()
+    assert setup.offload_activations
+    t, e = 2 * 1024, layer_activation_bytes(a, setup)
+    assert estimate(a, setup).get("kept activations") == pytest.approx(t * (2 * e + 4 * a.hidden + 8))
+    everything = estimate(a, setup.replace(offload_activations=False)).get("kept activations")
+    assert everything == pytest.approx(t * (a.layers * e + 4 * a.hidden + 8))
+
+
 def test_llama_8b_layer_terms():
     """The per-layer activation formula for Llama-3.1-8B, by hand."""
     a = arch("llama3.1-8b")
