@@ -8,7 +8,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow  # four fresh processes; CI runs it with the other slow tests
 
 # One data stage in a fresh process: which opens of the data file it made (an audit hook sees every `open`),
 # whether the cache answered, and the first training row's answer as the tokens say it.
