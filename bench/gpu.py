@@ -7,7 +7,8 @@ architectures (medsft/memory/architectures), fully offline. Each phase fits in 9
     python bench/gpu.py --phase maxlen       # the longest max_length that trains llama3.1-8b (doubling search)
     python bench/gpu.py --phase notebook     # the notebook baseline beside medsft, same models, same phase
     python bench/gpu.py --phase all          # the four in sequence (~25 min)
-    python bench/gpu.py --smoke              # anywhere (CI): the tiny model on the CPU, every phase's code path
+    python bench/gpu.py --smoke              # anywhere (CI): the tiny model on the CPU, every phase's code path,
+                                             # medsft's varlen branch over the reference kernel (varlen_on_cpu)
 
 Each phase writes `gpu-<phase>-<date>.json` (`gpu-smoke-<phase>-…` with --smoke) to $MEDSFT_BENCH_RESULTS or
 bench/results — machine, device, driver, CUDA, versions, commit, date, every run — and appends its table to
@@ -230,11 +231,36 @@ def measure(spec: dict) -> dict:
             "wall_seconds": wall}
 
 
+def varlen_on_cpu() -> None:
+    """The CPU smoke runs medsft's varlen branch as a GPU does: torch's own `varlen_attn` over the reference
+    kernel registered at the aten op it calls (tests/compat/reference_kernel.py), the attention chosen for an sm90
+    GPU in bf16 (`auto` picks varlen there without flash-attn), and the function allowed on CPU tensors."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    from medsft.model import attention
+
+    sys.path.insert(0, str(REPO))
+    from tests.compat import reference_kernel
+
+    reference_kernel.install()
+    detected = attention.detect
+
+    def as_on_a_gpu(cuda: bool, dtype: str) -> attention.Facts:
+        facts = detected(cuda, dtype)
+        return attention.Facts(cuda=True, capability=(9, 0), dtype="bfloat16", torch_version=facts.torch_version,
+                               flash_attn=False, flash_attn_4=False)
+
+    attention.detect = as_on_a_gpu
+    attention._varlen_forward = attention.make_varlen_forward(varlen_attn)
+
+
 def child_main(spec: dict) -> None:
     import torch
     from common import install_random_weights_loader
 
     install_random_weights_loader()  # a random_weights_dir model: weights drawn on the GPU, no files read
+    if not spec.get("cuda", True) and not spec.get("attention"):
+        varlen_on_cpu()
     try:
         row = measure(spec)
     except torch.OutOfMemoryError as err:

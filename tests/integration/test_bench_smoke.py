@@ -33,7 +33,9 @@ def test_gpu_bench_smoke(tmp_path, tiny_dir):
     assert medsft["tokens_per_second"] > 0 and medsft["tflops_per_second"] > 0 and medsft["step_seconds"] > 0
     assert 0 < medsft["attention_context"] < 256  # rows attend within themselves, not over the packed 256
     assert medsft["preflight_gib"] > 0 and medsft["peak_memory_gib"] is None  # no CUDA peak on the CPU
-    assert medsft["kernels"] == "off" and medsft["attention"] == "sdpa"  # no GPU: off, with a notice
+    assert medsft["kernels"] == "off"  # no GPU: off, with a notice
+    # the smoke runs medsft's varlen branch: torch's own wrapper over the reference kernel (tests/compat)
+    assert medsft["attention"] == "varlen" and medsft["attention_choice"]["implementation"] == "medsft_varlen"
     assert "kernels: off (no GPU" in res.stderr
 
     memory = data["memory"]["rows"]
@@ -52,7 +54,7 @@ def test_gpu_bench_smoke(tmp_path, tiny_dir):
     summary = (tmp_path / "gpu-smoke-summary.md").read_text()
     titles = [line.split(" · ")[0] for line in summary.splitlines() if line.startswith("## ")]
     assert titles == ["## throughput", "## memory", "## maxlen", "## notebook"]
-    assert "| tiny-qwen2 | 256 | off | sdpa |" in summary
+    assert "| tiny-qwen2 | 256 | off | varlen |" in summary
 
 
 def run_bench(args, tmp_path):
