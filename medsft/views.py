@@ -52,8 +52,9 @@ def item_progress(label: str, total: int) -> Iterator[Callable[[int], None]]:
         progress.stop()
 
 
-def show_preflight(report: Preflight, console: Console | None = None) -> None:
-    """The memory table, the micro-batch rows, the verdict and, when it won't fit, what to change."""
+def show_preflight(report: Preflight, batch: BatchChoice | None = None, console: Console | None = None) -> None:
+    """The memory table, the micro-batch rows (`batch`: how the run chose its micro-batch), the verdict and,
+    when it won't fit, what to change."""
     from rich.table import Table
 
     from medsft.console import rich_console
@@ -80,7 +81,7 @@ def show_preflight(report: Preflight, console: Console | None = None) -> None:
     table.add_row("[bold]total[/bold]", f"[bold]{est.total / GiB:.2f}[/bold]",
                   f"device: {report.device / GiB:.1f} GiB {report.where}")
     console.print(table)
-    show_batch(console, report.batch)
+    show_batch(console, batch)
     style = {"fits": "green", "tight": "yellow", "won't fit": "red"}[report.verdict]
     name, nbytes = est.dominant()
     console.print(f"verdict: [{style}]{report.verdict}[/{style}] ({est.total / GiB:.1f} of {report.device / GiB:.1f} "

@@ -82,7 +82,7 @@ def carried_template(raw: dict, adapter_dir: Path) -> None:
     carried = adapter_dir / "chat_template.jinja"
     if (isinstance(model, dict) and isinstance(value, str) and not Path(value).expanduser().exists()
             and carried.is_file()):
-        from medsft.model.chat_templates import is_path
+        from medsft.recipe.chat_template_value import is_path
 
         if is_path(value):
             model["chat_template"] = str(carried)

@@ -35,10 +35,11 @@ def run(args: Namespace) -> int:
     from medsft.memory.micro_batch import Memory
 
     memory = Memory(parse_size(args.gpu_memory), "as given by --gpu-memory") if args.gpu_memory else None
-    report = resolve(recipe, launch, kernels="off", memory=memory).preflight(args.gpu_memory)
+    spec = resolve(recipe, launch, kernels="off", memory=memory)
+    report = spec.preflight(args.gpu_memory)
     from medsft.views import show_preflight
 
-    show_preflight(report)
+    show_preflight(report, spec.batch)
     if report.verdict == "won't fit":
         raise MedsftError("the estimate does not fit in device memory", "apply one of the changes listed above",
                           recipe.source_file)

@@ -25,6 +25,17 @@ from functools import lru_cache
 
 from medsft.data.formats import HUATUO_FINAL, HUATUO_THINKING, THINK_CLOSE, THINK_OPEN, split_reasoning
 
+
+@dataclass(frozen=True)
+class Item:
+    """One multiple-choice question of a benchmark: its options by letter and the right letter."""
+
+    question: str
+    options: dict[str, str]
+    answer_idx: str
+    source: str
+
+
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"  # an item's options are any of these; without options, A–E
 DEFAULT_LETTERS = "ABCDE"
 HOW = ("statement", "label", "text", "none", "unclosed")  # how a reading was made; the last two: no answer

@@ -15,13 +15,12 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean, stdev
 from typing import TYPE_CHECKING, Any
 
 from medsft.errors import MedsftError
-from medsft.evaluation.answers import LETTERS, read_output
+from medsft.evaluation.answers import LETTERS, Item, read_output
 
 if TYPE_CHECKING:
     from medsft.evaluation.report import Report
@@ -36,14 +35,6 @@ PROMPTS = {
 }
 DEFAULT_PROMPT = "huatuo"
 ITEM_FIX = 'write items as {"question": "...", "options": {"A": "...", "B": "..."}, "answer_idx": "A", "source": "..."}'
-
-
-@dataclass(frozen=True)
-class Item:
-    question: str
-    options: dict[str, str]
-    answer_idx: str
-    source: str
 
 
 def pose(item: Item, prompt: str = DEFAULT_PROMPT) -> str:

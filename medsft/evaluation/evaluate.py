@@ -28,7 +28,7 @@ from medsft.evaluation.benchmark import pose_question
 if TYPE_CHECKING:
     from datasets import Dataset
 
-    from medsft.evaluation.benchmark import Item
+    from medsft.evaluation.answers import Item
     from medsft.evaluation.generate import Progress, Settings
     from medsft.evaluation.report import Report
     from medsft.recipe.schema import Recipe

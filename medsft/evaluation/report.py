@@ -21,7 +21,7 @@ from medsft.errors import MedsftError
 from medsft.io.outputs import Staging
 
 if TYPE_CHECKING:
-    from medsft.evaluation.benchmark import Item
+    from medsft.evaluation.answers import Item
 
 # Chen et al., "HuatuoGPT-o1, Towards Medical Complex Reasoning with LLMs", arXiv:2412.18925, Table 1
 # (accuracy, %). A source matches a benchmark by name (MedQA_USLME_test, medqa_4options, …) and by its

@@ -21,7 +21,6 @@ from medsft.errors import MedsftError
 from medsft.memory.model import Arch, Estimate, GiB, Setup, estimate
 
 if TYPE_CHECKING:
-    from medsft.memory.micro_batch import BatchChoice
     from medsft.recipe.schema import ModelSection
 
 SHIPPED = Path(__file__).resolve().parent / "architectures"
@@ -144,13 +143,12 @@ class Preflight:
     verdict: str
     # (label, overrides, total bytes) when it won't fit
     tips: list[tuple[str, list[str], float]] = field(default_factory=list)
-    batch: BatchChoice | None = None  # how the micro-batch was chosen
 
 
 def run_preflight(setup: Setup, model: ModelSection, *, grad_accum: int, attention: str, launch: str,
-                  batch: BatchChoice | None = None, gpu_memory: str | None = None) -> Preflight:
+                  gpu_memory: str | None = None) -> Preflight:
     """The estimate of a run's `setup` for `model` on its device (or `gpu_memory`), its verdict and suggestions.
-    `attention`, `launch`, `batch`: how the run was resolved, as the report says it."""
+    `attention`, `launch`: how the run was resolved, as the report says it."""
     config, source = read_config(model.name, model.revision)
     try:
         arch = Arch.from_config(config)
@@ -161,4 +159,4 @@ def run_preflight(setup: Setup, model: ModelSection, *, grad_accum: int, attenti
     est = estimate(arch, setup)
     v = verdict(est.total, device)
     tips = suggestions(arch, setup, device, grad_accum) if v == "won't fit" else []
-    return Preflight(model.name, source, attention, launch, setup, est, device, where, v, tips, batch)
+    return Preflight(model.name, source, attention, launch, setup, est, device, where, v, tips)

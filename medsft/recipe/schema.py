@@ -205,7 +205,7 @@ def check_cross_fields(recipe: Recipe, *, data_files: bool = True) -> None:
         raise MedsftError("data.val_fraction + data.test_fraction leave no training rows",
                           "keep their sum below 1 (the notebook uses 0.1 + 0.1)", where)
     if m.chat_template is not None:
-        from medsft.model.chat_templates import check_value
+        from medsft.recipe.chat_template_value import check_value
 
         check_value(m.chat_template, where)
     if data_files:

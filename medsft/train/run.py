@@ -37,7 +37,7 @@ def preflight_gate(spec: RunSpec, force: bool, gpu_memory: str | None = None) ->
             report = spec.preflight(gpu_memory)
             from medsft.views import show_preflight
 
-            show_preflight(report)
+            show_preflight(report, spec.batch)
             verdict[0] = report.verdict
         except MedsftError as err:
             verdict[0] = f"unknown ({err.what})"

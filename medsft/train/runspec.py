@@ -141,7 +141,7 @@ class RunSpec:
         from medsft.memory.preflight import run_preflight
 
         return run_preflight(self.memory_setup(), self.recipe.model, grad_accum=self.grad_accum,
-                             attention=self.attention.notice, launch=self.launch.describe(), batch=self.batch,
+                             attention=self.attention.notice, launch=self.launch.describe(),
                              gpu_memory=gpu_memory)
 
     def identity(self) -> dict:

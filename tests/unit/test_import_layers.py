@@ -1,6 +1,6 @@
-"""No module of medsft reaches back up: its imports (module level and inside functions; not the type-only ones
-under `if TYPE_CHECKING:`, which never run) form no cycle, between modules or between sub-packages. A cycle is
-named, so the edge to move down is plain. And no layer below `train/` takes the whole resolved run."""
+"""No module of medsft reaches back up: its imports (module level, inside functions and type-only ones under
+`if TYPE_CHECKING:`, which are dependencies too) form no cycle, between modules or between sub-packages. A cycle
+is named, so the edge to move down is plain. And no layer below `train/` takes the whole resolved run."""
 
 from __future__ import annotations
 
@@ -24,12 +24,7 @@ def imports(name: str, path: Path, known: set[str]) -> set[str]:
     """medsft modules that `name` imports anywhere in its file (relative imports resolved)."""
     base = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
     found = set()
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
-                   for stmt in block.body for n in ast.walk(stmt)}  # annotations' imports: never run
-    for node in ast.walk(tree):
-        if id(node) in typing_only:
-            continue
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom):
