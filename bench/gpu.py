@@ -259,7 +259,7 @@ def child_main(spec: dict) -> None:
     from common import install_random_weights_loader
 
     install_random_weights_loader()  # a random_weights_dir model: weights drawn on the GPU, no files read
-    if not spec.get("cuda", True) and not spec.get("attention"):
+    if spec.get("varlen_on_cpu"):
         varlen_on_cpu()
     try:
         row = measure(spec)
@@ -366,7 +366,7 @@ class Bench:
         out = self.work / f"run-{self.runs}"
         spec = {"model": model, "label": name, "max_length": max_length, "steps": steps, "micro_batch": micro_batch,
                 "checkpointing": checkpointing, "kernels": kernels, "attention": attention, "out": str(out),
-                "cuda": self.cuda,
+                "cuda": self.cuda, "varlen_on_cpu": self.smoke and not attention,
                 "data": self.data(steps * micro_batch * max_length)}
         print(f"run {label}: {steps} steps", flush=True)
         code, row, seconds = self.child(["--run", json.dumps(spec)], label, max(self.left(), 30))
