@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medsft.console import is_main, rank
+from medsft.console import rank
 from medsft.data.tokenized import Tokenization
 from medsft.io.hashing import file_digest, text_digest, tree_digest
 from medsft.io.outputs import atomic_dir
+from medsft.launch.agreement import main_decides
 from medsft.paths import medsft_home
 from medsft.versions import package_versions
 
@@ -164,11 +165,10 @@ def prepared_data(data_section: DataSection, tokenizer: Any, tokenization: Token
                   chat_template: str | None = None, content: dict[str, str] | None = None,
                   report: Callable[[str], None] | None = None) -> PreparedData:
     """The data stage through the cache, on every rank: the main process prepares (or loads) while the others
-    wait, then they load its result. `content`: the sources' identities when the caller has them (the run
-    identity computed them); `report` receives this rank's cache lines as they happen (also kept in
-    `cache_lines`: the multi-process tests' evidence)."""
-    from accelerate import PartialState
-
+    wait, then they load its result, or raise its MedsftError (bad rows refuse on every rank with one line).
+    `content`: the sources' identities when the caller has them (the run identity computed them); `report`
+    receives this rank's cache lines as they happen (also kept in `cache_lines`: the multi-process tests'
+    evidence)."""
     lines: list[str] = []
 
     def line(text: str) -> None:
@@ -178,9 +178,7 @@ def prepared_data(data_section: DataSection, tokenizer: Any, tokenization: Token
 
     content = content if content is not None else content_fingerprint(data_section)
     path = medsft_home() / "datasets" / cache_key(data_section, content, chat_template, tokenizer, tokenization)
-    state = PartialState()
-    result = load_or_prepare(data_section, tokenizer, tokenization, content, path, 0, line) if is_main() else None
-    state.wait_for_everyone()
+    result = main_decides(lambda: load_or_prepare(data_section, tokenizer, tokenization, content, path, 0, line))
     if result is None:
         result = load_or_prepare(data_section, tokenizer, tokenization, content, path, rank(), line)
     result.cache_lines = lines

@@ -138,6 +138,7 @@ def train(spec: RunSpec, checkpoint: str | None, resume: str, force: bool,
     from medsft.data.load import row_ids
     from medsft.io.outputs import manifest, write_json
     from medsft.io.ownership import mark
+    from medsft.launch.agreement import main_decides
     from medsft.train import assembly
     from medsft.train.preemption import EXIT_PREEMPTED, PreemptionCallback
     from medsft.train.progress import StartedOverCallback
@@ -156,8 +157,8 @@ def train(spec: RunSpec, checkpoint: str | None, resume: str, force: bool,
     for callback in callbacks:
         trainer.add_callback(callback)
     out = Path(recipe.output.dir)
-    if is_main():  # before step 1: the disk has room for the checkpoints and the adapter this run will write
-        check_room(spec, trainer, len(prepared["train"]))
+    # before step 1: the disk has room for the checkpoints and the adapter this run will write
+    main_decides(lambda: check_room(spec, trainer, len(prepared["train"])))
     step_rows = spec.micro_batch * spec.grad_accum * max(1, spec.launch.world_size)
     if len(prepared["train"]) < step_rows:
         notice(f"the training split has {len(prepared['train'])} rows, fewer than the {step_rows} rows per optimizer "

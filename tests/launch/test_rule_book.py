@@ -41,7 +41,7 @@ def run(argv, tmp_path):
 
 def test_the_worker_mark_sees_workers(tmp_path, tiny_dir):
     """The detector itself: rows without a Response column are found only when the workers load the data, so
-    both start (and refuse)."""
+    both start and both refuse with the main process's line."""
     rows = tmp_path / "rows.json"
     rows.write_text(json.dumps([{"Question": f"q{i}", "Complex_CoT": "c"} for i in range(20)]))
     done, workers = run(["launch", "--config_file", str(REPO / "accelerate_configs" / "ddp.yaml"), "--num_processes",
@@ -49,6 +49,7 @@ def test_the_worker_mark_sees_workers(tmp_path, tiny_dir):
                          "--set", f"output.dir={tmp_path / 'run'}"], tmp_path)
     assert done.returncode == 2, done.stderr[-2000:]
     assert "Response" in done.stderr
+    assert "Traceback" not in done.stderr, "a rank died in a collective instead of refusing with the same line"
     assert workers == ["0", "1"]
 
 
