@@ -58,7 +58,8 @@ def card(manifest: dict, recipe: dict, *, kind: str = "adapter", evaluation: dic
         f"| base model | {base} |", f"| quantization | {bits} |",
         f"| LoRA | rank {lora['rank']}, alpha {lora['alpha']}, dropout {lora['dropout']}, targets "
         f"{lora['target_modules']} |",
-        f"| loss | {training.get('loss_type', 'nll')}, completion only |",
+        f"| loss | {training.get('loss_type', 'nll')}, "
+        f"{'completion only' if training.get('completion_only_loss', True) is not False else 'every token'} |",
         f"| optimizer steps | {train.get('global_step', '?')} |",
         f"| micro-batch × accumulation × processes | {manifest.get('micro_batch', '?')} × "
         f"{manifest.get('gradient_accumulation', '?')} × {(manifest.get('launch') or {}).get('world_size', '?')} |",

@@ -131,5 +131,5 @@ def check_hub(recipe: Recipe, pushing: bool = True) -> None:
     for src in sources_of(recipe.data):
         if not src.source.lower().endswith(DATA_SUFFIXES):
             hub.check_available(src.source, "dataset", src.revision, src.where)
-    if pushing and recipe.training.get("push_to_hub"):
-        hub.check_push(recipe.training.get("hub_model_id"))
+    if pushing and recipe.training.push_to_hub:
+        hub.check_push(recipe.training.hub_model_id)

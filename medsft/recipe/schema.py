@@ -21,7 +21,7 @@ from medsft.paths import looks_local
 from medsft.recipe.checks import Float, Fraction, Int, Label, PathText, PositiveInt, Section, rule
 from medsft.recipe.data_section import DataSection, SourceSection, check_data_files
 from medsft.recipe.sft_fields import sft_config_fields
-from medsft.recipe.training_section import TRAINING_DEFAULTS, TRAINING_OWNED, training_model
+from medsft.recipe.training_section import TRAINING_DEFAULTS, TRAINING_OWNED, TrainingSection, training_model
 
 DType = Literal["bfloat16", "float16", "float32"]
 
@@ -105,7 +105,7 @@ class Recipe(Section):
     quantization: QuantizationSection = QuantizationSection()
     lora: LoraSection = LoraSection()
     data: DataSection = DataSection()
-    training: dict = Field(default_factory=dict)  # SFTConfig fields, validated by training_model()
+    training: TrainingSection = Field(default_factory=lambda: TrainingSection({}))  # validated by training_model()
     evaluation: EvaluationSection = EvaluationSection()
     output: OutputSection = OutputSection()
     source_file: str = Field(default="", exclude=True)  # where it was read from (for messages)
@@ -210,14 +210,14 @@ def check_cross_fields(recipe: Recipe, *, data_files: bool = True) -> None:
         check_value(m.chat_template, where)
     if data_files:
         check_data_files(d, where)
-    if t.get("eval_strategy") != "no" and d.val_fraction == 0:
+    if t.evaluates and d.val_fraction == 0:
         raise MedsftError("training.eval_strategy needs a validation split but data.val_fraction is 0",
                           "set data.val_fraction above 0 or training.eval_strategy: no", where)
-    if t.get("packing") and t.get("max_length") is None:
+    if t.packing and t.max_length is None:
         raise MedsftError("training.packing needs training.max_length", "set training.max_length, e.g. 2048", where)
-    if t.get("bf16") and t.get("fp16"):
+    if t.said("bf16") and t.said("fp16"):
         raise MedsftError("training.bf16 and training.fp16 are both on", "choose one", where)
-    gc, ac = t.get("gradient_checkpointing"), t.get("activation_checkpointing")
+    gc, ac = t.said("gradient_checkpointing"), t.said("activation_checkpointing")
     if gc is not None and ac is not None and gc != ac:
         raise MedsftError(f"training.gradient_checkpointing ({gc}) and training.activation_checkpointing ({ac}) "
                           "disagree", "set one of them (activation_checkpointing is transformers 5's name)", where)

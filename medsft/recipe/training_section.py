@@ -14,6 +14,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     PlainSerializer,
+    RootModel,
     ValidationError,
     ValidatorFunctionWrapHandler,
     WrapValidator,
@@ -98,3 +99,102 @@ def training_model() -> type[BaseModel]:
     return _TRAINING_MODEL
 
 
+
+
+class TrainingSection(RootModel[dict[str, Any]]):
+    """The validated `training:` section, read through typed properties: the values medsft itself decides with,
+    each default written here once. `as_dict()` is every key as set (medsft's defaults applied): SFTConfig's
+    arguments. It serializes as the plain mapping the recipe file holds."""
+
+    model_config = ConfigDict(frozen=True)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.root)
+
+    def said(self, key: str) -> Any:
+        """What the section sets for `key` (None: not set)."""
+        return self.root.get(key)
+
+    @property
+    def max_length(self) -> int | None:
+        """Tokens per row (None: no limit)."""
+        value = self.root.get("max_length", TRAINING_DEFAULTS["max_length"])
+        return None if value is None else int(value)
+
+    @property
+    def completion_only_loss(self) -> bool:
+        return self.root.get("completion_only_loss", True) is not False
+
+    @property
+    def padding_free(self) -> bool:
+        return bool(self.root.get("padding_free"))
+
+    @property
+    def packing(self) -> bool:
+        return bool(self.root.get("packing"))
+
+    @property
+    def checkpointing(self) -> bool | None:
+        """Activation checkpointing under either name (None: not said)."""
+        value = self.root.get("activation_checkpointing", self.root.get("gradient_checkpointing"))
+        return None if value is None else bool(value)
+
+    @property
+    def activation_offloading(self) -> bool:
+        return bool(self.root.get("activation_offloading"))
+
+    @property
+    def micro_batch(self) -> int | str:
+        """per_device_train_batch_size: rows per device and step, or `auto`."""
+        value = self.root.get("per_device_train_batch_size", 8)
+        return value if value == "auto" else int(value)
+
+    @property
+    def grad_accum(self) -> int | str | None:
+        """gradient_accumulation_steps, `auto`, or None (not said)."""
+        value = self.root.get("gradient_accumulation_steps")
+        return value if value is None or value == "auto" else int(value)
+
+    @property
+    def batch_is_auto(self) -> bool:
+        return "auto" in (self.micro_batch, self.grad_accum)
+
+    @property
+    def global_batch_size(self) -> int | None:
+        value = self.root.get("global_batch_size")
+        return None if value is None else int(value)
+
+    @property
+    def eval_batch(self) -> int:
+        return int(self.root.get("per_device_eval_batch_size", 8))
+
+    @property
+    def dataset_num_proc(self) -> int | None:
+        value = self.root.get("dataset_num_proc")
+        return None if value is None else int(value)
+
+    @property
+    def evaluates(self) -> bool:
+        return self.root.get("eval_strategy") != "no"
+
+    @property
+    def precision(self) -> str | None:
+        """bf16 or fp16 when the section turns one on, "no" when it turns them off, None when it is silent."""
+        bf16, fp16 = self.root.get("bf16"), self.root.get("fp16")
+        if bf16 is None and fp16 is None:
+            return None
+        return "bf16" if bf16 else "fp16" if fp16 else "no"
+
+    @property
+    def report_to(self) -> list[str]:
+        """The reporting integrations named (none and all left out)."""
+        wanted = self.root.get("report_to") or []
+        return [w for w in ([wanted] if isinstance(wanted, str) else list(wanted)) if w not in ("none", "all")]
+
+    @property
+    def push_to_hub(self) -> bool:
+        return bool(self.root.get("push_to_hub"))
+
+    @property
+    def hub_model_id(self) -> str | None:
+        return self.root.get("hub_model_id")

@@ -54,7 +54,7 @@ def show(recipe: Recipe, *, limit: int | None, split: str, as_json: bool) -> Non
     ds = prepared[split]
 
     console.print(report.summary())
-    table = Table(title=f"token lengths (max_length={recipe.training.get('max_length')})")
+    table = Table(title=f"token lengths (max_length={recipe.training.max_length})")
     for col in ("split", "rows", "min", "median", "p95", "max", "> max_length", "dropped"):
         table.add_column(col, justify="right")
     for name, st in stats.items():

@@ -116,8 +116,7 @@ def run(recipe: Recipe, resume: str = "auto", force: bool = False,
         from medsft.upstream import destroy_process_group_at_exit
 
         destroy_process_group_at_exit()
-    previous = previous_choice(resume, recipe.output.dir) if "auto" in (
-        recipe.training.get("per_device_train_batch_size"), recipe.training.get("gradient_accumulation_steps")) else None
+    previous = previous_choice(resume, recipe.output.dir) if recipe.training.batch_is_auto else None
     spec = resolve(recipe, here, previous_micro_batch=previous)
     if is_main():  # only the main process takes the lock; another rank could find it held by rank 0
         RunLock(Path(recipe.output.dir)).check()

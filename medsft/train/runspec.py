@@ -81,7 +81,7 @@ class RunSpec:
 
     def sft_kwargs(self) -> dict:
         """Every SFTConfig argument of this run."""
-        t = dict(self.recipe.training)
+        t = self.recipe.training.as_dict()
         for key in ("gradient_checkpointing", "activation_checkpointing", "bf16", "fp16", "max_length",
                     "gradient_accumulation_steps", "max_grad_norm", "per_device_train_batch_size",
                     "global_batch_size"):
@@ -112,9 +112,8 @@ class RunSpec:
     def tokenization(self) -> Tokenization:
         """What the data stage needs of the training section (medsft/data/tokenized.py)."""
         t = self.recipe.training
-        return Tokenization(completion_only_loss=t.get("completion_only_loss", True) is not False,
-                            max_length=t.get("max_length"), drop_longer_than=self.drop_longer_than,
-                            num_proc=t.get("dataset_num_proc"))
+        return Tokenization(completion_only_loss=t.completion_only_loss, max_length=t.max_length,
+                            drop_longer_than=self.drop_longer_than, num_proc=t.dataset_num_proc)
 
     def memory_setup(self) -> Setup:
         """The memory estimate's inputs (medsft/memory/model.py), read from this run (launch included)."""
@@ -128,12 +127,12 @@ class RunSpec:
             bits=recipe.quantization.bits, double_quant=recipe.quantization.double_quant, dtype=recipe.model.dtype,
             rank=recipe.lora.rank, targets=recipe.lora.target_modules, dropout=recipe.lora.dropout,
             micro_batch=self.micro_batch, eval_batch=self.eval_batch,
-            max_length=int(t.get("max_length") or TRAINING_DEFAULTS["max_length"]), checkpointing=self.checkpointing,
-            attention=self.attention.memory_kind, padding_free=bool(t.get("padding_free") or t.get("packing")),
+            max_length=t.max_length or TRAINING_DEFAULTS["max_length"], checkpointing=self.checkpointing,
+            attention=self.attention.memory_kind, padding_free=t.padding_free or t.packing,
             world_size=launch.world_size if distributed else 1, shard_params=launch.sharded_params and distributed,
             zero_stage=launch.zero_stage, fsdp=launch.distributed == "fsdp",
             offload_optimizer=launch.offload_optimizer, offload_params=launch.offload_params,
-            offload_activations=bool(t.get("activation_offloading")),
+            offload_activations=t.activation_offloading,
             optimizer="deepspeed" if launch.distributed == "deepspeed" else "adamw")
 
     def preflight(self, gpu_memory: str | None = None) -> Preflight:
@@ -158,7 +157,7 @@ class RunSpec:
         from medsft.data.cache import content_fingerprint
 
         r, launch = self.recipe, self.launch
-        training = {k: v for k, v in r.training.items() if k not in NOT_TRAJECTORY}
+        training = {k: v for k, v in r.training.as_dict().items() if k not in NOT_TRAJECTORY}
         training.update(precision=self.precision, micro_batch=self.micro_batch, grad_accum=self.grad_accum,
                         max_grad_norm=self.max_grad_norm, drop_longer_than=self.drop_longer_than)
         model = r.model.model_dump(mode="json", include={"name", "revision", "dtype", "chat_template"})
@@ -207,22 +206,21 @@ def resolve(recipe: Recipe, launch: Launch, kernels: str | None = None, memory: 
         if choice.notice:
             notices.append(choice.notice)
     t = recipe.training
-    checkpointing = t.get("activation_checkpointing", t.get("gradient_checkpointing"))
-    length = t.get("max_length")
+    length = t.max_length
     spec = RunSpec(
         recipe=recipe, launch=launch, placement=placement, kernels=kernels,
-        checkpointing=True if checkpointing is None else bool(checkpointing),
-        drop_longer_than=None if t.get("packing") else length,
-        trl_max_length=length if t.get("packing") or not t.get("padding_free") else None,
-        micro_batch=FALLBACK_MICRO_BATCH, eval_batch=int(t.get("per_device_eval_batch_size", 8)),
+        checkpointing=t.checkpointing is not False,
+        drop_longer_than=None if t.packing else length,
+        trl_max_length=length if t.packing or not t.padding_free else None,
+        micro_batch=FALLBACK_MICRO_BATCH, eval_batch=t.eval_batch,
         max_grad_norm=adopted(recipe, launch, "max_grad_norm", launch.gradient_clipping, 1.0),
         precision=mixed, notices=tuple(notices))
-    accum = t.get("gradient_accumulation_steps")
+    accum = t.grad_accum
     if accum != "auto" and (accum is not None or launch.gradient_accumulation is not None):
         accum = adopted(recipe, launch, "gradient_accumulation_steps", launch.gradient_accumulation, 1)
     elif accum == "auto" and launch.gradient_accumulation is not None:
         accum = launch.gradient_accumulation  # the DeepSpeed config fixes it
-    request = BatchRequest(t.get("per_device_train_batch_size", 8), accum, t.get("global_batch_size"), where)
+    request = BatchRequest(t.micro_batch, accum, t.global_batch_size, where)
     batch = decide_batch(request, spec.memory_setup(), recipe.model, launch, memory, previous_micro_batch, notices)
     spec = replace(spec, micro_batch=batch.micro_batch, grad_accum=batch.grad_accum, batch=batch,
                    notices=tuple(notices))
@@ -234,8 +232,7 @@ def resolve(recipe: Recipe, launch: Launch, kernels: str | None = None, memory: 
 def check_reporting(spec: RunSpec) -> None:
     """`report_to` names integrations transformers knows and this environment has installed; otherwise the
     trainer fails after the model has loaded."""
-    wanted = spec.recipe.training.get("report_to") or []
-    wanted = [w for w in ([wanted] if isinstance(wanted, str) else list(wanted)) if w not in ("none", "all")]
+    wanted = spec.recipe.training.report_to
     if not wanted:
         return  # nothing to check, and transformers (torch) is not imported for it: `medsft preflight` stays quick
     from transformers.integrations import get_available_reporting_integrations
@@ -260,7 +257,7 @@ def accelerate_name(launch: Launch) -> str:
 def adopted(recipe: Recipe, launch: Launch, key: str, theirs: float | None, default: Number) -> Number:
     """A training value an accelerate DeepSpeed config may also set: the recipe's when it says one (and the
     config agrees or is silent), the config's when only it says one, else the default."""
-    ours = recipe.training.get(key)
+    ours = recipe.training.said(key)
     if theirs is not None and ours is not None and float(ours) != float(theirs):
         config_key = {"max_grad_norm": "gradient_clipping"}.get(key, key)
         raise MedsftError(f"{accelerate_name(launch)} sets deepspeed_config.{config_key}: {theirs} but "
@@ -294,9 +291,8 @@ def precision(recipe: Recipe, launch: Launch) -> str:
     beside `bf16: false` and DeepSpeed would fail in every rank); its `no` is no statement: the recipe decides.
     fp8 is refused where it cannot run, before any worker starts (accelerate or transformers would stop each
     one with a traceback)."""
-    t = recipe.training
-    ours = "bf16" if t.get("bf16") else "fp16" if t.get("fp16") else None
-    said = t.get("bf16") is not None or t.get("fp16") is not None
+    said = recipe.training.precision  # bf16 | fp16 | no, or None
+    ours = None if said in (None, "no") else said
     theirs = launch.mixed_precision if launch.mixed_precision in ("bf16", "fp16", "fp8") else None
     if theirs and said and ours != theirs:
         name = accelerate_name(launch)

@@ -61,7 +61,7 @@ TABLES = [  # (architecture, launch, device GiB, overrides)
 def test_chosen_micro_batch_is_the_largest_the_memory_model_accepts(model, launch, gib, overrides):
     spec = auto_spec(model, launch, gib, *overrides)
     world = spec.launch.world_size
-    rows = spec.recipe.training.get("global_batch_size") or 128
+    rows = spec.recipe.training.global_batch_size or 128
     arch = arch_of(model)
     accepted = [m for m in range(1, rows // world + 1) if (rows // world) % m == 0
                 and verdict(estimate(arch, spec.memory_setup().replace(micro_batch=m)).total, gib * GiB) == "fits"]

@@ -33,3 +33,9 @@ def test_a_local_base_model_is_not_an_id():
     header = yaml.safe_load(text.split("---")[1])
     assert "base_model" not in header and header["library_name"] == "transformers" and "license" not in header
     assert "/models/llama" not in text and "None" not in text
+
+
+def test_the_loss_row_says_which_tokens_were_trained():
+    assert "| loss | dft, completion only |" in card(MANIFEST, RECIPE)
+    every = {**RECIPE, "training": {**RECIPE["training"], "completion_only_loss": False}}
+    assert "| loss | dft, every token |" in card(MANIFEST, every)

@@ -36,16 +36,16 @@ def test_every_recipe_passes_the_rule_book_on_the_launches_its_header_names(path
         launches.append(from_env({}, cuda=False, num_gpus=0))
     for launch in launches:
         spec = resolve(recipe, launch, "off")
-        assert spec.recipe.training["completion_only_loss"] is True, launch.source
+        assert spec.recipe.training.completion_only_loss is True, launch.source
         assert spec.micro_batch >= 1 and spec.grad_accum >= 1
 
 
 def test_set_overrides_with_validation(tmp_path):
     r = load_recipe(REPO / "recipes" / "tiny-cpu.yaml",
                     ["training.learning_rate=1e-4", "lora.rank=32", "training.report_to=[tensorboard]"])
-    assert r.training["learning_rate"] == 1e-4  # YAML reads 1e-4 as a string; it is coerced
+    assert r.training.said("learning_rate") == 1e-4  # YAML reads 1e-4 as a string; it is coerced
     assert r.lora.rank == 32
-    assert r.training["report_to"] == ["tensorboard"]
+    assert r.training.report_to == ["tensorboard"]
     with pytest.raises(MedsftError, match="lora.rank must be an integer"):
         load_recipe(REPO / "recipes" / "tiny-cpu.yaml", ["lora.rank=many"])
 
@@ -55,7 +55,8 @@ def test_defaults(tmp_path):
     p.write_text("model:\n  name: Qwen/Qwen3-0.6B\n")
     r = load_recipe(p)
     assert r.data.source == "FreedomIntelligence/medical-o1-reasoning-SFT" and r.data.config == "en"
-    assert r.training["loss_type"] == "dft" and r.training["padding_free"] is True
+    assert r.training.said("loss_type") == "dft" and r.training.padding_free is True
+    assert r.training.max_length == 2048 and r.training.checkpointing is None and r.training.precision is None
     assert r.quantization.bits == 4 and r.quantization.double_quant and r.quantization.quant_type == "nf4"
     assert r.model.trust_remote_code is False
     assert r.output.dir == "runs/mini" and r.adapter_dir == Path("runs/mini/adapter")
@@ -70,7 +71,7 @@ def test_notebook_config(tmp_path):
     assert r.model.name == "Qwen/Qwen3-0.6B"
     assert r.adapter_dir == Path("adapters/Qwen/Qwen3-0.6B")
     assert (r.lora.rank, r.lora.alpha, r.lora.dropout, r.lora.target_modules) == (8, 16, 0.05, NOTEBOOK_TARGETS)
-    t = r.training
+    t = r.training.as_dict()
     assert (t["per_device_train_batch_size"], t["num_train_epochs"], t["max_length"]) == (2, 3, 1024)
     assert (t["learning_rate"], t["gradient_accumulation_steps"], t["logging_steps"]) == (2e-5, 4, 50)
     assert (t["eval_steps"], t["save_steps"], t["bf16"], t["loss_type"]) == (100, 100, True, "dft")
