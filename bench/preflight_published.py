@@ -7,7 +7,7 @@ Each point states its source, what was measured, and every setting the estimate 
 differ from medsft's own stack are modelled as that stack ran (transformers' full-logits loss instead of
 TRL's fused head, fp32 adapters under PEFT's autocast, pure-bf16 adapters in fsdp_qlora); points whose stack
 cannot be modelled are listed as excluded, with why. Nothing is tuned to a point: the formulas are
-medsft/memory/model.py's, checked term by term on CPU in tests/unit/test_memory_model.py.
+medsft/memory/model.py's, checked term by term on CPU in tests/preflight/test_memory_model.py.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Every place medsft depends on a library's internals or works around its behaviour, in one module.
 
 Why: these are the lines an upgrade of TRL, transformers or bitsandbytes can break silently. Keeping
-them together, each with what it relies on, lets `tests/unit/test_upstream_contracts.py` check the
+them together, each with what it relies on, lets `tests/code/test_upstream_contracts.py` check the
 contracts and fail with a clear message when an upgrade changes one.
 """
 

@@ -1,5 +1,7 @@
 """Shared fixtures: an isolated medsft home (the tiny model is built once per session), offline hub,
-the shared demo data, and a helper that runs the real CLI in a subprocess."""
+the shared demo data, and a helper that runs the real CLI in a subprocess. Folders are capabilities (what a user
+relies on); a file whose tests train, launch several processes, queue on Slurm or run pip marks itself
+`pytestmark = pytest.mark.slow`, so `pytest -m "not slow"` is the quick loop."""
 
 from __future__ import annotations
 
@@ -93,17 +95,6 @@ def run_cli_here(*args, cwd=None, env=None, timeout=None) -> subprocess.Complete
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
     return subprocess.CompletedProcess(list(args), status, out.getvalue(), err.getvalue())
-
-
-SLOW_DIRS = ("integration", "launch", "slurm", "bundle")  # trainings, multi-process launches, a cluster, pip
-
-
-def pytest_collection_modifyitems(config, items):
-    """Everything under tests/{integration,launch,slurm,bundle} is `slow`: `pytest -m "not slow"` is the quick loop."""
-    for item in items:
-        parts = Path(str(item.fspath)).relative_to(REPO / "tests").parts
-        if parts[0] in SLOW_DIRS:
-            item.add_marker(pytest.mark.slow)
 
 
 def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 600) -> None:

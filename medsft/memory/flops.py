@@ -14,7 +14,7 @@ rows of lengths Tᵢ (N tokens), with P the decoder's linear weights:
   Triton kernel does, on CUDA; on every position elsewhere): forward and input gradient, 4·p·hidden·vocab.
 Hardware FLOPs add checkpointing's recomputed forward of every decoder layer and FlashAttention's backward as
 it runs (the scores recomputed: 10·H·D·Σ Tᵢ² dense), with the causal mask's skipped half left out where the
-kernel skips it (`causal_skip`). tests/unit/test_flops.py checks them against torch's FlopCounterMode.
+kernel skips it (`causal_skip`). tests/training/test_flops.py checks them against torch's FlopCounterMode.
 """
 
 from __future__ import annotations

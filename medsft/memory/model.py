@@ -21,7 +21,7 @@ Gathered (ZeRO-3, FSDP)
 - Two full decoder layers (the one computing and the one prefetched) and, in the loss phase, the full lm_head
   (TRL's fused head calls `full_tensor()` under FSDP2; ZeRO-3 gathers it).
 Activations kept for backward, per token and layer (E, bytes; plus 4H + 8 for the final RMSNorm; transformers Llama/Qwen layers, PEFT LoRA,
-bitsandbytes 4-bit, SDPA; read from what autograd saves, see tests/unit/test_memory_model.py):
+bitsandbytes 4-bit, SDPA; read from what autograd saves, see tests/preflight/test_memory_model.py):
     E = 8H + 8                 two RMSNorms save their fp32 input and rsqrt
       + 2H                     input of q/k/v (MatMul4Bit saves it; one tensor for the three)
       + 2AD + 4KD              q and k after RoPE, v

@@ -52,7 +52,7 @@ def ready_tokenizer(tok: Any, name: str) -> Any:
     """The rules every medsft tokenizer follows: a chat template, and a pad token.
 
     pad = eos is safe because TRL masks labels by position, not by pad id: the closing end-of-turn token
-    stays trained (tests/unit/test_labels.py), so generation stops."""
+    stays trained (tests/data/test_labels.py), so generation stops."""
     if not getattr(tok, "chat_template", None):
         raise MedsftError(f"the tokenizer of {name!r} has no chat template (a base model's usually has none)",
                           "set model.chat_template: chatml (or llama3, or the path of a .jinja file), or use an "

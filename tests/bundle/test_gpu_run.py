@@ -7,7 +7,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow  # pip installs and whole-pipeline runs
 
 SCRIPT = REPO / "bench" / "gpu_run.sh"
 

@@ -18,6 +18,8 @@ import pytest
 
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.slow  # pip installs and whole-pipeline runs
+
 try:
     import tomllib
 except ImportError:  # Python 3.10

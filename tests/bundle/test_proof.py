@@ -16,6 +16,8 @@ import pytest
 
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.slow  # pip installs and whole-pipeline runs
+
 SCRIPT = REPO / "bench" / "gpu_run.sh"
 STEPS = ["requirements", "tests", "throughput", "attention", "notebook", "maxlen"]
 

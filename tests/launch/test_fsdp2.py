@@ -13,7 +13,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO, free_port
+
+pytestmark = pytest.mark.slow  # real multi-process launches
 
 STEPS = 12
 

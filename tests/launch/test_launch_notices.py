@@ -7,7 +7,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow  # real multi-process launches
 
 STOP_WORKERS = "import os\nif 'LOCAL_RANK' in os.environ:\n    os._exit(3)\n"
 

@@ -12,6 +12,8 @@ import pytest
 
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.slow  # real multi-process launches
+
 # A process that torch elastic starts as a worker has LOCAL_RANK set; this file, found first on PYTHONPATH,
 # leaves a mark for each one before medsft runs in it.
 SITECUSTOMIZE = """import os, pathlib

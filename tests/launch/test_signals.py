@@ -8,7 +8,11 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO, wait_for_file
+
+pytestmark = pytest.mark.slow  # real multi-process launches
 
 SLOW = 8  # seconds a save takes, beyond accelerate's 5
 

@@ -12,7 +12,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO, free_port
+
+pytestmark = pytest.mark.slow  # real multi-process launches
 
 TRL_ZERO3 = REPO / "tests" / "launch" / "user_configs" / "trl_zero3.yaml"
 TRAIN = ["train", str(REPO / "recipes" / "tiny-cpu.yaml"), "--set", "training.max_steps=2", "--set",

@@ -16,6 +16,8 @@ import pytest
 
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.slow  # real multi-process launches
+
 CONFIGS = REPO / "tests" / "launch" / "user_configs"
 TRAIN = ["train", str(REPO / "recipes" / "tiny-cpu.yaml"), "--set", "training.max_steps=2", "--set",
          "training.eval_strategy=no", "--set", "training.save_strategy=no", "--set", "training.logging_steps=1"]

@@ -13,6 +13,8 @@ import pytest
 
 from tests.conftest import REPO, wait_for_file
 
+pytestmark = pytest.mark.slow  # real multi-process launches
+
 STEPS, EVERY = 8, 2
 ARGS = ["--set", f"training.max_steps={STEPS}", "--set", f"training.save_steps={EVERY}", "--set",
         "training.eval_strategy=no", "--set", "training.logging_steps=1", "--set", "data.max_rows=200"]

@@ -11,6 +11,8 @@ import pytest
 
 from tests.conftest import REPO, run_cli
 
+pytestmark = pytest.mark.slow  # a real Slurm cluster
+
 SLURM_ONE_NODE_NO_GPU = {"SLURM_JOB_ID": "77", "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_NODELIST": "n1",
                          "SLURM_NODEID": "0"}
 

@@ -12,6 +12,8 @@ import pytest
 from medsft.recipe.files import load_recipe
 from tests.conftest import REPO, run_cli, run_cli_here
 
+pytestmark = pytest.mark.slow  # trains the tiny model
+
 ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json",
                  "chat_template.jinja", "recipe.yaml", "manifest.json", "test_ids.json"]
 

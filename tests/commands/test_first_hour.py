@@ -6,7 +6,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO, run_cli_here
+
+pytestmark = pytest.mark.slow  # trains the tiny model
 
 TINY = str(REPO / "recipes" / "tiny-cpu.yaml")
 SHORT = ["--set", "training.max_steps=4", "--set", "training.eval_strategy=no", "--set", "data.max_rows=80"]

@@ -9,7 +9,7 @@ import pytest
 
 from medsft.data.formats import conversation
 from tests.conftest import REPO, run_cli_here
-from tests.unit.template_fixtures import SYSTEM, conversations, turn_spans
+from tests.template_fixtures import SYSTEM, conversations, turn_spans
 
 # ---------------------------------------------------------------- huatuo
 

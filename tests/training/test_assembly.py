@@ -9,6 +9,8 @@ import pytest
 
 from tests.conftest import REPO, run_cli_here
 
+pytestmark = pytest.mark.slow  # trains the tiny model
+
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, tiny_dir):

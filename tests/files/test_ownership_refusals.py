@@ -21,6 +21,8 @@ from medsft.io.ownership import LOCK, RunLock, inventory_one, mark
 from tests.cases import check_one_line_error, fake_adapter, run_case, snapshot
 from tests.conftest import REPO, run_cli, run_cli_here
 
+pytestmark = pytest.mark.slow  # trains the tiny model
+
 TINY = str(REPO / "recipes" / "tiny-cpu.yaml")
 
 

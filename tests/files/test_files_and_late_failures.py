@@ -17,6 +17,8 @@ import pytest
 from medsft.io.ownership import mark
 from tests.conftest import REPO, run_cli, run_cli_here
 
+pytestmark = pytest.mark.slow  # trains the tiny model
+
 TINY = str(REPO / "recipes" / "tiny-cpu.yaml")
 SHORT = ["--set", "training.max_steps=4", "--set", "training.save_steps=2", "--set", "training.eval_strategy=no",
          "--set", "data.max_rows=80"]
@@ -151,7 +153,7 @@ def test_a_score_killed_while_renaming_its_report_completes_when_run_again(tmp_p
     (tmp_path / "preds.jsonl").write_text('{"output": "The answer is B."}\n')
     assert score(tmp_path).returncode == 0
     (tmp_path / "preds.jsonl").write_text('{"output": "The answer is A."}\n')
-    killed = score(tmp_path, env={"PYTHONPATH": f"{REPO / 'tests' / 'integration' / 'kill_in_commit'}{os.pathsep}{REPO}",
+    killed = score(tmp_path, env={"PYTHONPATH": f"{REPO / 'tests' / 'files' / 'kill_in_commit'}{os.pathsep}{REPO}",
                                   "MEDSFT_TEST_KILL_IN_COMMIT": "1"})
     assert killed.returncode == 137, killed.stderr[-2000:]
     assert (tmp_path / "rep" / ".medsft-pending.json").exists()  # killed between two renames

@@ -15,6 +15,8 @@ import pytest
 from medsft.recipe.files import load_recipe
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.slow  # trains the tiny model
+
 STEPS = 24
 ARGS = ["--set", f"training.max_steps={STEPS}", "--set", "training.save_steps=3", "--set", "training.logging_steps=1",
         "--set", "training.eval_strategy=no"]

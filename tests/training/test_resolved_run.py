@@ -11,6 +11,8 @@ import yaml
 
 from tests.conftest import REPO, run_cli, run_cli_here
 
+pytestmark = pytest.mark.slow  # trains the tiny model
+
 RENAMED = {"Question": "Frage", "Complex_CoT": "Begruendung", "Response": "Antwort"}
 
 

@@ -11,6 +11,8 @@ import yaml
 from medsft.recipe.files import load_recipe
 from tests.conftest import REPO, run_cli, run_cli_here
 
+pytestmark = pytest.mark.slow  # trains the tiny model
+
 
 @pytest.fixture(scope="module")
 def adapter(tmp_path_factory):

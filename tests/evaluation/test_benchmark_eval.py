@@ -16,6 +16,8 @@ import pytest
 from medsft.recipe.files import load_recipe
 from tests.conftest import REPO, free_port, run_cli_here
 
+pytestmark = pytest.mark.slow  # trains the tiny model
+
 
 @pytest.fixture(scope="module")
 def adapter(tmp_path_factory):

@@ -19,6 +19,8 @@ import yaml
 from tests.cases import check_one_line_error, recipe_with, run_case, snapshot
 from tests.conftest import run_cli
 
+pytestmark = pytest.mark.slow  # trains the tiny model
+
 ROWS = [{"Question": f"What treats condition {i}?", "Complex_CoT": f"Condition {i} responds to drug {i}.",
          "Response": f"Drug {i}."} for i in range(120)]
 RECIPE = recipe_with(data__source="data/rows.json", output__dir="run", training__max_steps=2, training__save_steps=1,

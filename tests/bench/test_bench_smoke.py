@@ -8,7 +8,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow  # trains the tiny model
 
 
 def test_gpu_bench_smoke(tmp_path, tiny_dir):

@@ -11,7 +11,9 @@ from medsft.data.load import load_raw, load_splits
 from medsft.data.mixture import sample_rows, weighted_sizes
 from medsft.recipe.data_section import DataSection
 from tests.conftest import REPO, run_cli, run_cli_here
-from tests.unit.template_fixtures import conversations
+from tests.template_fixtures import conversations
+
+pytestmark = pytest.mark.slow  # trains the tiny model
 
 
 def twice(demo_json, w1=0.75, w2=0.25, **extra) -> DataSection:

@@ -10,13 +10,15 @@ import pytest
 
 from medsft.errors import MedsftError
 from tests.conftest import REPO, run_cli, run_cli_here
-from tests.unit.template_fixtures import (
+from tests.template_fixtures import (
     HAVE_QWEN3_TOKENIZER,
     bare_model,
     conversations,
     qwen3_tokenizer_dir,
     turn_spans,
 )
+
+pytestmark = pytest.mark.slow  # trains the tiny model
 
 
 @pytest.fixture(scope="module")
