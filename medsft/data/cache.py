@@ -7,8 +7,8 @@ parameters), the data section, the tokenizer (vocabulary, added and special toke
 `model.chat_template` applied), the tokenization settings and the TRL/medsft versions. So a warm run
 memory-maps the tokenized Arrow files and never reads the raw rows; a file corrected in place (same size,
 same mtime) has other bytes and another key. The main process prepares while the other ranks wait, then
-they load its result; a rank that cannot see the cache (node-local disk) prepares itself. Entries are
-written atomically under `$MEDSFT_HOME/datasets/<key>`.
+they load its result; on a node that cannot see that cache (node-local disk) its first rank prepares while
+the node's other ranks wait. Entries are written atomically under `$MEDSFT_HOME/datasets/<key>`.
 """
 
 from __future__ import annotations
@@ -169,6 +169,8 @@ def prepared_data(data_section: DataSection, tokenizer: Any, tokenization: Token
     `content`: the sources' identities when the caller has them (the run identity computed them); `report`
     receives this rank's cache lines as they happen (also kept in `cache_lines`: the multi-process tests'
     evidence)."""
+    from accelerate import PartialState
+
     lines: list[str] = []
 
     def line(text: str) -> None:
@@ -179,7 +181,8 @@ def prepared_data(data_section: DataSection, tokenizer: Any, tokenization: Token
     content = content if content is not None else content_fingerprint(data_section)
     path = medsft_home() / "datasets" / cache_key(data_section, content, chat_template, tokenizer, tokenization)
     result = main_decides(lambda: load_or_prepare(data_section, tokenizer, tokenization, content, path, 0, line))
-    if result is None:
-        result = load_or_prepare(data_section, tokenizer, tokenization, content, path, rank(), line)
+    with PartialState().local_main_process_first():  # a node that cannot see that cache prepares once, not per rank
+        if result is None:
+            result = load_or_prepare(data_section, tokenizer, tokenization, content, path, rank(), line)
     result.cache_lines = lines
     return result

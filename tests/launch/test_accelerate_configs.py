@@ -82,19 +82,31 @@ def test_config_trains(config, processes, placement, distributed, tmp_path, tiny
         assert seen["0"] and seen["1"] and not set(seen["0"]) & set(seen["1"]), "ranks trained overlapping rows"
 
 
-def test_two_machines_on_one_host(tmp_path, tiny_dir):
+def test_two_machines_on_one_host(tmp_path, tiny_dir, medsft_env):
+    """Two machines of two processes. The second machine's medsft cache is its own (a node-local disk, the built
+    model shared): it cannot see the tokenized data the main process cached, so its first rank prepares the data
+    while its other rank waits and then loads it; all four train one adapter on disjoint rows."""
     out = tmp_path / "run"
+    node_local = tmp_path / "node1-home"
+    node_local.mkdir()
+    (node_local / "models").symlink_to(medsft_env / "models")
     port = str(free_port())
     common = ["--num_machines", "2", "--main_process_ip", "127.0.0.1", "--main_process_port", port]
-    procs = [accelerate("ddp.yaml", *common, "--machine_rank", str(rank), out=out, processes=2, wait=False)
+    procs = [accelerate("ddp.yaml", *common, "--machine_rank", str(rank), out=out, processes=4, wait=False,
+                        env={"MEDSFT_HOME": str(node_local)} if rank == 1 else None)
              for rank in (0, 1)]
     results = [p.communicate(timeout=900) for p in procs]
     for p, (_, stderr) in zip(procs, results):
         assert p.returncode == 0, stderr[-4000:]
-    m = check_one_adapter(out, 2, "ddp-cpu")
-    assert m["launch"]["num_processes"] == 2
-    seen = json.loads((out / "rows_seen.json").read_text())
-    assert not set(seen["0"]) & set(seen["1"])
+    m = check_one_adapter(out, 4, "ddp-cpu")
+    assert m["launch"]["num_processes"] == 4
+    seen = [set(rows) for rows in json.loads((out / "rows_seen.json").read_text()).values()]
+    assert len(seen) == 4 and sum(map(len, seen)) == len(set().union(*seen))
+    second = m["data"]["cache_by_rank"][2:]  # ranks 2 and 3: the second machine
+    assert [" ".join(lines).count("tokenized and cached") for lines in second] == [1, 0], second
+    assert " ".join(second[1]).count("loaded tokenized splits from cache") == 1, second
+    prepared = [p.parent.name for p in (node_local / "datasets").glob("*/medsft.json")]
+    assert prepared and all(p in {e.name for e in (medsft_env / "datasets").iterdir()} for p in prepared)
 
 
 def test_impossible_combination_fails_fast(tmp_path):
