@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Wheelhouse for an air-gapped GPU node, built on a connected machine: every wheel medsft needs for the
 # node's Python and platform EXCEPT torch (and its nvidia-*/triton wheels: the node has a CUDA torch).
-# The list comes from pyproject.toml ([project].dependencies minus torch, plus the extras asked for).
+# The list comes from pyproject.toml ([project].dependencies minus torch, plus the extras asked for), at the
+# versions CI tested (medsft/constraints.txt) unless --unlocked.
 # Usage: launch/offline_bundle.sh [OPTIONS] [WHEELHOUSE]
 #   launch/offline_bundle.sh                                 # -> wheelhouse/ for CPython 3.12, manylinux x86_64
 #   launch/offline_bundle.sh --extras deepspeed,kernels out/  # optional extras too
@@ -25,6 +26,8 @@
 #                          when its version meets every requirement (a name alone is trusted)
 #   --max-core-mb N        exit 3 (the wheelhouse still written) when the core set is larger; 0: no limit
 #                          [MEDSFT_BUNDLE_MAX_CORE_MB, 60]
+#   --unlocked             the newest releases within pyproject.toml's bounds, not the tested set
+#                          (medsft/constraints.txt; use this when the tested set has no wheel for the target)
 #   --print-requirements   print the requirements read from pyproject.toml (torch left out) and exit
 # "core" = the wheels for medsft's runtime dependencies (no extras) that land in the wheelhouse: with
 # --present, what the node lacks. The complete set is ~149 MB (~185 with --cuda all; pyarrow alone is 55).
@@ -43,7 +46,7 @@ max_core_mb=${MEDSFT_BUNDLE_MAX_CORE_MB:-60}
 cuda=${MEDSFT_BUNDLE_CUDA:-13.0}
 torch_version=2.11.0
 triton_version=3.6.0  # only stands in when an extra asks for triton (liger-kernel): the node's torch has it
-host=0 extras="" present="" print_reqs=0 wheelhouse=""
+host=0 extras="" present="" print_reqs=0 wheelhouse="" locked=1
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 die() { echo "error: $*" >&2; exit 2; }
@@ -60,6 +63,7 @@ while [ $# -gt 0 ]; do
     --present) present=${2:?}; shift ;;
     --max-core-mb) max_core_mb=${2:?}; shift ;;
     --print-requirements) print_reqs=1 ;;
+    --unlocked) locked=0 ;;
     -*) die "unknown option $1 (see --help)" ;;
     *) [ -z "$wheelhouse" ] || die "one WHEELHOUSE only"; wheelhouse=$1 ;;
   esac
@@ -343,7 +347,12 @@ mkdir -p "$work/stubs" "$work/built" "$work/src"
 "$PYTHON" "$helper" stub "$work/stubs" torch "$torch_version+medsftstub"
 "$PYTHON" "$helper" stub "$work/stubs" triton "$triton_version+medsftstub"
 printf 'torch==%s+medsftstub\ntriton==%s+medsftstub\n' "$torch_version" "$triton_version" >"$work/constraints.txt"
-resolve=(--find-links "$work/stubs" --find-links "$work/built" -c "$work/constraints.txt" "${target[@]}")
+lock=()
+if [ "$locked" = 1 ]; then  # the versions CI passed with (python .ci/lock.py); torch is the node's
+  lock=(-c "$repo/medsft/constraints.txt")
+  echo "versions: the tested set, medsft/constraints.txt (--unlocked: the newest within pyproject.toml's bounds)"
+fi
+resolve=(--find-links "$work/stubs" --find-links "$work/built" -c "$work/constraints.txt" "${lock[@]}" "${target[@]}")
 
 # medsft itself, built from a copy of the package (a stale build/ in the checkout never leaks in).
 cp -r "$repo/pyproject.toml" "$repo/README.md" "$repo/medsft" "$work/src/"
@@ -353,11 +362,11 @@ medsft_wheel=$(ls "$work"/built/medsft-*.whl)
 
 # Packages with no wheel for the target (DeepSpeed is an sdist): build a wheel here; only pure ones travel.
 dry=("${pip[@]}" install -q --dry-run --ignore-installed --target "$work/t")
-if ! "${dry[@]}" --no-deps "${target[@]}" "${reqs[@]}" >/dev/null 2>&1; then
+if ! "${dry[@]}" --no-deps "${lock[@]}" "${target[@]}" "${reqs[@]}" >/dev/null 2>&1; then
   for req in "${reqs[@]}"; do
-    "${dry[@]}" --no-deps "${target[@]}" "$req" >/dev/null 2>&1 && continue
+    "${dry[@]}" --no-deps "${lock[@]}" "${target[@]}" "$req" >/dev/null 2>&1 && continue
     echo "building a wheel for $req (no wheel for the target)"
-    DS_BUILD_OPS=0 "${pip[@]}" wheel -q --no-deps --no-build-isolation -w "$work/built" "$req" >/dev/null \
+    DS_BUILD_OPS=0 "${pip[@]}" wheel -q --no-deps --no-build-isolation "${lock[@]}" -w "$work/built" "$req" >/dev/null \
       || die "could not build $req here (DeepSpeed's setup.py imports torch: run with a PYTHON that has torch)"
   done
   for built in "$work"/built/*.whl; do
@@ -366,9 +375,11 @@ if ! "${dry[@]}" --no-deps "${target[@]}" "${reqs[@]}" >/dev/null 2>&1; then
 fi
 
 # Resolve medsft (core) and medsft[extras] (full) against torch's stand-in; nothing is downloaded yet.
-"${dry[@]}" "${resolve[@]}" --report "$work/core.json" "medsft @ file://$medsft_wheel"
+unresolved="pip found no set of wheels for the target (its message is above)"
+[ "$locked" = 0 ] || unresolved+=" at the tested versions, medsft/constraints.txt: pass --unlocked for the newest releases within pyproject.toml's bounds"
+"${dry[@]}" "${resolve[@]}" --report "$work/core.json" "medsft @ file://$medsft_wheel" || die "$unresolved"
 if [ -n "$extras" ]; then
-  "${dry[@]}" "${resolve[@]}" --report "$work/full.json" "medsft[$extras] @ file://$medsft_wheel"
+  "${dry[@]}" "${resolve[@]}" --report "$work/full.json" "medsft[$extras] @ file://$medsft_wheel" || die "$unresolved"
 else
   cp "$work/core.json" "$work/full.json"
 fi

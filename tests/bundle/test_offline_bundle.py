@@ -47,6 +47,15 @@ def dist_name(requirement: str) -> str:
     return re.split(r"[\s<>=!~;\[(]", requirement, maxsplit=1)[0].lower().replace("_", "-")
 
 
+def off_the_lock(wheelhouse) -> list[str]:
+    """Wheels whose version differs from the tested set's pin (medsft/constraints.txt) for that package."""
+    pins = {dist_name(line): line.split("==")[1].strip()
+            for line in (REPO / "medsft" / "constraints.txt").read_text().splitlines() if "==" in line}
+    wheels = [p.name.split("-")[:2] for p in wheelhouse.glob("*.whl")]
+    return [f"{name}=={version} (tested: {pins[dist_name(name)]})" for name, version in wheels
+            if dist_name(name) in pins and pins[dist_name(name)] != version]
+
+
 def test_help_prints_usage():
     res = bundle("--help")
     assert res.returncode == 0, res.stderr
@@ -166,6 +175,7 @@ def test_wheelhouse_installs_offline_and_trains(tmp_path):
     res = check(bundle("--host", "--torch", "2.13.0", "--max-core-mb", "0", full), "offline_bundle.sh (complete)")
     lap("bundle complete")
     assert torch_wheels(full) == []
+    assert off_the_lock(full) == [], "the wheelhouse left the tested set"
     assert (full / "requirements.txt").is_file() and list(full.glob("medsft-*.whl"))
     assert "pip install --no-index --find-links" in res.stdout and "--target DIR" in res.stdout
     names = {dist_name(p.name.split("-")[0]) for p in full.glob("*.whl")}
@@ -237,6 +247,7 @@ def test_gpu_node_wheelhouse_is_under_60mb_with_a_cuda13_bitsandbytes(tmp_path):
     assert {"transformers", "bitsandbytes", "trl", "datasets", "pydantic", "medsft", "peft", "rich"} <= names, names
     assert not names & {"pyarrow", "numpy", "pandas", "accelerate", "tokenizers"}, names
     assert torch_wheels(wh) == []
+    assert off_the_lock(wh) == [], "the wheelhouse left the tested set"
 
     (bnb,) = wh.glob("bitsandbytes-*-manylinux*_x86_64.whl")  # the published file name, so pip takes it
     match = re.search(r"dropped (.*): ([0-9.]+) MB -> ([0-9.]+) MB$", res.stdout, re.M)
