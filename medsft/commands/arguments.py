@@ -7,6 +7,7 @@ itself, and the launcher sits below the CLI that dispatches to it.
 from __future__ import annotations
 
 import argparse
+from typing import NoReturn
 
 EXAMPLES = """\
 examples:
@@ -17,6 +18,16 @@ examples:
 """
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage mistakes are medsft's one `error:` line (exit 2), naming the command's --help, instead
+    of a usage block and a second line. Subcommands' parsers are of the same class."""
+
+    def error(self, message: str) -> NoReturn:
+        from medsft.errors import MedsftError
+
+        raise MedsftError(message, f"see `{self.prog} --help`", self.prog)
+
+
 def add_recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", help="recipe YAML (see recipes/), or the notebook's flat config.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -25,7 +36,7 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
 
 def parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
-    p = argparse.ArgumentParser(prog="medsft", description="QLoRA SFT for medical reasoning (TRL + PEFT + bitsandbytes).",
+    p = OneLineParser(prog="medsft", description="QLoRA SFT for medical reasoning (TRL + PEFT + bitsandbytes).",
                                 epilog=EXAMPLES, formatter_class=fmt)
     from importlib import metadata
 

@@ -425,3 +425,27 @@ def test_yaml_merge_keys_and_anchor_sections_are_read(workspace):
     res = run_cli_here("preflight", "r.yaml", "--gpu-memory", "24GiB", cwd=workspace)
     assert res.returncode == 0, res.stderr
     assert "4 × 3 × 1 process = 12 rows per optimizer step" in res.stdout, res.stdout
+
+
+USAGE_MISTAKES = {  # argparse's own checks: its message, as medsft's one line naming the command's --help
+    "misspelt command": (["trian", "recipe.yaml"], "invalid choice: 'trian'", "`medsft --help`"),
+    "no recipe": (["train"], "the following arguments are required: recipe", "`medsft train --help`"),
+    "option without its value": (["train", "recipe.yaml", "--resume"], "--resume: expected one argument",
+                                 "`medsft train --help`"),
+    "not a number": (["preflight", "recipe.yaml", "--num-gpus", "two"], "--num-gpus: invalid int value: 'two'",
+                     "`medsft preflight --help`"),
+    "unknown option": (["eval", "adapter", "--bogus"], "unrecognized arguments: --bogus", "`medsft --help`"),
+    "launch without a recipe": (["launch", "--config_file", str(REPO / "accelerate_configs" / "ddp.yaml"), "train"],
+                                "the following arguments are required: recipe", "`medsft train --help`"),
+}
+
+
+@pytest.mark.parametrize("name", USAGE_MISTAKES)
+def test_usage_mistakes_are_one_line(name, workspace):
+    """No usage block: stderr is the one `error:` line, which names the command's --help."""
+    args, expected, helps = USAGE_MISTAKES[name]
+    before = snapshot(workspace)
+    res = run_cli(*args, cwd=workspace, timeout=120)
+    check_one_line_error(res, expected)
+    assert len(res.stderr.splitlines()) == 1 and helps in res.stderr, res.stderr
+    assert snapshot(workspace) == before
