@@ -31,11 +31,10 @@ def main_decides(check: Callable[[], T]) -> T | None:
         except MedsftError as err:
             refusal = err
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        from accelerate.utils import broadcast_object_list
-
-        said = broadcast_object_list([refusal.line() if refusal is not None else None])[0]
-        if said is not None and refusal is None:
-            refusal = MedsftError(said)
+        said = [refusal.line() if refusal is not None else None]
+        dist.broadcast_object_list(said, src=0)
+        if said[0] is not None and refusal is None:
+            refusal = MedsftError(said[0])
     if refusal is not None:
         raise refusal
     return value

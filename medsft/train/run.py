@@ -25,27 +25,27 @@ if TYPE_CHECKING:
 
 def preflight_gate(spec: RunSpec, force: bool, gpu_memory: str | None = None) -> None:
     """Before loading anything on a GPU: the main process estimates this launch (ZeRO-3, FSDP and offload
-    included), every rank gets its verdict. `gpu_memory` replaces the measured free memory (tests)."""
-    import torch.distributed as dist
+    included) and every rank refuses a run that won't fit (main_decides). An estimate that cannot be made does
+    not stop the run. `gpu_memory` replaces the measured free memory (tests)."""
+    from medsft.launch.agreement import main_decides
 
     if not spec.launch.cuda and gpu_memory is None:
         say("preflight: skipped (no GPU; `medsft preflight RECIPE --gpu-memory SIZE` estimates one)")
         return
-    verdict: list[str | None] = [None]
-    if is_main():
+
+    def gate() -> None:
+        from medsft.views import show_preflight
+
         try:
             report = spec.preflight(gpu_memory)
-            from medsft.views import show_preflight
+        except MedsftError:
+            return
+        show_preflight(report, spec.batch)
+        if report.verdict == "won't fit" and not force:
+            raise MedsftError("the memory preflight says this run won't fit on the device",
+                              "apply one of the listed changes, or pass --force to try anyway", spec.recipe.source_file)
 
-            show_preflight(report, spec.batch)
-            verdict[0] = report.verdict
-        except MedsftError as err:
-            verdict[0] = f"unknown ({err.what})"
-    if dist.is_available() and dist.is_initialized():
-        dist.broadcast_object_list(verdict, src=0)
-    if verdict[0] == "won't fit" and not force:
-        raise MedsftError("the memory preflight says this run won't fit on the device",
-                          "apply one of the listed changes, or pass --force to try anyway", spec.recipe.source_file)
+    main_decides(gate)
 
 
 def gather_lines(lines: list[str]) -> list[list[str]]:

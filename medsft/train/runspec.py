@@ -240,8 +240,6 @@ def check_reporting(spec: RunSpec) -> None:
 
     installed = get_available_reporting_integrations()
     for name in wanted:
-        if name in ("none", "all"):
-            continue
         if name not in INTEGRATION_TO_CALLBACK:
             raise MedsftError(f"training.report_to {name!r} is not an integration transformers knows",
                               f"use one of {', '.join(INTEGRATION_TO_CALLBACK)}, or none", spec.recipe.source_file)
